@@ -1,0 +1,90 @@
+"""Multi-head self-attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+Vaswani et al., "Attention Is All You Need", arXiv:1706.03762. Key names follow timm (``qkv``, ``proj``,
+``q_norm``, ``k_norm``) so timm state dicts map one to one. On CUDA, SDPA dispatches to the flash or
+memory-efficient kernels; there is no per-head Python loop anywhere in vtk.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Attention", "sdpa"]
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None,
+         mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """SDPA with an optional additive ``bias`` and an optional boolean ``mask`` (True = attend).
+
+    Args:
+        q, k, v: ``(B, H, N, Dh)`` (``k``/``v`` may have another length ``M``).
+        bias: Additive float bias broadcastable to ``(B, H, N, M)`` (relative-position bias, ALiBi, ...).
+        mask: Boolean mask broadcastable to ``(B, H, N, M)``; ``False`` positions are not attended.
+        dropout_p: Attention dropout probability (pass 0 at eval).
+
+    Returns:
+        ``(B, H, N, Dh)``.
+    """
+    attn_mask = bias
+    if mask is not None:
+        m = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        attn_mask = m if attn_mask is None else attn_mask.to(q.dtype) + m
+    elif attn_mask is not None:
+        attn_mask = attn_mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+class Attention(nn.Module):
+    """Fused-qkv multi-head self-attention.
+
+    Args:
+        dim: Token width ``C``.
+        num_heads: Number of heads; must divide ``dim``.
+        qkv_bias: Bias on the fused qkv projection.
+        qk_norm: Normalise q and k per head (``norm_layer`` over ``head_dim``).
+        attn_drop: Attention dropout.
+        proj_drop: Output dropout.
+        norm_layer: Norm used when ``qk_norm``.
+        proj_bias: Bias on the output projection.
+
+    Example::
+
+        >>> attn = Attention(64, num_heads=4)
+        >>> attn(torch.randn(2, 10, 64)).shape
+        torch.Size([2, 10, 64])
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, qk_norm: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, norm_layer: Type[nn.Module] = nn.LayerNorm,
+                 proj_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} should be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def split_heads(self, x: torch.Tensor) -> tuple:
+        """``(B, N, C)`` -> q, k, v each ``(B, H, N, Dh)``."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args: x ``(B, N, C)``; attn_bias additive ``(.., N, N)``; attn_mask boolean ``(.., N, N)``."""
+        B, N, C = x.shape
+        q, k, v = self.split_heads(x)
+        x = sdpa(q, k, v, attn_bias, attn_mask, self.attn_drop if self.training else 0.0)  # (B, H, N, Dh)
+        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,128 @@
+"""Patch and tubelet embeddings.
+
+Patch embedding: Dosovitskiy et al., "An Image is Worth 16x16 Words", arXiv:2010.11929.
+Tubelet embedding and its "central frame" / "average" (filter inflation) initialisations: Arnab et al.,
+"ViViT: A Video Vision Transformer", arXiv:2103.15691, Sec. 3.2 and 3.4.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+__all__ = ["PatchEmbed", "TubeletEmbed", "inflate_conv2d_weight", "to_ntuple"]
+
+IntOrSeq = Union[int, Sequence[int]]
+
+
+def to_ntuple(x: IntOrSeq, n: int, name: str = "value") -> Tuple[int, ...]:
+    """``4 -> (4, 4, 4)``; a sequence must already have length ``n``."""
+    if isinstance(x, int):
+        return (x,) * n
+    t = tuple(int(v) for v in x)
+    if len(t) != n:
+        raise ValueError(f"{name} must be an int or have {n} entries, got {x!r}")
+    return t
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches of a 2D or 3D image, projected by a strided convolution (key ``proj``).
+
+    Args:
+        img_size: Input size (H, W) or (D, H, W); ``None`` accepts any size divisible by the patch.
+        patch_size: Patch size per spatial axis.
+        in_chans: Input channels.
+        embed_dim: Output width ``C``.
+        spatial_dims: 2 or 3.
+        norm_layer: Optional norm on the tokens.
+        flatten: Return tokens ``(B, N, C)``; otherwise a channels-last grid ``(B, *grid, C)``.
+        bias: Bias of the projection.
+        strict_img_size: Require the input to be exactly ``img_size``.
+    """
+
+    def __init__(self, img_size: Optional[IntOrSeq] = 224, patch_size: IntOrSeq = 16, in_chans: int = 3,
+                 embed_dim: int = 768, spatial_dims: int = 2, norm_layer: Optional[Type[nn.Module]] = None,
+                 flatten: bool = True, bias: bool = True, strict_img_size: bool = False) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims = spatial_dims
+        self.patch_size = to_ntuple(patch_size, spatial_dims, "patch_size")
+        self.img_size = None if img_size is None else to_ntuple(img_size, spatial_dims, "img_size")
+        if self.img_size is not None and any(s % p for s, p in zip(self.img_size, self.patch_size)):
+            raise ValueError(f"img_size {self.img_size} must be divisible by patch_size {self.patch_size}")
+        self.grid_size = None if self.img_size is None else tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        self.num_patches = None if self.grid_size is None else int(torch.tensor(self.grid_size).prod())
+        self.flatten = flatten
+        self.strict_img_size = strict_img_size
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.proj = conv(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def _check(self, x: torch.Tensor) -> None:
+        size = tuple(x.shape[2:])
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"expected a {self.spatial_dims + 2}D input (B, C, *spatial), got shape {tuple(x.shape)}")
+        if self.strict_img_size and size != self.img_size:
+            raise ValueError(f"input size {size} does not match img_size {self.img_size}")
+        if any(s % p for s, p in zip(size, self.patch_size)):
+            raise ValueError(f"input size {size} is not divisible by patch_size {self.patch_size}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, *S)`` -> ``(B, N, C)`` (or ``(B, *grid, C)`` when not flattening)."""
+        self._check(x)
+        x = self.proj(x)  # (B, C, *grid)
+        x = x.flatten(2).transpose(1, 2) if self.flatten else x.movedim(1, -1)  # (B, N, C) | (B, *grid, C)
+        return self.norm(x)
+
+
+def inflate_conv2d_weight(weight: torch.Tensor, t: int, mode: str = "central") -> torch.Tensor:
+    """Inflate a 2D patch kernel ``(C, Cin, p, p)`` to a tubelet kernel ``(C, Cin, t, p, p)``.
+
+    Args:
+        weight: 2D convolution weight.
+        t: Temporal kernel size.
+        mode: ``"central"`` puts the 2D kernel on the central frame and zeros elsewhere (ViViT's best init);
+            ``"average"`` replicates it on every frame divided by ``t`` (I3D filter inflation).
+    """
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 4D conv weight, got shape {tuple(weight.shape)}")
+    if mode == "central":
+        out = weight.new_zeros(weight.shape[:2] + (t,) + weight.shape[2:])  # (C, Cin, t, p, p)
+        out[:, :, t // 2] = weight
+        return out
+    if mode == "average":
+        return weight.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+    raise ValueError(f"inflation mode must be 'central' or 'average', got {mode!r}")
+
+
+class TubeletEmbed(PatchEmbed):
+    """Tubelet embedding for video ``(B, C, T, H, W)``: a 3D conv with temporal stride ``tubelet_size``.
+
+    Args:
+        img_size: Spatial size (H, W) or int.
+        patch_size: Spatial patch size.
+        tubelet_size: Temporal extent and stride of a tubelet.
+        num_frames: Frames per clip (``None`` accepts any multiple of ``tubelet_size``).
+        in_chans: Input channels.
+        embed_dim: Output width ``C``.
+        norm_layer: Optional norm on the tokens.
+        flatten: Return ``(B, T'*N, C)``; otherwise ``(B, T', H', W', C)``.
+    """
+
+    def __init__(self, img_size: Optional[IntOrSeq] = 224, patch_size: IntOrSeq = 16, tubelet_size: int = 2,
+                 num_frames: Optional[int] = 16, in_chans: int = 3, embed_dim: int = 768,
+                 norm_layer: Optional[Type[nn.Module]] = None, flatten: bool = True, bias: bool = True) -> None:
+        ps = to_ntuple(patch_size, 2, "patch_size")
+        size = None if img_size is None or num_frames is None else (num_frames,) + to_ntuple(img_size, 2, "img_size")
+        super().__init__(size, (tubelet_size,) + ps, in_chans, embed_dim, 3, norm_layer, flatten, bias)
+        self.tubelet_size = tubelet_size
+
+    def load_2d_weight(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, mode: str = "central") -> None:
+        """Initialise from a 2D patch-embedding conv (``proj.weight`` of an image ViT)."""
+        with torch.no_grad():
+            self.proj.weight.copy_(inflate_conv2d_weight(weight, self.tubelet_size, mode))
+            if bias is not None and self.proj.bias is not None:
+                self.proj.bias.copy_(bias)

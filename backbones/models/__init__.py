@@ -1,0 +1,1 @@
+"""Model families of ``backbones``, one file per family."""

@@ -1,0 +1,1 @@
+"""The ``vtk`` command-line interface (Typer). Entry point: :func:`cli.main.main`."""

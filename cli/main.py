@@ -1,0 +1,82 @@
+"""``vtk`` entry point: wires the command groups and turns errors into one-line messages.
+
+Exit codes: 0 success, 2 user error (bad path, bad option value, bad input file), 1 runtime failure.
+``--debug`` (anywhere on the command line, or ``VTK_DEBUG=1``) re-raises with the full traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from cli.apps import app
+from engine.errors import VtkError
+
+__all__ = ["main"]
+
+# Modules that add commands to the groups in cli.apps. A module that is missing is skipped, so a partial
+# checkout still runs `vtk info`.
+_COMMAND_MODULES = ("cli.info", "cli.models", "cli.seg", "cli.video", "cli.bench")
+
+
+def _register_commands() -> None:
+    for mod in _COMMAND_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the CLI and return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VTK_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    _register_commands()
+    try:
+        app(args=argv, prog_name="vtk", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("vtk: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        if debug:
+            raise
+        e.show()
+        return 2
+    except VtkError as e:
+        if debug:
+            raise
+        print(f"vtk: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vtk: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every other failure is a runtime failure, exit 1
+        if debug:
+            raise
+        print(f"vtk: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""medvit networks, one file per model."""

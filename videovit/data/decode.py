@@ -1,0 +1,154 @@
+"""Video decoding: decord as the fast path, PyAV as the fallback.
+
+``decord.VideoReader`` seeks and decodes only the frames asked for (``get_batch(indices)``) and works on files
+without an audio stream (pytorchvideo's decord path goes through ``AVReader`` and fails on them with "Can't find
+audio stream"). Files decord cannot open are decoded with PyAV. decord's global ``bridge`` is never touched: frames
+come back as numpy arrays and are converted here.
+
+Frames are addressed by index in decode order, so variable-frame-rate files sample evenly in frames, not in time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from engine.errors import UserError
+
+__all__ = ["VideoReader", "open_video", "read_frames", "list_videos"]
+
+PathLike = Union[str, os.PathLike]
+_DECORD_LOCK = threading.Lock()
+
+
+class VideoReader:
+    """Random access to the frames of one video file.
+
+    Args:
+        path: Video file (anything ffmpeg reads: mp4/H.264, avi/msmpeg4/cinepak, mkv, webm, ...).
+        backend: ``"auto"`` (decord, then PyAV), ``"decord"`` or ``"pyav"``.
+        num_threads: Decoder threads for decord (1 is best inside DataLoader workers).
+
+    Raises:
+        UserError: The file is missing, empty or undecodable (the message names it).
+    """
+
+    def __init__(self, path: PathLike, backend: str = "auto", num_threads: int = 1) -> None:
+        if backend not in ("auto", "decord", "pyav"):
+            raise ValueError(f"backend={backend!r} must be one of 'auto', 'decord', 'pyav'")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: no such video file")
+        if self.path.stat().st_size == 0:
+            raise UserError(f"{self.path}: empty file")
+        self._decord = None
+        self._pyav_len: Optional[int] = None
+        self._fps = 0.0
+        errors = []
+        if backend in ("auto", "decord"):
+            try:
+                self._open_decord(num_threads)
+            except Exception as e:  # noqa: BLE001 - decord raises its own DECORDError or RuntimeError
+                errors.append(f"decord: {_first_line(e)}")
+        if self._decord is None and backend in ("auto", "pyav"):
+            try:
+                self._open_pyav()
+            except Exception as e:  # noqa: BLE001 - av.error.* subclasses several bases
+                errors.append(f"pyav: {_first_line(e)}")
+        if self._decord is None and self._pyav_len is None:
+            raise UserError(f"{self.path}: cannot decode video ({'; '.join(errors)})")
+        self.backend = "decord" if self._decord is not None else "pyav"
+
+    def _open_decord(self, num_threads: int) -> None:
+        import decord
+
+        with _DECORD_LOCK:
+            vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
+        if len(vr) < 1:
+            raise RuntimeError("no frames")
+        self._decord, self._fps = vr, float(vr.get_avg_fps() or 0.0)
+
+    def _open_pyav(self) -> None:
+        import av
+
+        with av.open(str(self.path)) as container:
+            if not container.streams.video:
+                raise RuntimeError("no video stream")
+            stream = container.streams.video[0]
+            self._fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            count = sum(1 for p in container.demux(stream) if p.size > 0)  # demux only, no decoding
+        if count < 1:
+            raise RuntimeError("no video frames")
+        self._pyav_len = count
+
+    def __len__(self) -> int:
+        return len(self._decord) if self._decord is not None else int(self._pyav_len)
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate from the container (0.0 when unknown)."""
+        return self._fps
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the frames at ``indices`` (any order, repeats allowed).
+
+        Returns:
+            uint8 array ``(len(indices), H, W, 3)``.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= len(self):
+            raise ValueError(f"{self.path}: frame indices {idx.tolist()} out of range for {len(self)} frames")
+        try:
+            if self._decord is not None:
+                return self._decord.get_batch(idx.tolist()).asnumpy()
+            return self._pyav_batch(idx)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a file that opens but fails mid-stream
+            raise UserError(f"{self.path}: cannot decode frames {idx.tolist()[:4]}... ({_first_line(e)})") from e
+
+    def _pyav_batch(self, idx: np.ndarray) -> np.ndarray:
+        """Decode sequentially up to the last wanted frame (PyAV fallback)."""
+        import av
+
+        wanted = set(idx.tolist())
+        frames = {}
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= idx.max():
+                    break
+        if len(frames) < len(wanted):  # the demuxed count overestimated the decodable frames
+            last = max(frames) if frames else None
+            if last is None:
+                raise UserError(f"{self.path}: no decodable video frames")
+            frames.update({i: frames[last] for i in wanted if i not in frames})
+        return np.stack([frames[i] for i in idx.tolist()])
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    return msg[:200]
+
+
+def open_video(path: PathLike, backend: str = "auto") -> VideoReader:
+    """Open ``path`` for random frame access; see :class:`VideoReader`."""
+    return VideoReader(path, backend=backend)
+
+
+def read_frames(path: PathLike, indices: Sequence[int], backend: str = "auto") -> np.ndarray:
+    """Decode the frames at ``indices`` of ``path`` as uint8 ``(T, H, W, 3)``."""
+    return VideoReader(path, backend=backend).get_batch(indices)
+
+
+def list_videos(folder: PathLike, exts: Sequence[str] = (".mp4", ".avi", ".mkv", ".webm", ".mov")) -> List[Path]:
+    """Video files directly under ``folder`` or below it, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and p.is_file())

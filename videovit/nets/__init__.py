@@ -1,0 +1,1 @@
+"""videovit networks, one file per model."""
