@@ -32,6 +32,15 @@ __all__ = ["atomic_write", "atomic_write_text", "serialize_weights", "serialize_
            "load_state", "load_weights", "read_metadata", "load_run", "checkpoint_paths", "unwrap_model"]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: os.PathLike | str, write: Callable[[BinaryIO], None]) -> Path:
     """Write ``path`` atomically: ``write(f)`` fills a temp file in the same folder, then ``os.replace``.
 
@@ -41,6 +50,7 @@ def atomic_write(path: os.PathLike | str, write: Callable[[BinaryIO], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the permissions open() would give
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

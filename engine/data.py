@@ -117,6 +117,11 @@ class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
 
 def make_train_loader(dataset: SeededDataset, sampler: EpochBatchSampler, num_workers: int,
                       collate_fn: Optional[Callable[[list], Any]], pin_memory: bool) -> DataLoader:
-    """A DataLoader over ``sampler``'s micro-batches."""
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+    """A DataLoader over ``sampler``'s micro-batches.
+
+    It gets its own generator: a DataLoader iterator otherwise draws its worker base seed from the global torch
+    RNG, which would shift the dropout stream whenever an iterator is created (e.g. on resume mid-epoch).
+    """
+    generator = torch.Generator().manual_seed(epoch_seed(sampler.seed, sampler.epoch) % 2**63)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator,
                       collate_fn=collate_fn or default_collate, pin_memory=pin_memory)

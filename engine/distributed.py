@@ -7,6 +7,7 @@ collectives are identities.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import os
@@ -70,14 +71,24 @@ def setup(device: str) -> DistInfo:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: Dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        atexit.register(_destroy)
         info.owns_group = True
     return info
 
 
-def teardown(info: DistInfo) -> None:
-    """Leave the process group if :func:`setup` created it."""
-    if info.owns_group and dist.is_initialized():
+def _destroy() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def teardown(info: DistInfo) -> None:
+    """Synchronise the ranks at the end of a run.
+
+    The process group stays up until the process exits (destroyed by an ``atexit`` hook): destroying and
+    re-creating the default group under torchrun can hang, and a script may call ``fit`` several times.
+    """
+    if info.distributed and dist.is_initialized():
+        dist.barrier()
 
 
 def _active() -> bool:

@@ -7,6 +7,7 @@ Tubelet embedding and its "central frame" / "average" (filter inflation) initial
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -40,26 +41,39 @@ class PatchEmbed(nn.Module):
         flatten: Return tokens ``(B, N, C)``; otherwise a channels-last grid ``(B, *grid, C)``.
         bias: Bias of the projection.
         strict_img_size: Require the input to be exactly ``img_size``.
+        kernel_size: Conv kernel when it differs from the stride ``patch_size`` (overlapping patches, e.g. MViT's
+            ``(3, 7, 7)``); ``None`` means non-overlapping patches.
+        padding: Conv padding (with ``kernel_size``).
     """
 
     def __init__(self, img_size: Optional[IntOrSeq] = 224, patch_size: IntOrSeq = 16, in_chans: int = 3,
                  embed_dim: int = 768, spatial_dims: int = 2, norm_layer: Optional[Type[nn.Module]] = None,
-                 flatten: bool = True, bias: bool = True, strict_img_size: bool = False) -> None:
+                 flatten: bool = True, bias: bool = True, strict_img_size: bool = False,
+                 kernel_size: Optional[IntOrSeq] = None, padding: IntOrSeq = 0) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         self.spatial_dims = spatial_dims
         self.patch_size = to_ntuple(patch_size, spatial_dims, "patch_size")
         self.img_size = None if img_size is None else to_ntuple(img_size, spatial_dims, "img_size")
+        # kernel_size/padding: an overlapping conv stem (MViT: kernel (3, 7, 7), stride (2, 4, 4), padding (1, 3, 3)).
+        self.kernel_size = to_ntuple(kernel_size, spatial_dims, "kernel_size") if kernel_size else self.patch_size
+        self.padding = to_ntuple(padding, spatial_dims, "padding")
         if self.img_size is not None and any(s % p for s, p in zip(self.img_size, self.patch_size)):
             raise ValueError(f"img_size {self.img_size} must be divisible by patch_size {self.patch_size}")
-        self.grid_size = None if self.img_size is None else tuple(s // p for s, p in zip(self.img_size, self.patch_size))
-        self.num_patches = None if self.grid_size is None else int(torch.tensor(self.grid_size).prod())
+        self.grid_size = None if self.img_size is None else self.output_grid(self.img_size)
+        self.num_patches = None if self.grid_size is None else math.prod(self.grid_size)
         self.flatten = flatten
         self.strict_img_size = strict_img_size
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        self.proj = conv(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+        self.proj = conv(in_chans, embed_dim, kernel_size=self.kernel_size, stride=self.patch_size,
+                         padding=self.padding, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def output_grid(self, size: Sequence[int]) -> Tuple[int, ...]:
+        """Token grid for an input of spatial ``size`` (``size // patch`` for non-overlapping patches)."""
+        return tuple((s + 2 * p - k) // st + 1 for s, p, k, st in zip(size, self.padding, self.kernel_size,
+                                                                        self.patch_size))
 
     def _check(self, x: torch.Tensor) -> None:
         size = tuple(x.shape[2:])

@@ -43,10 +43,11 @@ def sincos_nd(grid: Sequence[int], dim: int, temperature: float = 10000.0) -> to
 
 
 def resample_pos_embed(pos: torch.Tensor, new_grid: Sequence[int], old_grid: Sequence[int],
-                       num_prefix_tokens: int = 1) -> torch.Tensor:
+                       num_prefix_tokens: int = 1, antialias: bool = False) -> torch.Tensor:
     """Resample a learned table ``(1, P + prod(old_grid), C)`` to ``new_grid``; prefix tokens are kept.
 
     Uses bicubic interpolation for 2D grids and trilinear for 3D, with ``align_corners=False`` as timm.
+    ``antialias=True`` (2D only) reproduces timm's ``resample_abs_pos_embed`` default exactly.
     """
     new_grid, old_grid = tuple(new_grid), tuple(old_grid)
     if new_grid == old_grid:
@@ -57,7 +58,7 @@ def resample_pos_embed(pos: torch.Tensor, new_grid: Sequence[int], old_grid: Seq
         raise ValueError(f"position table has {grid_tokens.shape[1]} grid tokens, not {old_grid}")
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(old_grid)]
     x = grid_tokens.reshape(1, *old_grid, C).movedim(-1, 1).float()  # (1, C, *old)
-    x = F.interpolate(x, size=new_grid, mode=mode, align_corners=False, antialias=False)
+    x = F.interpolate(x, size=new_grid, mode=mode, align_corners=False, antialias=antialias and len(old_grid) == 2)
     x = x.movedim(1, -1).reshape(1, -1, C).to(pos.dtype)  # (1, prod(new), C)
     return torch.cat([prefix, x], dim=1)
 

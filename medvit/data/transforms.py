@@ -66,7 +66,7 @@ def _deterministic(spacing: Sequence[float], a_min: float, a_max: float, keys: T
     modes = ("bilinear", "nearest")[: len(keys)]
     return [
         loader,
-        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
         T.ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
     ]

@@ -66,6 +66,7 @@ class VideoReader:
     def _open_decord(self, num_threads: int) -> None:
         import decord
 
+        _quiet_decord(decord)
         with _DECORD_LOCK:
             vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
         if len(vr) < 1:
@@ -86,7 +87,9 @@ class VideoReader:
         self._pyav_len = count
 
     def __len__(self) -> int:
-        return len(self._decord) if self._decord is not None else int(self._pyav_len)
+        if self._pyav_len is None:
+            self._pyav_len = len(self._decord)
+        return self._pyav_len
 
     @property
     def fps(self) -> float:
@@ -102,10 +105,15 @@ class VideoReader:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= len(self):
             raise ValueError(f"{self.path}: frame indices {idx.tolist()} out of range for {len(self)} frames")
+        uniq, inverse = np.unique(idx, return_inverse=True)  # decode each frame once, in stream order
         try:
             if self._decord is not None:
-                return self._decord.get_batch(idx.tolist()).asnumpy()
-            return self._pyav_batch(idx)
+                try:
+                    return self._decord.get_batch(uniq.tolist()).asnumpy()[inverse]
+                except Exception:  # noqa: BLE001 - decord trips on some streams that ffmpeg via PyAV reads
+                    self._decord = None
+                    self.backend = "pyav"
+            return self._pyav_batch(uniq)[inverse]
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - a file that opens but fails mid-stream
@@ -131,6 +139,17 @@ class VideoReader:
                 raise UserError(f"{self.path}: no decodable video frames")
             frames.update({i: frames[last] for i in wanted if i not in frames})
         return np.stack([frames[i] for i in idx.tolist()])
+
+
+def _quiet_decord(decord) -> None:
+    """Silence ffmpeg's log inside decord once (failures are reported as :class:`UserError` instead)."""
+    global _QUIET
+    if not _QUIET:
+        decord.logging.set_level(decord.logging.QUIET)
+        _QUIET = True
+
+
+_QUIET = False
 
 
 def _first_line(e: BaseException) -> str:

@@ -210,7 +210,15 @@ def write_kinetics_synth(out: Path, spec: SynthSpec, annotations: bool = True) -
             _write_annotations(out / "annotations" / f"{ann_split}.csv", ann_rows)
         counts[split] = len(rows)
     _atomic_text(out / "classids.json", json.dumps({n: i for i, n in enumerate(names)}, indent=1) + "\n")
+    _write_marker(out, spec)
     return counts
+
+
+def _write_marker(out: Path, spec: SynthSpec) -> None:
+    """``vtk_synth.json``: how the set was made, and the data defaults it needs (no flips: motion is directional)."""
+    info = {"generator": "vtk data synth", "spec": spec.__dict__,
+            "data_args": {"hflip": False, "min_scale": 0.7, "stride": 1}}
+    _atomic_text(out / "vtk_synth.json", json.dumps(info, indent=1) + "\n")
 
 
 def _write_annotations(path: Path, rows: Sequence[Sequence]) -> None:
@@ -239,6 +247,7 @@ def write_ucf101_synth(out: Path, spec: SynthSpec, codec: str = "msmpeg4v2") -> 
     _atomic_text(lists / "classInd.txt", "".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
     _atomic_text(lists / "trainlist01.txt", "".join(f"{r} {lab + 1}\n" for r, lab in train))
     _atomic_text(lists / "testlist01.txt", "".join(f"{r}\n" for r, _ in test))
+    _write_marker(out, spec)
     return {"train": len(train), "val": len(test)}
 
 

@@ -1,0 +1,73 @@
+"""Optimizers (AdamW, SGD) and learning-rate schedules (warmup-cosine, poly, constant).
+
+Every schedule is a multiplier ``f(s)`` of the peak ``lr`` at optimizer step ``s`` (0-based):
+
+* warmup (``s < W``): ``f = (s + 1) / W``
+* ``constant``: ``f = 1``
+* ``warmup-cosine``: ``f = 0.5 * (1 + cos(pi * p))`` with ``p = (s - W) / max(1, S - W)`` clipped to ``[0, 1]``
+  (Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", arXiv:1608.03983)
+* ``poly``: ``f = (1 - p) ** 0.9`` (the nnU-Net / DeepLab schedule; Chen et al., arXiv:1606.00915)
+
+where ``W = warmup_steps`` and ``S = max_steps``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, List
+
+import torch
+from torch import nn
+
+from engine.config import TrainConfig
+
+__all__ = ["POLY_POWER", "lr_factor", "build_optimizer", "build_scheduler", "param_groups", "current_lr"]
+
+POLY_POWER = 0.9
+
+
+def lr_factor(schedule: str, step: int, warmup_steps: int, max_steps: int) -> float:
+    """The learning-rate multiplier of ``schedule`` at 0-based optimizer ``step``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    p = min(1.0, max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
+    if schedule == "warmup-cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "poly":
+        return (1.0 - p) ** POLY_POWER
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, object]]:
+    """Two groups: weights with ``weight_decay``; biases, norms and other 1-D parameters without it."""
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (with ``momentum``) over :func:`param_groups`."""
+    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` applying :func:`lr_factor`; call ``step()`` once per optimizer step."""
+    fn: Callable[[int], float] = lambda s: lr_factor(cfg.schedule, s, cfg.warmup_steps, cfg.max_steps)  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=fn)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """Learning rate of the first parameter group."""
+    groups: Iterable[dict] = optimizer.param_groups
+    return float(next(iter(groups))["lr"])
+

@@ -1,0 +1,104 @@
+"""Training progress: a rich progress bar (ETA, loss, samples/s, GPU memory) or plain periodic log lines.
+
+Only rank 0 shows anything. ``quiet=True``, or a stdout that is not a terminal, selects plain lines such as
+``step 120/1000 loss 0.4312 lr 9.8e-05 41.2 samples/s mem 3.1GiB eta 0:05:12``, suited to logs and CI.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from typing import Any, Iterable, Iterator, Optional, TypeVar
+
+import torch
+
+__all__ = ["TrainProgress", "format_eta"]
+
+T = TypeVar("T")
+
+
+def format_eta(seconds: float) -> str:
+    """``H:MM:SS`` for a non-negative number of seconds."""
+    return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
+
+
+class TrainProgress:
+    """Progress display for the training loop and for ``ctx.progress`` iterables.
+
+    Args:
+        total: ``max_steps``.
+        start: Step the run starts at (non-zero when resuming).
+        enabled: Whether this process shows progress (rank 0).
+        quiet: Plain log lines instead of a bar; forced when stdout is not a terminal.
+        device: The run's device; on CUDA the peak allocated memory is shown.
+        log_every: Plain-mode line period, in steps.
+    """
+
+    def __init__(self, total: int, start: int, enabled: bool, quiet: bool, device: torch.device,
+                 log_every: int) -> None:
+        self.total, self.start, self.enabled = total, start, enabled
+        self.quiet = quiet or not sys.stdout.isatty()
+        self.device, self.log_every = device, log_every
+        self._bar: Optional[Any] = None
+        self._task: Optional[int] = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> "TrainProgress":
+        self._t0 = time.perf_counter()
+        if self.enabled and not self.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[stats]}"), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=self.total, completed=self.start, stats="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def _memory(self) -> str:
+        if self.device.type != "cuda":
+            return ""
+        return f" mem {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f}GiB"
+
+    def update(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        """Report that ``step`` (1-based) finished."""
+        if not self.enabled:
+            return
+        stats = f"loss {loss:.4f} lr {lr:.3g} {samples_per_s:.1f} samples/s{self._memory()}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, stats=stats)
+        elif step % self.log_every == 0 or step == self.total:
+            done = step - self.start
+            eta = (time.perf_counter() - self._t0) / max(1, done) * (self.total - step)
+            print(f"step {step}/{self.total} {stats} eta {format_eta(eta)}", flush=True)
+
+    def message(self, text: str) -> None:
+        """Print a line (validation results, checkpoint notes) without breaking the bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, flush=True)
+
+    def wrap(self, iterable: Iterable[T], description: str, total: Optional[int] = None) -> Iterator[T]:
+        """Iterate ``iterable`` with a nested bar (a no-op display in plain mode or on other ranks)."""
+        if self._bar is None:
+            yield from iterable
+            return
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        task = self._bar.add_task(description, total=total, stats="")
+        try:
+            for item in iterable:
+                yield item
+                self._bar.advance(task)
+        finally:
+            self._bar.remove_task(task)

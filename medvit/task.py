@@ -1,0 +1,185 @@
+"""The segmentation ``Task`` handed to ``engine.fit``: model, datasets, DiceCE loss, sliding-window validation.
+
+Loss is MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True)`` as in UNETR (Hatamizadeh et
+al., arXiv:2103.10504). Validation runs sliding-window inference (3D models) or slice-by-slice inference (2D
+models: TransUNet, arXiv:2102.04306; MedT, arXiv:2102.10662) over whole validation volumes and reports the mean
+Dice over organs (``val/dice``, which picks ``checkpoints/best``) and one ``val/dice/<organ>`` per organ. An organ
+absent from both the ground truth and the prediction of a case is not counted for that case.
+
+Pipeline options live in ``cfg.data_args`` (``roi``, ``spacing``, ``a_min``, ``a_max``, ``num_samples``,
+``cache``, ``spatial_dims``, ``sw_batch_size``, ``overlap``, ``names``) so predict/eval replay them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.errors import UserError
+
+__all__ = ["SegTask", "SPATIAL_DIMS", "spatial_dims_of"]
+
+SPATIAL_DIMS = {"unetr": 3, "swin_unetr": 3, "transunet": 2, "medt": 2}
+
+
+def spatial_dims_of(model_name: str, model_args: Dict[str, Any]) -> int:
+    """2 or 3: from the known table, else from the model class attribute ``spatial_dims``."""
+    if model_name in SPATIAL_DIMS:
+        return SPATIAL_DIMS[model_name]
+    import medvit
+
+    return int(getattr(medvit.create_model(model_name, **model_args), "spatial_dims", 3))
+
+
+class SegTask:
+    """Segmentation training job (see the module docstring)."""
+
+    monitor = "val/dice"
+    monitor_mode = "max"
+
+    def __init__(self) -> None:
+        self._loss: Optional[nn.Module] = None
+
+    def build_model(self, cfg) -> nn.Module:
+        import medvit
+
+        model = medvit.create_model(cfg.model, **dict(cfg.model_args))
+        dims = int(getattr(model, "spatial_dims", cfg.data_args.get("spatial_dims", 3)))
+        if dims != int(cfg.data_args.get("spatial_dims", dims)):
+            raise UserError(f"--model {cfg.model}: a {dims}D model, but the data were prepared for "
+                            f"{cfg.data_args.get('spatial_dims')}D")
+        return model
+
+    def build_datasets(self, cfg):
+        from medvit.data.layouts import SYNAPSE_FROM_BTCV, resolve_splits
+
+        self.bind(cfg)
+        da = cfg.data_args
+        if cfg.data == "folder2d" and int(da.get("spatial_dims", 2)) == 3:
+            raise UserError(f"{cfg.data_dir}: --data folder2d holds 2D images; --model {cfg.model} is a 3D model "
+                            "(use transunet or medt)")
+        train_items, val_items = resolve_splits(cfg.data, cfg.data_dir, float(da.get("val_fraction", 0.2)))
+        label_map = SYNAPSE_FROM_BTCV if cfg.data == "synapse" else None
+        num_classes = int(cfg.model_args.get("num_classes", 14))
+        if cfg.data == "folder2d":
+            return self._folder2d(train_items, val_items, da)
+        preflight(train_items + val_items, num_classes, label_map)
+        if int(da.get("spatial_dims", 3)) == 2:
+            return self._slices(train_items, val_items, da, label_map)
+        return self._volumes(cfg, train_items, val_items, label_map, num_classes)
+
+    def _volumes(self, cfg, train_items, val_items, label_map, num_classes):
+        from medvit.data.datasets import VolumeDataset
+        from medvit.data.transforms import RECIPE_3D, LoadNiftid, train_transforms_3d, val_transforms_3d
+
+        da = cfg.data_args
+        recipe = {k: da[k] for k in RECIPE_3D if k in da}
+        loader = LoadNiftid(label_map, num_classes)
+        cache = bool(da.get("cache", False))
+        train = VolumeDataset(train_items, train_transforms_3d(da["roi"], loader, **recipe), cache, cfg.num_workers)
+        val = VolumeDataset(val_items, val_transforms_3d(loader, **recipe), cache, cfg.num_workers)
+        return train, val
+
+    def _slices(self, train_items, val_items, da, label_map):
+        from medvit.data.datasets import SliceDataset, load_slices_3d
+
+        kw = dict(img_size=da["roi"], a_min=da.get("a_min", -125.0), a_max=da.get("a_max", 275.0),
+                  label_map=label_map)
+        return SliceDataset(load_slices_3d(train_items, **kw)), SliceDataset(load_slices_3d(val_items, **kw),
+                                                                            train=False)
+
+    def _folder2d(self, train_items, val_items, da):
+        from medvit.data.datasets import SliceDataset, load_folder2d
+
+        train = SliceDataset(load_folder2d(train_items, da["roi"]), hflip_only=True)
+        return train, SliceDataset(load_folder2d(val_items, da["roi"]), train=False)
+
+    def collate(self, samples: list) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flatten RandCropByPosNegLabel's crop lists; returns image (N, C, *S) float and label (N, 1, *S) long."""
+        flat: List[Any] = []
+        for s in samples:
+            flat.extend(s if isinstance(s, list) else [s])
+        if isinstance(flat[0], dict):
+            images = [torch.as_tensor(d["image"]).float() for d in flat]
+            labels = [torch.as_tensor(d["label"]).long() for d in flat]
+        else:
+            images, labels = [img for img, _ in flat], [lab[None].long() for _, lab in flat]
+        return torch.stack(images), torch.stack(labels)
+
+    def training_step(self, model, batch, ctx) -> Tuple[torch.Tensor, Dict[str, float]]:
+        from monai.losses import DiceCELoss
+
+        if self._loss is None:
+            self._loss = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True)
+        image, label = batch
+        with ctx.autocast():
+            logits = model(image)
+        loss = self._loss(logits.float(), label)
+        return loss, {}
+
+    def validate(self, model, dataset, ctx) -> Dict[str, float]:
+        """Mean Dice per organ over validation volumes (sliding window for 3D, slice by slice for 2D)."""
+        from medvit.metrics import case_metrics
+
+        da = self._val_args
+        names = list(da.get("names") or [])
+        sums: Dict[str, float] = {}
+        counts: Dict[str, float] = {}
+        k = int(self._num_classes)
+        for i in ctx.shard_indices(len(dataset)):
+            pred, gt = self._predict_item(model, dataset[i], ctx)
+            d = case_metrics(pred, gt, k, spacing=(1.0,) * gt.ndim, surface=False)["dice"]
+            for c in range(1, k):
+                key = f"val/dice/{names[c] if c < len(names) else c}"
+                counted = not np.isnan(d[c - 1])
+                sums[key] = sums.get(key, 0.0) + (float(d[c - 1]) if counted else 0.0)
+                counts[key] = counts.get(key, 0.0) + float(counted)
+        per_organ = ctx.reduce_mean(sums, counts)
+        valid = [v for v in per_organ.values() if not np.isnan(v)]
+        return {"dice": float(np.mean(valid)) if valid else 0.0, **per_organ}
+
+    def _predict_item(self, model, item, ctx) -> Tuple[np.ndarray, np.ndarray]:
+        from medvit.inference import slice_probs, sliding_window_probs
+
+        da = self._val_args
+        amp = ctx.autocast
+        if isinstance(item, dict):  # 3D: image (1, D, H, W), label (1, D, H, W)
+            image = torch.as_tensor(item["image"]).float()[None].to(ctx.device)
+            with amp():
+                probs = sliding_window_probs(model, image, da["roi"], int(da.get("sw_batch_size", 2)),
+                                             float(da.get("overlap", 0.5)), "gaussian")
+            gt = torch.as_tensor(item["label"])[0].long().numpy()
+            return probs.argmax(1)[0].cpu().numpy(), gt
+        stack, gt = item  # (Z, C, H, W), (Z, H, W)
+        with amp():
+            probs = slice_probs(model, stack.to(ctx.device), int(da.get("sw_batch_size", 2)) * 8)
+        return probs.argmax(1).cpu().numpy(), gt.numpy()
+
+    def bind(self, cfg) -> "SegTask":
+        """Remember the validation options of ``cfg`` (called by the CLI before ``fit``)."""
+        self._val_args = dict(cfg.data_args)
+        self._num_classes = int(cfg.model_args.get("num_classes", 14))
+        return self
+
+
+def preflight(items: List[dict], num_classes: int, label_map: Optional[dict]) -> None:
+    """Read every image/label pair once before training: missing, truncated, NaN, non-3D, shape/affine mismatch,
+    label values out of range all raise ``UserError`` naming the file."""
+    from medvit.data.layouts import remap_labels
+    from medvit.io import check_pair, read_nifti
+
+    for item in items:
+        img = read_nifti(item["image"])
+        if "label" not in item:
+            continue
+        lab = read_nifti(item["label"])
+        check_pair(img, lab)
+        values = np.unique(np.rint(lab.data).astype(np.int64))
+        if label_map is not None:
+            values = np.unique(remap_labels(values, label_map))
+        if values.min() < 0 or values.max() >= num_classes:
+            raise UserError(f"{lab.path}: label values {values.min()}..{values.max()} outside 0..{num_classes - 1}"
+                            f" (--num-classes {num_classes})")

@@ -1,0 +1,106 @@
+"""MViT pooling attention (Fan et al., arXiv:2104.11227) against pytorchvideo's layers, plus shapes and args."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from backbones.convert.pytorchvideo_mvit import fuse_qkv
+from backbones.layers.pooling_attention import MultiScaleAttention, MultiScaleBlock, attention_pool
+
+pv_attn = pytest.importorskip("pytorchvideo.layers.attention")
+
+THW = (2, 4, 4)
+
+
+def _tokens(c: int, b: int = 2, cls: int = 1) -> torch.Tensor:
+    return torch.randn(b, cls + 2 * 4 * 4, c, generator=torch.Generator().manual_seed(0))
+
+
+def _load_from_pv(ours: nn.Module, ref: nn.Module, prefix: str) -> None:
+    """Load a pytorchvideo layer through the MViT converter's q/k/v fusion (keys put under ``prefix``)."""
+    sd = fuse_qkv({prefix + k: v for k, v in ref.state_dict().items()})
+    ours.load_state_dict({k[len(prefix):]: v for k, v in sd.items()})
+
+
+def _randomise(m: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return m.eval()
+
+
+@pytest.mark.parametrize("mode", ["conv", "avg", "max"])
+def test_attention_matches_pytorchvideo(mode):
+    k = (3, 3, 3) if mode == "conv" else (1, 3, 3)  # torch's Avg/MaxPool3d reject a kernel longer than T
+    kw = dict(kernel_q=k, kernel_kv=k, stride_q=(1, 2, 2), stride_kv=(1, 2, 2))
+    ref = _randomise(pv_attn.MultiScaleAttention(16, num_heads=2, qkv_bias=True, pool_mode=mode, **kw))
+    ours = MultiScaleAttention(16, num_heads=2, mode=mode, **kw).eval()
+    _load_from_pv(ours, ref, "blocks.0.attn.")
+    x = _tokens(16)
+    with torch.no_grad():
+        (y_ref, thw_ref), (y, thw) = ref(x, list(THW)), ours(x, THW)
+    assert tuple(thw_ref) == thw == (2, 2, 2)
+    assert y.shape == (2, 1 + 8, 16)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_block_matches_pytorchvideo_with_widening():
+    kw = dict(kernel_q=(3, 3, 3), kernel_kv=(3, 3, 3), stride_q=(1, 2, 2), stride_kv=(1, 1, 1))
+    ref = _randomise(pv_attn.MultiScaleBlock(16, 32, num_heads=2, qkv_bias=True,
+                                             norm_layer=nn.LayerNorm, **kw))
+    ours = MultiScaleBlock(16, 32, num_heads=2, **kw).eval()
+    _load_from_pv(ours, ref, "blocks.0.")
+    x = _tokens(16)
+    with torch.no_grad():
+        (y_ref, thw_ref), (y, thw) = ref(x, list(THW)), ours(x, THW)
+    assert thw == tuple(thw_ref) == (2, 2, 2) and y.shape == (2, 9, 32)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_no_cls_and_no_pooling_is_plain_attention():
+    ours = MultiScaleAttention(16, num_heads=4, num_prefix_tokens=0).eval()
+    assert ours.pool_q is None and ours.pool_k is None
+    x = _tokens(16, cls=0)
+    q, k, v = ours.qkv(x).reshape(2, 32, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    attn = (q @ k.transpose(-2, -1) / 2.0).softmax(-1)
+    ref = ours.proj((attn @ v).transpose(1, 2).reshape(2, 32, 16))
+    y, thw = ours(x, THW)
+    assert thw == THW
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_residual_pooling_adds_pooled_q():
+    kw = dict(kernel_q=(3, 3, 3), stride_q=(1, 2, 2), kernel_kv=(3, 3, 3), stride_kv=(1, 2, 2))
+    plain = MultiScaleAttention(16, num_heads=2, **kw).eval()
+    res = MultiScaleAttention(16, num_heads=2, residual_pooling=True, **kw).eval()
+    res.load_state_dict(plain.state_dict())
+    x = _tokens(16)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x, THW)[0], res(x, THW)[0])
+
+
+def test_attention_pool_keeps_prefix_and_grid():
+    x = torch.randn(2, 3, 1 + 2 * 4 * 4, 8)  # (B, nH, N, Dh)
+    y, thw = attention_pool(x, nn.MaxPool3d((1, 2, 2), (1, 2, 2)), THW, num_prefix_tokens=1)
+    assert thw == (2, 2, 2) and y.shape == (2, 3, 9, 8)
+    torch.testing.assert_close(y[:, :, 0], x[:, :, 0])
+    same, thw2 = attention_pool(x, None, THW)
+    assert same is x and thw2 == THW
+
+
+def test_block_backward_and_grad():
+    blk = MultiScaleBlock(16, 16, num_heads=2, kernel_kv=(3, 3, 3), stride_kv=(1, 2, 2), drop_path=0.1)
+    x = _tokens(16).requires_grad_()
+    y, _ = blk(x, THW)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and blk.attn.pool_k.weight.grad is not None
+
+
+def test_ill_args():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiScaleAttention(18, num_heads=4)
+    with pytest.raises(ValueError, match="pooling mode"):
+        MultiScaleAttention(16, num_heads=2, mode="lp", kernel_q=(3, 3, 3), stride_q=(1, 2, 2))

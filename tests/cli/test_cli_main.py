@@ -1,0 +1,69 @@
+"""``vtk`` entry point: info, help, and the error-to-exit-code mapping of cli.main."""
+
+import pytest
+import torch
+
+from cli.apps import app
+from cli.main import main
+from engine.errors import RunError, UserError
+
+
+@app.command("_test_user_error", hidden=True)
+def _user_error() -> None:
+    raise UserError("scan.nii.gz: truncated NIfTI\n(expected 884736 voxels, read 1000)")
+
+
+@app.command("_test_run_error", hidden=True)
+def _run_error() -> None:
+    raise RunError("non-finite loss (nan) at step 3; last good checkpoint: none saved yet")
+
+
+@app.command("_test_crash", hidden=True)
+def _crash() -> None:
+    raise KeyError("boom")
+
+
+def test_info_prints_versions(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert torch.__version__.split("+")[0] in out
+    for name in ("python", "monai", "pytorchvideo", "decord", "torch threads", "bf16 supported"):
+        assert name in out
+
+
+def test_help_lists_groups(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for group in ("seg", "video", "models", "data", "bench", "info"):
+        assert f" {group} " in out
+    assert "_test_crash" not in out
+
+
+def test_user_error_exit_2_one_line(capsys):
+    assert main(["_test_user_error"]) == 2
+    err = capsys.readouterr().err
+    assert err == "vtk: error: scan.nii.gz: truncated NIfTI (expected 884736 voxels, read 1000)\n"
+
+
+def test_run_error_exit_1(capsys):
+    assert main(["_test_run_error"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vtk: error: non-finite loss (nan) at step 3") and "Traceback" not in err
+
+
+def test_unexpected_exception_exit_1(capsys):
+    assert main(["_test_crash"]) == 1
+    err = capsys.readouterr().err
+    assert "KeyError" in err and "--debug" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_debug_reraises():
+    with pytest.raises(UserError, match="truncated NIfTI"):
+        main(["--debug", "_test_user_error"])
+    with pytest.raises(KeyError):
+        main(["_test_crash", "--debug"])
+
+
+def test_unknown_command_is_usage_error(capsys):
+    assert main(["no-such-command"]) == 2
+    assert "No such command" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+"""End to end through ``cli.main.main``: synth -> check -> train a few steps -> eval -> predict (tiny TimeSformer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli.main import main
+
+TINY = ["--num-frames", "4", "--img-size", "32", "--patch-size", "8", "--model-arg", "embed_dim=16",
+        "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "k400"
+    rc = main(["data", "synth", "kinetics400", "--out", str(out), "--classes", "3", "--videos-per-class", "4",
+               "--frames", "8", "--size", "32", "--seed", "1"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(synth_dir) -> Path:
+    run = synth_dir.parent / "run"
+    rc = main(["video", "train", "--model", "timesformer", "--data", "kinetics400", "--data-dir", str(synth_dir),
+               "--out", str(run), "--max-steps", "2", "--batch-size", "4", "--val-every", "2", "--num-workers", "0",
+               "--device", "cpu", "--quiet", "--mixup", "0.8", "--cutmix", "1.0", *TINY])
+    assert rc == 0
+    return run
+
+
+def test_synth_writes_all_layouts(synth_dir):
+    assert (synth_dir / "train.csv").is_file() and (synth_dir / "annotations" / "validate.csv").is_file()
+    assert len(list((synth_dir / "train").glob("*/*.mp4"))) == 12
+    assert json.loads((synth_dir / "classids.json").read_text()) == {"move_left": 0, "move_right": 1, "move_up": 2}
+
+
+def test_check_reports_every_problem(synth_dir, tmp_path, capsys):
+    assert main(["data", "check", "kinetics400", "--data-dir", str(synth_dir)]) == 0
+    bad = tmp_path / "k"
+    shutil.copytree(synth_dir, bad)
+    videos = sorted((bad / "train").rglob("*.mp4"))
+    videos[0].unlink()
+    videos[1].write_bytes(b"not a video")
+    capsys.readouterr()
+    assert main(["data", "check", "kinetics400", "--data-dir", str(bad)]) == 2
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert "missing" in text and "unreadable" in text and "2 problem(s)" in text
+    assert videos[1].name in text.replace(" ", "") or videos[1].name[:8] in text
+
+
+def test_train_writes_run(run_dir):
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["task"] == "video" and cfg["model"] == "timesformer_base_patch16_224"
+    assert cfg["model_args"]["num_classes"] == 3 and cfg["data_args"]["hflip"] is False
+    assert cfg["data_args"]["classes"] == ["move_left", "move_right", "move_up"]
+    assert (run_dir / "checkpoints" / "last.safetensors").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/top1" in r for r in records)
+
+
+def test_eval_multiview(run_dir, capsys):
+    out = run_dir / "eval"
+    assert main(["video", "eval", "--checkpoint", str(run_dir), "--views", "2x3", "--out", str(out),
+                 "--num-workers", "0", "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["views"] == "2x3" and m["videos"] == 3 and 0.0 <= m["top1"] <= m["top5"] == 1.0
+    assert set(m["per_class"]) == {"move_left", "move_right", "move_up"}
+    assert sum(map(sum, m["confusion"])) == 3
+    assert (out / "confusion.png").stat().st_size > 1000
+    assert main(["video", "eval", "--checkpoint", str(run_dir), "--views", "2by3"]) == 2
+
+
+def test_predict_dir_with_odd_files(run_dir, odd_videos, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for key in ("h264", "h264_audio", "msmpeg4", "cinepak", "short", "vfr", "corrupt"):
+        shutil.copy(odd_videos[key], folder / odd_videos[key].name)
+    out = tmp_path / "pred"
+    rc = main(["video", "predict", "--checkpoint", str(run_dir), "--input", str(folder), "--out", str(out),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "corrupt.mp4" in err
+    result = json.loads((out / "predictions.json").read_text())
+    assert len(result["predictions"]) == 6 and [Path(f).name for f in result["failed"]] == ["corrupt.mp4"]
+    for top in result["predictions"].values():
+        assert len(top) == 3 and abs(sum(t["score"] for t in top) - 1.0) < 1e-4
+        assert top[0]["label"] in ("move_left", "move_right", "move_up")
+    assert (out / "short.png").is_file() and (out / "clip_cinepak.png").is_file()
+    one = main(["video", "predict", "--checkpoint", str(run_dir), "--input", str(folder / "corrupt.mp4"),
+                "--out", str(out)])
+    assert one == 2
+
+
+def test_resume_continues(run_dir, synth_dir):
+    rc = main(["video", "train", "--resume", str(run_dir), "--max-steps", "3", "--num-workers", "0", "--quiet"])
+    assert rc == 0
+    steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3

@@ -1,0 +1,180 @@
+"""TimeSformer: shapes, HF / official-checkpoint parity, and initialisation from a timm ImageNet ViT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import videovit
+from backbones.convert.hf_timesformer import convert_hf_timesformer
+from engine.errors import UserError
+
+NAME = "timesformer_base_patch16_224"
+TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, mlp_ratio=2.0)
+
+
+def _hf(attention_type: str = "divided_space_time"):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                         num_labels=5, attention_type=attention_type)
+    torch.manual_seed(0)
+    hf = transformers.TimesformerForVideoClassification(cfg).eval()
+    with torch.no_grad():  # non-trivial values everywhere (HF zero-inits some tables and biases)
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    return hf
+
+
+def _clip() -> torch.Tensor:
+    return torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1))  # (B, C, T, H, W)
+
+
+def _hf_logits(hf, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(pixel_values=x.transpose(1, 2)).logits  # HF takes (B, T, C, H, W)
+
+
+def _ours(pretrained, **kw) -> torch.nn.Module:
+    return videovit.create_model(NAME, pretrained=pretrained, **{**TINY, **kw}).eval()
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
+def test_hf_parity(attention_type: str) -> None:
+    hf = _hf(attention_type)
+    x = _clip()
+    ref = _hf_logits(hf, x)
+    with torch.no_grad():
+        out = _ours(hf.state_dict(), attention_type=attention_type)(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_hf_parity_detects_a_misplaced_weight() -> None:
+    hf = _hf()
+    x = _clip()
+    sd = convert_hf_timesformer(hf.state_dict(), None)
+    a, b = "blocks.1.attn.qkv.weight", "blocks.1.temporal_attn.qkv.weight"
+    sd[a], sd[b] = sd[b], sd[a]
+    with torch.no_grad():
+        out = _ours(sd)(x)
+    assert (out - _hf_logits(hf, x)).abs().max() > 1e-3
+
+
+# Official names, read from facebookresearch/TimeSformer timesformer/models/vit.py (VisionTransformer / Block),
+# written independently of backbones.convert.hf_timesformer.
+_OFFICIAL_LAYER = {
+    "layernorm_before": "norm1", "attention.attention.qkv": "attn.qkv", "attention.output.dense": "attn.proj",
+    "temporal_layernorm": "temporal_norm1", "temporal_attention.attention.qkv": "temporal_attn.qkv",
+    "temporal_attention.output.dense": "temporal_attn.proj", "temporal_dense": "temporal_fc",
+    "layernorm_after": "norm2", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+}
+_OFFICIAL_TOP = {
+    "timesformer.embeddings.cls_token": "cls_token", "timesformer.embeddings.position_embeddings": "pos_embed",
+    "timesformer.embeddings.time_embeddings": "time_embed",
+    "timesformer.embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "timesformer.embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "timesformer.layernorm.weight": "norm.weight", "timesformer.layernorm.bias": "norm.bias",
+    "classifier.weight": "head.weight", "classifier.bias": "head.bias",
+}
+
+
+def _official_checkpoint(hf_sd: dict) -> dict:
+    """An official ``.pyth``-style training checkpoint: ``{'model_state': {'model.<name>': ...}, ...}``."""
+    out = {}
+    for k, v in hf_sd.items():
+        if k in _OFFICIAL_TOP:
+            out["model." + _OFFICIAL_TOP[k]] = v
+            continue
+        i, rest = k[len("timesformer.encoder.layer."):].split(".", 1)
+        mod, param = rest.rsplit(".", 1)
+        out[f"model.blocks.{i}.{_OFFICIAL_LAYER[mod]}.{param}"] = v
+    return {"epoch": 15, "model_state": out, "optimizer_state": {}, "cfg": "TIMESFORMER:\n  ATTENTION_TYPE: ..."}
+
+
+def test_official_checkpoint_parity(tmp_path) -> None:
+    hf = _hf()
+    x = _clip()
+    path = tmp_path / "TimeSformer_divST_tiny.pth"
+    ckpt = _official_checkpoint(hf.state_dict())
+    assert len(ckpt["model_state"]) == len(hf.state_dict())
+    torch.save(ckpt, path)
+    with torch.no_grad():
+        out = _ours(str(path))(x)
+    torch.testing.assert_close(out, _hf_logits(hf, x), rtol=1e-4, atol=1e-4)
+    # one weight in the wrong place must show
+    ms = ckpt["model_state"]
+    ms["model.blocks.0.mlp.fc1.bias"] = ms["model.blocks.0.mlp.fc1.bias"].flip(0)
+    with torch.no_grad():
+        bad = _ours(ckpt)(x)
+    assert (bad - _hf_logits(hf, x)).abs().max() > 1e-3
+
+
+def _timm_vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                                           num_heads=2, mlp_ratio=2.0, num_classes=7).eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.normal_(0, 0.2)
+    return vit
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "space_only"])
+def test_timm_vit_init_on_static_clip(attention_type: str) -> None:
+    """A clip of T identical frames through the ImageNet-initialised TimeSformer = the ViT on one frame."""
+    vit = _timm_vit()
+    model = _ours(vit.state_dict(), attention_type=attention_type, num_classes=7)
+    frame = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    clip = frame[:, :, None].expand(-1, -1, 4, -1, -1)  # (B, C, T, H, W)
+    with torch.no_grad():
+        ref = vit.forward_features(frame)[:, 0]
+        out = model.forward_head(model.forward_features(clip), pre_logits=True)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(clip), vit(frame), rtol=1e-4, atol=1e-4)
+        moving = clip + torch.randn_like(clip)  # a moving clip differs: the check is not vacuous
+        assert (model.forward_head(model.forward_features(moving), pre_logits=True) - ref).abs().max() > 1e-3
+    if attention_type == "divided_space_time":
+        sd = model.state_dict()
+        assert torch.equal(sd["blocks.1.temporal_attn.qkv.weight"], vit.state_dict()["blocks.1.attn.qkv.weight"])
+        assert torch.equal(sd["blocks.0.temporal_norm1.weight"], vit.state_dict()["blocks.0.norm1.weight"])
+        assert sd["blocks.0.temporal_fc.weight"].abs().sum() == 0 and sd["time_embed"].abs().sum() == 0
+
+
+def test_timm_vit_init_resamples_grid_and_head() -> None:
+    vit = _timm_vit()
+    model = videovit.create_model(NAME, pretrained=vit.state_dict(), **{**TINY, "img_size": 48, "num_classes": 3})
+    assert model.pos_embed.shape == (1, 1 + 36, 32)
+    assert model(torch.randn(1, 3, 4, 48, 48)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
+def test_shapes_intermediates_and_checkpointing(attention_type: str) -> None:
+    torch.manual_seed(0)
+    model = videovit.create_model(NAME, **{**videovit.registry.tiny_overrides(NAME), "attention_type": attention_type})
+    model.eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10)
+    maps = model.forward_intermediates(x, indices=[0, -1])
+    assert [m.shape for m in maps] == [(2, 32, 4, 4, 4)] * 2
+    final, toks = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=False)
+    assert toks[0].shape == (2, 1 + 4 * 16, 32)
+    torch.testing.assert_close(model.forward_head(final), out)
+    model.set_grad_checkpointing(True)
+    torch.testing.assert_close(model(x), out)
+    # another clip length and resolution resample the tables on the fly
+    assert model(torch.randn(1, 3, 6, 40, 40)).shape == (1, 10)
+
+
+def test_checkpoint_roundtrip_and_errors(tmp_path) -> None:
+    model = videovit.create_model(NAME, **videovit.registry.tiny_overrides(NAME)).eval()
+    again = videovit.create_model(NAME, pretrained=model.state_dict(), **videovit.registry.tiny_overrides(NAME))
+    x = torch.randn(1, 3, 4, 32, 32)
+    torch.testing.assert_close(again.eval()(x), model(x))
+    with pytest.raises(ValueError, match="did you mean 'space_only'"):
+        videovit.create_model(NAME, attention_type="spaceonly")
+    with pytest.raises(UserError, match="no such checkpoint"):
+        videovit.create_model(NAME, pretrained=str(tmp_path / "missing.pyth"), **videovit.registry.tiny_overrides(NAME))
+    with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
+        model(torch.randn(1, 3, 32, 32))

@@ -1,0 +1,301 @@
+"""TimeSformer: a ViT whose blocks attend over space and time.
+
+Bertasius, Wang and Torresani, "Is Space-Time Attention All You Need for Video Understanding?", ICML 2021,
+arXiv:2102.05095. The default is divided space-time attention (temporal then spatial attention in every block,
+:class:`~backbones.layers.divided_st_attention.DividedSpaceTimeBlock`); ``attention_type`` also gives the paper's
+``joint_space_time`` and ``space_only`` baselines.
+
+Dataflow::
+
+    video (B, C, T, H, W)
+      -> per-frame patch_embed (Conv2d p x p)                          (B*T, N, D)
+      -> + pos_embed (spatial, shared by frames), + time_embed (per frame)
+      -> prepend one class token (+ pos_embed[0])                      (B, 1 + T*N, D)    [space_only: (B*T, 1+N, D)]
+      -> blocks: x = blk(x, thw)                                       divided | joint | per-frame attention
+      -> [space_only: average the per-frame class tokens]  -> norm -> class token -> head   (B, num_classes)
+
+Tokens are ordered ``(t, h, w)``. Key names are the official repo's (timm's ViT names plus ``time_embed``,
+``blocks.i.temporal_norm1``, ``blocks.i.temporal_attn.{qkv,proj}``, ``blocks.i.temporal_fc``), so official
+checkpoints, HF ``TimesformerForVideoClassification`` state dicts and timm ImageNet ViTs load through
+``backbones/convert`` (``timesformer_official.py``, ``hf_timesformer.py``, the timm ViT converter) plus
+:meth:`TimeSformer.adapt_state_dict` (temporal attention copied from the spatial one, ``temporal_fc`` zero, as the
+official ``helpers.load_pretrained``).
+
+Example::
+
+    >>> import videovit
+    >>> net = videovit.create_model("timesformer_base_patch16_224", num_classes=400)
+    >>> net(torch.randn(1, 3, 8, 224, 224)).shape
+    torch.Size([1, 400])
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+import backbones.convert.hf_timesformer  # noqa: F401  (registers the HF converter)
+import backbones.convert.timesformer_official  # noqa: F401  (registers the official / vtk converters)
+from backbones._builder import checkpoint_module, load_pretrained, take_indices
+from backbones.layers import PatchEmbed, grid_shape, resample_pos_embed, resample_time_embed, to_ntuple
+from backbones.layers.divided_st_attention import DividedSpaceTimeBlock, SpaceTimeBlock
+from videovit import register_model
+
+__all__ = ["TimeSformer", "ATTENTION_TYPES", "check_choice", "tokens_to_map",
+           "timesformer_base_patch16_224", "timesformer_hr_patch16_448", "timesformer_l_patch16_224"]
+
+Thw = Tuple[int, int, int]
+ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+
+
+def check_choice(value: str, choices: Sequence[str], name: str) -> str:
+    """Return ``value`` if it is one of ``choices``; otherwise a ``ValueError`` that suggests close names."""
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}{hint}")
+    return value
+
+
+def tokens_to_map(x: torch.Tensor, thw: Sequence[int], num_prefix_tokens: int) -> torch.Tensor:
+    """``(B, P + T*H*W, C)`` tokens in ``(t, h, w)`` order -> feature map ``(B, C, T, H, W)`` (prefix dropped)."""
+    B, L, C = x.shape
+    return x[:, num_prefix_tokens:].transpose(1, 2).reshape(B, C, *thw)
+
+
+class TimeSformer(nn.Module):
+    """TimeSformer video classifier (input ``(B, C, T, H, W)``).
+
+    Args:
+        img_size: Training frame size (sets the ``pos_embed`` grid; other sizes are resampled on the fly).
+        patch_size: Square patch size.
+        in_chans: Input channels.
+        num_classes: Classes of the head (0: ``forward`` returns pooled features).
+        num_frames: Training clip length (sets ``time_embed``; other lengths are resampled on the fly).
+        embed_dim: Token width ``D``.
+        depth: Number of blocks.
+        num_heads: Attention heads.
+        mlp_ratio: MLP hidden width multiple.
+        qkv_bias: Bias on qkv.
+        drop_rate: Dropout after the position embeddings and before the head.
+        attn_drop_rate: Attention dropout.
+        drop_path_rate: Stochastic depth, linearly increasing over blocks (0.1 in the official recipe).
+        attention_type: ``"divided_space_time"``, ``"joint_space_time"`` or ``"space_only"``.
+        global_pool: ``"token"`` (class token, official) or ``"avg"`` (mean of the patch tokens).
+        norm_layer: Norm class (default ``LayerNorm(eps=1e-6)``).
+        act_layer: MLP activation class (default ``nn.GELU``).
+        block_fn: Block class called as ``block_fn(dim, num_heads, mlp_ratio=, ...)`` and ``blk(x, thw)``;
+            default from ``attention_type``.
+    """
+
+    def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 400, num_frames: int = 8, embed_dim: int = 768, depth: int = 12,
+                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 attention_type: str = "divided_space_time", global_pool: str = "token",
+                 norm_layer: Optional[Type[nn.Module]] = None, act_layer: Optional[Type[nn.Module]] = None,
+                 block_fn: Optional[Type[nn.Module]] = None) -> None:
+        super().__init__()
+        self.attention_type = check_choice(attention_type, ATTENTION_TYPES, "attention_type")
+        self.global_pool = check_choice(global_pool, ("token", "avg"), "global_pool")
+        if num_frames < 1 or depth < 1:
+            raise ValueError(f"num_frames ({num_frames}) and depth ({depth}) must be >= 1")
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        img = to_ntuple(img_size, 2, "img_size")
+        self.num_classes, self.num_frames = num_classes, num_frames
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+        self.patch_embed = PatchEmbed(img, patch_size, in_chans, embed_dim, spatial_dims=2)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
+        space_only = attention_type == "space_only"
+        self.time_embed = None if space_only else nn.Parameter(torch.zeros(1, num_frames, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.blocks = self._make_blocks(block_fn, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_rate,
+                                        attn_drop_rate, drop_path_rate, norm_layer, act_layer or nn.GELU)
+        self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.pretrained_cfg: Dict[str, Any] = dict(
+            input_size=(in_chans, num_frames) + img, num_frames=num_frames, first_conv="patch_embed.proj",
+            classifier="head", mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+        self.pretrained_ignore_keys: Tuple[str, ...] = ()
+        self._init_weights()
+
+    def _make_blocks(self, block_fn: Optional[Type[nn.Module]], dim: int, depth: int, num_heads: int,
+                     mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float, drop_path_rate: float,
+                     norm_layer: Type[nn.Module], act_layer: Type[nn.Module]) -> nn.ModuleList:
+        if block_fn is None:
+            block_fn = DividedSpaceTimeBlock if self.attention_type == "divided_space_time" else SpaceTimeBlock
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        return nn.ModuleList([
+            block_fn(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop, attn_drop=attn_drop,
+                     drop_path=dpr[i], norm_layer=norm_layer, act_layer=act_layer)
+            for i in range(depth)])
+
+    def _init_weights(self) -> None:
+        """timm ViT init (trunc-normal 0.02); ``time_embed`` and every ``temporal_fc`` start at zero (official)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for blk in self.blocks:
+            if isinstance(blk, DividedSpaceTimeBlock):
+                nn.init.zeros_(blk.temporal_fc.weight)
+                nn.init.zeros_(blk.temporal_fc.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {"pos_embed", "cls_token", "time_embed"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def adapt_state_dict(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Fit a converted checkpoint (ours, official, HF or an image ViT) to this model's grid and attention.
+
+        Resamples ``pos_embed`` to the patch grid and ``time_embed`` to ``num_frames``; for an image ViT adds a
+        zero ``time_embed`` and, in divided blocks, copies ``norm1``/``attn`` into ``temporal_norm1``/
+        ``temporal_attn`` with a zero ``temporal_fc`` (official ``helpers.load_pretrained`` + model init).
+        Temporal weights are dropped for ``joint_space_time``/``space_only`` models.
+        """
+        sd = dict(sd)
+        if "pos_embed" in sd and sd["pos_embed"].shape[1] != self.pos_embed.shape[1]:
+            old = grid_shape(sd["pos_embed"].shape[1] - 1, 2)
+            sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], self.patch_embed.grid_size, old, 1)
+        if self.time_embed is None:
+            sd.pop("time_embed", None)
+        else:
+            te = sd.get("time_embed", torch.zeros_like(self.time_embed))
+            sd["time_embed"] = resample_time_embed(te, self.num_frames)
+        divided = [i for i, b in enumerate(self.blocks) if isinstance(b, DividedSpaceTimeBlock)]
+        for i in divided:
+            self._add_temporal_weights(sd, f"blocks.{i}.")
+        temporal = re.compile(r"blocks\.(\d+)\.temporal_")
+        return {k: v for k, v in sd.items() if not (temporal.match(k) and int(temporal.match(k)[1]) not in divided)}
+
+    def _add_temporal_weights(self, sd: Dict[str, torch.Tensor], p: str) -> None:
+        for src, dst in (("norm1.", "temporal_norm1."), ("attn.", "temporal_attn.")):
+            if not any(k.startswith(p + dst) for k in sd):
+                sd.update({p + dst + k[len(p + src):]: v.clone() for k, v in list(sd.items()) if k.startswith(p + src)})
+        fc = self.blocks[int(p.split(".")[1])].temporal_fc
+        sd.setdefault(p + "temporal_fc.weight", torch.zeros_like(fc.weight))
+        sd.setdefault(p + "temporal_fc.bias", torch.zeros_like(fc.bias))
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Thw]:
+        """``(B, C, T, H, W)`` -> tokens ``(B, 1 + T*N, D)`` (``(B*T, 1 + N, D)`` for space_only) and ``thw``."""
+        if x.ndim != 5:
+            raise ValueError(f"expected video (B, C, T, H, W), got shape {tuple(x.shape)}")
+        B, C, T, H, W = x.shape
+        x = self.patch_embed(x.transpose(1, 2).reshape(B * T, C, H, W))  # (B*T, N, D)
+        ph, pw = self.patch_embed.patch_size
+        thw = (T, H // ph, W // pw)
+        pos = self.pos_embed
+        if thw[1:] != self.patch_embed.grid_size:
+            pos = resample_pos_embed(pos, thw[1:], self.patch_embed.grid_size, 1)
+        cls = (self.cls_token + pos[:, :1]).expand(B * T if self.time_embed is None else B, -1, -1)  # (B', 1, D)
+        x = x + pos[:, 1:]
+        if self.time_embed is not None:
+            D = x.shape[-1]
+            x = x.reshape(B, T, -1, D) + resample_time_embed(self.time_embed, T)[:, :, None]  # (B, T, N, D)
+            x = x.reshape(B, -1, D)  # (B, T*N, D)
+        return self.pos_drop(torch.cat([cls, x], dim=1)), thw
+
+    def _to_clip(self, x: torch.Tensor, thw: Thw) -> torch.Tensor:
+        """space_only ``(B*T, 1 + N, D)`` -> ``(B, 1 + T*N, D)`` with the frame-averaged class token."""
+        if self.time_embed is not None:
+            return x
+        T = thw[0]
+        BT, L, D = x.shape
+        x = x.reshape(BT // T, T, L, D)  # (B, T, 1+N, D)
+        return torch.cat([x[:, :, :1].mean(dim=1), x[:, :, 1:].reshape(BT // T, T * (L - 1), D)], dim=1)
+
+    def _run_block(self, blk: nn.Module, x: torch.Tensor, thw: Thw) -> torch.Tensor:
+        return checkpoint_module(blk, x, thw, enabled=self.grad_checkpointing)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T*N, D)``, class token first."""
+        x, thw = self._embed(x)
+        for blk in self.blocks:
+            x = self._run_block(blk, x, thw)
+        return self.norm(self._to_clip(x, thw))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens -> class token (or mean) -> dropout -> head; ``pre_logits`` stops before the head."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
+                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
+                              return_prefix_tokens: bool = False) -> Any:
+        """Outputs of selected blocks.
+
+        Args:
+            x: Video ``(B, C, T, H, W)``.
+            indices: Int ``n`` for the last ``n`` blocks, or a list of block indices.
+            norm: Apply the final norm to every intermediate.
+            output_fmt: ``"NCTHW"`` feature maps ``(B, D, T, H', W')`` (class token dropped) or ``"NLC"``
+                tokens ``(B, 1 + T*H'*W', D)``.
+            intermediates_only: Return only the list; otherwise ``(final_features, list)``.
+            return_prefix_tokens: With ``NCTHW``, return ``(map, class token (B, 1, D))`` pairs.
+        """
+        check_choice(output_fmt, ("NCTHW", "NLC"), "output_fmt")
+        take, last = take_indices(len(self.blocks), indices)
+        x, thw = self._embed(x)
+        out = []
+        for i, blk in enumerate(self.blocks):
+            x = self._run_block(blk, x, thw)
+            if i in take:
+                y = self._to_clip(x, thw)
+                y = self.norm(y) if norm else y
+                fmap = tokens_to_map(y, thw, 1)
+                out.append(y if output_fmt == "NLC" else (fmap, y[:, :1]) if return_prefix_tokens else fmap)
+            if intermediates_only and i >= last:
+                break
+        return out if intermediates_only else (self.norm(self._to_clip(x, thw)), out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+def _create_timesformer(pretrained: Optional[Any], **kwargs: Any) -> TimeSformer:
+    model = TimeSformer(**kwargs)
+    if pretrained is not None:
+        load_pretrained(model, pretrained, family=("timesformer", "vit"))
+    return model
+
+
+_TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+
+
+@register_model(tiny=_TINY)
+def timesformer_base_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> TimeSformer:
+    """TimeSformer (divided ST, ViT-B/16): 8 frames x 224 px, 121.4M params, K400 78.0 top-1 (1x3 views)."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=8, drop_path_rate=0.1)
+    return _create_timesformer(pretrained, **{**args, **overrides})
+
+
+@register_model(tiny=_TINY)
+def timesformer_hr_patch16_448(pretrained: Optional[Any] = None, **overrides: Any) -> TimeSformer:
+    """TimeSformer-HR: 16 frames x 448 px, K400 79.7 top-1."""
+    args = dict(img_size=448, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=16,
+                drop_path_rate=0.1)
+    return _create_timesformer(pretrained, **{**args, **overrides})
+
+
+@register_model(tiny=_TINY)
+def timesformer_l_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> TimeSformer:
+    """TimeSformer-L: 96 frames x 224 px, K400 80.7 top-1."""
+    args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=96, drop_path_rate=0.1)
+    return _create_timesformer(pretrained, **{**args, **overrides})
