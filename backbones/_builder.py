@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
@@ -150,8 +150,8 @@ def read_checkpoint(src: Union[str, os.PathLike, Mapping[str, Any]]) -> StateDic
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
     """Adapt a first-conv weight ``(O, I, *k)`` to ``in_chans`` inputs, as timm's ``adapt_input_conv``.
 
-    One channel sums the pretrained filters over their inputs; other counts repeat them and rescale by
-    ``I / in_chans`` so the response to a grey image is unchanged.
+    One channel sums the pretrained filters over their inputs (the response to a grey image is unchanged); other
+    counts cycle through the pretrained input filters and rescale them by ``I / in_chans``.
     """
     I = weight.shape[1]
     if in_chans == I:

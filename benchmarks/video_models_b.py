@@ -87,10 +87,10 @@ def bench_vtn_encoder(args: argparse.Namespace, device: torch.device) -> None:
 
     from backbones.layers.local_global_attention import LocalGlobalEncoder
 
-    n, dim = args.vtn_frames, 768
+    n, dim = -(-args.vtn_frames // 18) * 18, 768  # a multiple of the window: HF's own padding needs word embeddings
     hf_cfg = LongformerConfig(hidden_size=dim, num_hidden_layers=3, num_attention_heads=12, intermediate_size=3072,
-                              attention_window=18, max_position_embeddings=n + 2, vocab_size=1,
-                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                              attention_window=[18] * 3, max_position_embeddings=max(288, n + 2), vocab_size=2,
+                              pad_token_id=-1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ref = LongformerModel(hf_cfg, add_pooling_layer=False).to(device).train()
     ours = LocalGlobalEncoder(dim, depth=3, num_heads=12, attention_window=18).to(device).train()
     x = torch.randn(args.batch, n, dim, device=device)

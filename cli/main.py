@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import click
 import typer
+from typer._click import exceptions as typer_click  # typer >= 0.26 vendors click; its errors are not click's
 
 from cli.apps import app
 from engine.errors import VtkError
@@ -45,13 +46,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     _register_commands()
     try:
-        app(args=argv, prog_name="vtk", standalone_mode=False)
-    except click.exceptions.Exit as e:
+        rc = app(args=argv, prog_name="vtk", standalone_mode=False)
+    except (click.exceptions.Exit, typer.Exit) as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("vtk: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as e:
+    except (click.ClickException, typer_click.ClickException) as e:
         if debug:
             raise
         e.show()
@@ -70,7 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"vtk: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def run() -> None:

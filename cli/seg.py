@@ -64,7 +64,7 @@ def check_btcv_cmd(
     for f, p in problems:
         table.add_row(_rel(f, data_dir), p)
     console.print(table)
-    raise typer.Exit(code=2)
+    raise UserError(f"{data_dir}: {len(problems)} problem(s) found (see the table above)")
 
 
 @seg_app.command("train")

@@ -37,6 +37,7 @@ _PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "bf16": "bf16",
                       "16-mixed": "16-mixed", "fp16": "16-mixed", "16": "16-mixed"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DICT_FIELDS = ("model_args", "data_args")
+_FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "clip_grad")
 
 
 @dataclasses.dataclass
@@ -141,6 +142,9 @@ class TrainConfig:
         values = dict(data)
         if "precision" in values:
             values["precision"] = str(values["precision"])
+        for name in _FLOAT_FIELDS:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            if isinstance(values.get(name), str):
+                values[name] = _to_float(values[name])
         return cls(**values)
 
     @classmethod
@@ -158,6 +162,19 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a YAML mapping of config keys")
         return cls.from_dict(data, source=str(path))
+
+
+def _to_float(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # validate() reports it with the option name
+
+
+def _parse_scalar(text: str) -> Any:
+    """A YAML scalar/list, with ``1e-4``-style floats read as floats (YAML 1.1 needs a dot)."""
+    value = yaml.safe_load(text) if text.strip() else None
+    return _to_float(value) if isinstance(value, str) else value
 
 
 def normalize_precision(value: Any) -> str:
@@ -203,7 +220,7 @@ def parse_key_values(items: Optional[Sequence[str]], option: str = "--model-arg"
         if not sep or not key.strip():
             raise UserError(f"{option}: expected KEY=VALUE, got {item!r}")
         try:
-            result[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            result[key.strip()] = _parse_scalar(text)
         except yaml.YAMLError:
             raise UserError(f"{option}: cannot parse the value in {item!r}") from None
     return result

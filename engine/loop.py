@@ -147,13 +147,19 @@ class _Trainer:
         if cfg.out is None:
             cfg.out = cfg.resume if cfg.resume else default_out(cfg)
         cfg.out = broadcast_object(str(cfg.out))
-        out = Path(cfg.out)
+        out, error = Path(cfg.out), None
         if self.dist.is_main:
-            if not cfg.resume and (out / "config.yaml").exists():
-                raise UserError(f"{out}: run folder already exists; resume it with --resume {out} or pick another "
-                                "--out")
-            out.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(out / "config.yaml", cfg.to_yaml())
+            try:
+                if not cfg.resume and (out / "config.yaml").exists():
+                    raise UserError(f"{out}: run folder already exists; resume it with --resume {out} or pick "
+                                    "another --out")
+                out.mkdir(parents=True, exist_ok=True)
+                ckpt.atomic_write_text(out / "config.yaml", cfg.to_yaml())
+            except (UserError, OSError) as e:
+                error = f"{out}: cannot create the run folder ({e})" if isinstance(e, OSError) else str(e)
+        error = broadcast_object(error)  # every rank fails together instead of waiting in a collective
+        if error:
+            raise UserError(error)
         return out
 
     def _wrap(self, model: nn.Module) -> nn.Module:

@@ -73,7 +73,8 @@ _DROPPED = ("pre_logits/kernel", "pre_logits/bias")
 
 def _unit_key(m: "re.Match[str]") -> str:
     stage, unit, kind, r, leaf = m.groups()
-    mod = ("downsample." + ("conv" if kind == "conv" else "norm")) if r == "_proj" else f"{kind.replace('gn', 'norm')}{r}"
+    layer = "conv" if kind == "conv" else "norm"
+    mod = f"downsample.{layer}" if r == "_proj" else f"{layer}{r}"
     param = "weight" if leaf in ("kernel", "scale") else "bias"
     return f"{_BACKBONE}stages.{int(stage) - 1}.blocks.{int(unit) - 1}.{mod}.{param}"
 

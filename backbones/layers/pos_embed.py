@@ -7,6 +7,7 @@ trilinear in 3D, linear in time).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Tuple
 
 import torch
@@ -54,7 +55,7 @@ def resample_pos_embed(pos: torch.Tensor, new_grid: Sequence[int], old_grid: Seq
         return pos
     prefix, grid_tokens = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
     C = pos.shape[-1]
-    if grid_tokens.shape[1] != int(torch.tensor(old_grid).prod()):
+    if grid_tokens.shape[1] != math.prod(old_grid):
         raise ValueError(f"position table has {grid_tokens.shape[1]} grid tokens, not {old_grid}")
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(old_grid)]
     x = grid_tokens.reshape(1, *old_grid, C).movedim(-1, 1).float()  # (1, C, *old)

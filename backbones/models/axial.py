@@ -20,7 +20,7 @@ Example::
 
     >>> from backbones import create_model
     >>> enc = create_model("gated_axial_tiny", img_size=64, num_classes=2)
-    >>> final, feats = enc.forward_intermediates(torch.randn(1, 3, 64, 64), indices=2)
+    >>> feats = enc.forward_intermediates(torch.randn(1, 3, 64, 64), indices=2)  # last two stage maps
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch import nn
 from backbones import register_model
 from backbones._builder import build_model, checkpoint_module, take_indices
 from backbones.layers.axial_attention import AxialAttention
+from backbones.layers.drop import DropPath
 
 __all__ = ["AxialBlock", "AxialEncoder", "gated_axial_tiny", "axial_tiny", "axial_nopos_tiny"]
 
@@ -54,13 +55,14 @@ class AxialBlock(nn.Module):
             ``partial(AxialAttention, gated=True)``.
         norm_layer: 2D norm class.
         act_layer: Activation class.
+        drop_path: Stochastic depth of the residual branch.
     """
 
     expansion = 2
 
     def __init__(self, in_chans: int, planes: int, stride: int = 1, span: Optional[int] = None, num_heads: int = 8,
                  attn_layer: Type[nn.Module] = AxialAttention, norm_layer: Type[nn.Module] = nn.BatchNorm2d,
-                 act_layer: Type[nn.Module] = nn.ReLU) -> None:
+                 act_layer: Type[nn.Module] = nn.ReLU, drop_path: float = 0.0) -> None:
         super().__init__()
         out_chans = planes * self.expansion
         self.conv_down = nn.Conv2d(in_chans, planes, kernel_size=1, bias=False)
@@ -70,6 +72,7 @@ class AxialBlock(nn.Module):
         self.conv_up = nn.Conv2d(planes, out_chans, kernel_size=1, bias=False)
         self.bn2 = norm_layer(out_chans)
         self.act = act_layer()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.downsample = None
         if stride != 1 or in_chans != out_chans:
             self.downsample = nn.Sequential(nn.Conv2d(in_chans, out_chans, kernel_size=1, stride=stride, bias=False),
@@ -81,7 +84,7 @@ class AxialBlock(nn.Module):
         x = self.act(self.bn1(self.conv_down(x)))
         x = self.act(self.width_block(self.height_block(x)))
         x = self.bn2(self.conv_up(x))
-        return self.act(x + shortcut)
+        return self.act(self.drop_path(x) + shortcut)
 
 
 class _Stem(nn.Module):
@@ -122,6 +125,7 @@ class AxialEncoder(nn.Module):
         norm_layer: 2D norm class.
         act_layer: Activation class.
         drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth, increasing linearly over the blocks.
     """
 
     def __init__(self, img_size: int = 128, in_chans: int = 3, num_classes: int = 1000,
@@ -129,7 +133,7 @@ class AxialEncoder(nn.Module):
                  num_heads: int = 8, rel_pos: bool = True, gated: bool = True,
                  attn_layer: Optional[Type[nn.Module]] = None, block_fn: Type[nn.Module] = AxialBlock,
                  norm_layer: Type[nn.Module] = nn.BatchNorm2d, act_layer: Type[nn.Module] = nn.ReLU,
-                 drop_rate: float = 0.0) -> None:
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if not layers or any(n < 1 for n in layers):
             raise ValueError(f"layers must be a non-empty list of positive block counts, got {tuple(layers)}")
@@ -140,7 +144,8 @@ class AxialEncoder(nn.Module):
         attn_layer = attn_layer or partial(AxialAttention, rel_pos=rel_pos, gated=gated)
         stem_width = int(64 * width)
         self.stem = _Stem(in_chans, stem_width, stem_hidden, norm_layer, act_layer)
-        self.stages, self.feature_info = self._make_stages(stem_width, layers, width, num_heads, block_fn,
+        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, sum(layers))]
+        self.stages, self.feature_info = self._make_stages(stem_width, layers, width, num_heads, block_fn, dpr,
                                                            dict(attn_layer=attn_layer, norm_layer=norm_layer,
                                                                 act_layer=act_layer))
         self.num_features = self.feature_info[-1]["num_chs"]
@@ -150,7 +155,8 @@ class AxialEncoder(nn.Module):
                                    classifier="head", mean=(0.0,) * in_chans, std=(1.0,) * in_chans)
 
     def _make_stages(self, in_chans: int, layers: Sequence[int], width: float, num_heads: int,
-                     block_fn: Type[nn.Module], block_kwargs: Dict[str, Any]) -> Tuple[nn.ModuleList, List[Dict]]:
+                     block_fn: Type[nn.Module], dpr: List[float],
+                     block_kwargs: Dict[str, Any]) -> Tuple[nn.ModuleList, List[Dict]]:
         """Stages of ``block_fn``; the span halves after every strided block (MedT's ``kernel_size``)."""
         stages, info = nn.ModuleList(), []
         span, reduction = self.img_size // 2, 2
@@ -160,7 +166,7 @@ class AxialEncoder(nn.Module):
             blocks = []
             for j in range(depth):
                 blocks.append(block_fn(in_chans, planes, stride=stride if j == 0 else 1, span=span,
-                                       num_heads=num_heads, **block_kwargs))
+                                       num_heads=num_heads, drop_path=dpr[sum(layers[:i]) + j], **block_kwargs))
                 in_chans = planes * block_fn.expansion
                 if j == 0 and stride > 1:
                     span, reduction = max(span // stride, 1), reduction * stride

@@ -270,7 +270,7 @@ class SwinTransformer(nn.Module):
 
     def _make_stages(self, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], drop_path_rate: float,
                      clip_mode: str, block_kwargs: Dict[str, Any], layers: Dict[str, Any]) -> nn.Sequential:
-        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu")]
         patch = max(self.patch_embed.patch_size)
         self.feature_info = [dict(num_chs=embed_dim, reduction=patch, module="patch_embed")]
         stages = []
@@ -380,7 +380,7 @@ class SwinTransformer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- entry points
 _TINY_2D = dict(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=10)
-_TINY_3D = dict(img_size=32, embed_dim=12, depths=(2, 2), num_heads=(1, 2), window_size=4)
+_TINY_3D = dict(img_size=16, embed_dim=12, depths=(2, 2), num_heads=(1, 2), window_size=4)
 _SWIN3D = dict(spatial_dims=3, in_chans=1, img_size=96, patch_size=2, window_size=7, num_classes=0,
                drop_path_rate=0.0, patch_norm=False, downsample_last=True, clip_mode="truncate")
 

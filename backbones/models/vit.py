@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -109,7 +110,7 @@ class VisionTransformer(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
         self._init_embed(embed_layer, img_size, patch_size, in_chans, embed_dim, pos_embed, pos_drop_rate)
-        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> drop_path_rate
         self.blocks = nn.Sequential(*[
             block_fn(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm,
                      proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
@@ -150,7 +151,7 @@ class VisionTransformer(nn.Module):
         self.grid_size: Tuple[int, ...] = tuple(self.patch_embed.grid_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.num_prefix_tokens else None
         self.pos_embed_type = pos_embed
-        num_pos = int(torch.tensor(self.grid_size).prod()) + (0 if self.no_embed_class else self.num_prefix_tokens)
+        num_pos = math.prod(self.grid_size) + (0 if self.no_embed_class else self.num_prefix_tokens)
         if pos_embed == "none":
             self.pos_embed = None
         elif pos_embed == "sincos":

@@ -47,7 +47,7 @@ def synth_case(size: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndar
     sxy = rng.uniform(0.7, 0.9) * 512.0 / size
     sz = sxy * rng.uniform(3.0, 6.0)
     fov = sxy * size
-    nz = max(16, int(round(0.5 * fov / sz)))
+    nz = max(12, int(round(0.5 * fov / sz)))
     sz = 0.5 * fov / nz  # small sizes: fewer, thinner-than-scaled slices keep the organs sampled
     affine = np.diag([-sxy, -sxy, sz, 1.0])  # voxel axes point to patient Left, Posterior, Superior
     affine[:3, 3] = [sxy * (size - 1) / 2, sxy * (size - 1) / 2 + 0.05 * fov, -sz * (nz - 1) / 2]

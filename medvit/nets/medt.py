@@ -87,6 +87,7 @@ class MedT(nn.Module):
         local_patches: Patches per side of the local branch grid (4: a 4 x 4 grid of 32-px patches at 128 px).
         norm_layer: 2D norm class of both encoders.
         act_layer: Activation class of both encoders.
+        drop_path_rate: Stochastic depth of both encoders.
     """
 
     spatial_dims = 2
@@ -94,7 +95,7 @@ class MedT(nn.Module):
     def __init__(self, img_size: int = 128, in_chans: int = 3, num_classes: int = 2,
                  layers: Sequence[int] = (1, 2, 4, 1), global_stages: int = 2, width: float = 0.125,
                  num_heads: int = 8, local_patches: int = 4, norm_layer: Type[nn.Module] = nn.BatchNorm2d,
-                 act_layer: Type[nn.Module] = nn.ReLU) -> None:
+                 act_layer: Type[nn.Module] = nn.ReLU, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if not 1 <= global_stages <= len(layers):
             raise ValueError(f"global_stages {global_stages} must be in [1, len(layers)={len(layers)}]")
@@ -104,9 +105,10 @@ class MedT(nn.Module):
         if img_size % self.multiple:
             raise ValueError(f"img_size {img_size} must be a multiple of {self.multiple} "
                              f"(2^{len(layers)} per local patch x {local_patches} patches)")
-        self.img_size, self.in_chans, self.num_classes, self.local_patches = img_size, in_chans, num_classes, local_patches
+        self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
+        self.local_patches = local_patches
         common = dict(in_chans=in_chans, num_classes=0, width=width, num_heads=num_heads, norm_layer=norm_layer,
-                      act_layer=act_layer)
+                      act_layer=act_layer, drop_path_rate=drop_path_rate)
         self.global_branch = AxialEncoder(img_size, layers=layers[:global_stages], gated=True, **common)
         self.local_branch = AxialEncoder(img_size // local_patches, layers=layers, rel_pos=False, gated=False,
                                          **common)

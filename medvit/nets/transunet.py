@@ -42,7 +42,7 @@ from torch import nn
 
 import backbones
 from backbones._builder import build_model
-from backbones.convert import Converter, StateDict, find_converter, register_converter
+from backbones.convert import Converter, StateDict, converters_for, register_converter
 from backbones.layers import to_ntuple
 from medvit import register_model
 
@@ -87,8 +87,9 @@ class DecoderCup(nn.Module):
         norm_layer: Norm class.
     """
 
-    def __init__(self, embed_dim: int, skip_channels: Sequence[int], decoder_channels: Sequence[int] = (256, 128, 64, 16),
-                 head_channels: int = 512, n_skip: int = 3, norm_layer: type = nn.BatchNorm2d) -> None:
+    def __init__(self, embed_dim: int, skip_channels: Sequence[int],
+                 decoder_channels: Sequence[int] = (256, 128, 64, 16), head_channels: int = 512, n_skip: int = 3,
+                 norm_layer: type = nn.BatchNorm2d) -> None:
         super().__init__()
         if not 0 <= n_skip <= min(len(skip_channels), len(decoder_channels)):
             raise ValueError(f"n_skip {n_skip} must be in [0, {min(len(skip_channels), len(decoder_channels))}] "
@@ -199,22 +200,21 @@ class TransUNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- encoder-only checkpoints (npz, timm)
-def _encoder_converter(sd: Mapping[str, torch.Tensor]) -> Optional[Converter]:
-    if any(k.startswith(("decoder.", "segmentation_head.", "encoder.")) for k in sd):
-        return None  # a full TransUNet checkpoint: our own names
-    return find_converter(sd, "vit")
+def _is_full(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("decoder.", "segmentation_head.", "encoder.")) for k in sd)
 
 
-def _convert_encoder(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
-    """A ViT-family checkpoint (Google npz, timm hybrid) -> ``encoder.*`` of ``model`` (pure)."""
-    conv = _encoder_converter(sd)
-    if conv is None:
-        raise ValueError("not a ViT-family checkpoint")
-    return {f"encoder.{k}": v for k, v in conv.convert(sd, model.encoder).items()}
+def _encoder_only(conv: Converter) -> Converter:
+    """Wrap a ViT-family converter so it fills ``encoder.*`` of a TransUNet (pure, like the wrapped one)."""
+    def convert(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
+        return {f"encoder.{k}": v for k, v in conv.convert(sd, model.encoder).items()}
+
+    return Converter(f"{conv.name} (encoder only)", "transunet",
+                     detect=lambda sd: not _is_full(sd) and conv.detect(sd), convert=convert)
 
 
-register_converter(Converter("vit-encoder", "transunet", detect=lambda sd: _encoder_converter(sd) is not None,
-                             convert=_convert_encoder))
+for _conv in converters_for("vit"):  # Google npz, timm, ... as registered by backbones.convert
+    register_converter(_encoder_only(_conv))
 
 
 @register_model(tiny=dict(img_size=32, layers=(1, 1, 1), embed_dim=32, depth=2, num_heads=2,

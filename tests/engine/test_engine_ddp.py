@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
 
 from engine import fit, load_run  # noqa: E402
 from engine.metrics import read_metrics  # noqa: E402
 from engine_tasks import ToyTask, base_config, train_losses  # noqa: E402
+
+__all__: list = []
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ddp_train.py")
@@ -21,23 +24,34 @@ SCRIPT = Path(__file__).with_name("ddp_train.py")
 OVERRIDES = {"model_args": {"dropout": 0.0}, "max_steps": 6, "val_every": 3, "ckpt_every": 3}
 
 
-def _torchrun(runs: list, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(runs: list, nproc: int = 2) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(SCRIPT), json.dumps(runs)]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _val(run: Path) -> list:
     return [r["val/mse"] for r in read_metrics(run) if "val/mse" in r]
 
 
-def test_ddp_two_ranks_equal_single_process(tmp_path):
-    single = tmp_path / "single"
-    fit(base_config(single, **OVERRIDES), ToyTask())
+def test_ddp_two_ranks_equal_single_process_and_resume_exactly(tmp_path):
     runs = {accum: tmp_path / f"ddp-accum{accum}" for accum in (1, 2)}
-    proc = _torchrun([[str(out), dict(OVERRIDES, grad_accum=accum)] for accum, out in runs.items()])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = [[str(out), dict(OVERRIDES, grad_accum=accum), None] for accum, out in runs.items()]
+    # exact resume under DDP, with dropout: every rank's RNG stream must be restored
+    dropout = dict(OVERRIDES, model_args={"dropout": 0.3})
+    full, part = tmp_path / "ddp-full", tmp_path / "ddp-part"
+    jobs += [[str(full), dropout, None], [str(part), dropout, 4], [str(part), dict(dropout, resume=str(part)), None]]
+    proc = _torchrun(jobs)
+    try:
+        single = tmp_path / "single"  # the reference run trains while torchrun starts up
+        fit(base_config(single, **OVERRIDES), ToyTask())
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, output[-4000:]
     _, w_one = load_run(single, "last")
     want = train_losses(single)
     for accum, ddp in runs.items():
@@ -51,3 +65,6 @@ def test_ddp_two_ranks_equal_single_process(tmp_path):
             assert got[step] == pytest.approx(want[step], abs=1e-5), f"grad_accum={accum}: loss at step {step}"
         assert _val(ddp) == pytest.approx(_val(single), abs=1e-5)
         assert sorted(os.listdir(ddp / "checkpoints")) == sorted(os.listdir(single / "checkpoints"))
+    assert train_losses(part) == pytest.approx(train_losses(full), abs=1e-6, rel=0)
+    w_full, w_part = load_run(full, "last")[1], load_run(part, "last")[1]
+    assert all((w_full[k] - w_part[k]).abs().max().item() < 1e-6 for k in w_full)

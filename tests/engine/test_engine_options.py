@@ -8,6 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
 
 from engine import TrainConfig, UserError, config_from_cli, fit, load_run, parse_key_values  # noqa: E402
 from engine.data import EpochBatchSampler  # noqa: E402
@@ -15,14 +16,19 @@ from engine.metrics import read_metrics  # noqa: E402
 from engine.optim import build_optimizer, build_scheduler, lr_factor  # noqa: E402
 from engine_tasks import ToyTask, base_config, mlp, train_losses  # noqa: E402
 
+__all__: list = []
 
-@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("32", torch.float32)])
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("32", torch.float32),
+                                             ("16-mixed", torch.float16)])
 def test_precision_autocast_on_cpu(tmp_path, precision, dtype):
     task = ToyTask()
     fit(base_config(tmp_path / "run", precision=precision, max_steps=3, val_every=0), task)
     assert task.autocast_dtypes and set(task.autocast_dtypes) == {dtype}
     assert all(math.isfinite(v) for v in train_losses(tmp_path / "run").values())
     assert all(v.dtype == torch.float32 for v in load_run(tmp_path / "run")[1].values())  # master weights fp32
+    scaler = torch.load(tmp_path / "run" / "checkpoints" / "last.state.pt", weights_only=True)["scaler"]
+    assert bool(scaler) == (precision == "16-mixed")  # GradScaler only for 16-mixed
 
 
 def test_grad_accum_matches_full_batch(tmp_path):
@@ -72,7 +78,7 @@ def test_scheduler_drives_optimizer_lr():
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    expected = [0.25, 0.5, 0.5, 0.5 * 0.5 * (1 + math.cos(math.pi / 4)), 0.25, 0.5 * 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    expected = [0.25, 0.5, 0.5, 0.25 * (1 + math.cos(math.pi / 4)), 0.25, 0.25 * (1 + math.cos(3 * math.pi / 4))]
     assert seen == pytest.approx(expected)
     assert opt.param_groups[1]["weight_decay"] == 0.0  # biases are not decayed
 
@@ -110,8 +116,11 @@ def test_config_from_cli_merges(tmp_path):
     with pytest.raises(UserError, match="unknown config key"):
         (tmp_path / "bad.yaml").write_text("lr: 0.1\nlearning_rate: 2\n")
         config_from_cli("seg", "unetr", {}, tmp_path / "bad.yaml")
-    assert parse_key_values(["depth=2", "img_size=[96, 96, 96]", "name=x"]) == {
-        "depth": 2, "img_size": [96, 96, 96], "name": "x"}
+    assert parse_key_values(["depth=2", "img_size=[96, 96, 96]", "name=x", "drop_rate=1e-1"]) == {
+        "depth": 2, "img_size": [96, 96, 96], "name": "x", "drop_rate": 0.1}
+    (tmp_path / "sci.yaml").write_text("task: seg\nmodel: unetr\nlr: 1e-4\nclip_grad: 1e0\n")
+    sci = config_from_cli("seg", None, {}, tmp_path / "sci.yaml")
+    assert sci.lr == 1e-4 and sci.clip_grad == 1.0
     with pytest.raises(UserError, match="--model-arg: expected KEY=VALUE"):
         parse_key_values(["depth"])
 

@@ -1,17 +1,21 @@
 """Exact resume, checkpoint atomicity, NaN handling and config replay of engine.fit."""
 
 import os
+import signal
 import sys
 
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
 
 from engine import RunError, TrainConfig, config_from_cli, fit, load_run  # noqa: E402
 from engine import checkpoint as ckpt  # noqa: E402
 from engine.metrics import read_metrics  # noqa: E402
 from engine_tasks import ToyTask, base_config, train_losses  # noqa: E402
+
+__all__: list = []
 
 N_STEPS, STOP_AT = 12, 7  # 5 steps per epoch: the stop lands mid-epoch 1
 
@@ -115,3 +119,16 @@ def test_config_yaml_replays(full_run, tmp_path):
     best = read_metrics(full_run)
     val = [r["val/mse"] for r in best if "val/mse" in r]
     assert ckpt.load_state(full_run / "checkpoints" / "best.state.pt")["best"]["value"] == pytest.approx(min(val))
+
+
+def test_sigterm_stops_after_the_step_and_saves_last(tmp_path):
+    def send_sigterm(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # lands while step 3 is finishing; the run stops after step 4
+        return False
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = fit(base_config(tmp_path / "run", max_steps=N_STEPS), ToyTask(), should_stop=send_sigterm)
+    assert result.stopped and result.step == 4
+    assert ckpt.load_state(tmp_path / "run" / "checkpoints" / "last.state.pt")["step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is removed again

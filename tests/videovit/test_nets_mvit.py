@@ -168,7 +168,7 @@ def test_interface_and_intermediates(clip):
     assert [tuple(t.shape) for t in maps] == [(2, 32, 2, 8, 8), (2, 128, 2, 1, 1)]  # block 0 widens 16->32
     toks = m.forward_intermediates(clip, indices=2, output_fmt="NLC")
     assert [t.shape[-1] for t in toks] == [128, 128]  # block 2 widens 64 -> 128
-    final, _ = m.forward_intermediates(clip, indices=1, intermediates_only=False)
+    final, _ = m.forward_intermediates(clip, indices=1, return_final=True)
     torch.testing.assert_close(final, feats)
     with pytest.raises(ValueError):
         m.forward_intermediates(clip, indices=[9])

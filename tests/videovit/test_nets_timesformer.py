@@ -141,6 +141,19 @@ def test_timm_vit_init_on_static_clip(attention_type: str) -> None:
         assert sd["blocks.0.temporal_fc.weight"].abs().sum() == 0 and sd["time_embed"].abs().sum() == 0
 
 
+def test_space_only_averages_frame_class_tokens() -> None:
+    """Official space-only head on a moving clip: ``norm(mean_t cls_t)`` of the ViT run on every frame."""
+    vit = _timm_vit()
+    model = _ours(vit.state_dict(), attention_type="space_only", num_classes=7)
+    clip = _clip()
+    frames = clip.transpose(1, 2).flatten(0, 1)  # (B*T, C, H, W)
+    with torch.no_grad():
+        cls = vit.blocks(vit._pos_embed(vit.patch_embed(frames)))[:, 0].reshape(2, 4, -1)  # (B, T, D) pre-norm
+        ref = vit.norm(cls.mean(dim=1))
+        out = model.forward_head(model.forward_features(clip), pre_logits=True)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_timm_vit_init_resamples_grid_and_head() -> None:
     vit = _timm_vit()
     model = videovit.create_model(NAME, pretrained=vit.state_dict(), **{**TINY, "img_size": 48, "num_classes": 3})

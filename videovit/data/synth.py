@@ -1,10 +1,11 @@
 """Synthetic motion videos whose classes differ only in motion.
 
-Each video shows one random shape (triangle, bar, arrow-less quadrilateral) of random colour on a random background
-that moves on a torus (it wraps around the frame edges) or rotates. Start position, start angle, colour, size and
-speed are drawn independently of the class, and wrapping makes the position (and the angle) uniformly distributed in
-*every* frame, so the distribution of any single frame is the same for every class: no single frame can tell the
-classes apart, only the change between frames can. This is the control used to show that a video model models time
+Each video shows a random scene (a low-contrast blocky colour texture with one random convex shape on top) on a
+torus that translates (left, right, up, down, diagonals) or rotates (clockwise, anticlockwise) over time, wrapping
+around the frame edges. Scene, colours, shape, its position and angle, and the speed are drawn independently of the
+class; since a shifted or rotated random scene is again a random scene of the same distribution, the distribution
+of any single frame is the same for every class: no single frame can tell the classes apart, only the change
+between frames can. This is the control used to show that a video model models time
 (Bertasius et al., "Is Space-Time Attention All You Need for Video Understanding?", arXiv:2102.05095).
 
 The videos are real H.264 mp4 files (PyAV, no audio stream) laid out in all Kinetics-400 layouts at once:
@@ -77,6 +78,22 @@ class SynthSpec:
             raise ValueError(f"size={self.size} must be an even number >= 16")
 
 
+def _scene(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random scene on a torus: a blocky colour texture with one random convex shape on top; ``(S, S, 3)``."""
+    block = max(2, size // 8)
+    base = rng.integers(0, 256, 3)
+    texture = base + rng.integers(-50, 51, (size // block + 1, size // block + 1, 3))  # low-contrast blocks
+    scene = np.clip(texture, 0, 255).repeat(block, 0).repeat(block, 1)[:size, :size].astype(np.uint8)
+    shape = _SHAPES[rng.integers(len(_SHAPES))]
+    theta = rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    fg = rng.integers(0, 256, 3)
+    while np.abs(fg - base).sum() < 200:  # keep the shape visible
+        fg = rng.integers(0, 256, 3)
+    _draw(scene, shape @ rot.T * rng.uniform(0.2, 0.3) * size, tuple(rng.uniform(0, size, 2)), fg.astype(np.uint8))
+    return scene
+
+
 def _wrapped(coord: np.ndarray, centre: float, size: int) -> np.ndarray:
     """Signed offset of ``coord`` from ``centre`` on a torus of length ``size``."""
     return (coord - centre + size / 2) % size - size / 2
@@ -96,28 +113,26 @@ def _draw(frame: np.ndarray, poly: np.ndarray, centre: Tuple[float, float], colo
 
 
 def render_video(label: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Render one video of motion class ``label``.
+    """Render one video of motion class ``label``: a random scene translated or rotated over time.
+
+    The scene lives on a torus, so a translated or rotated scene is again a random scene of the same
+    distribution: every single frame has the same distribution for every class.
 
     Returns:
         uint8 array ``(T, H, W, 3)``.
     """
     _, mx, my, spin = MOTIONS[label]
-    shape = _SHAPES[rng.integers(len(_SHAPES))]
-    radius = rng.uniform(0.14, 0.22) * size
-    bg, fg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    while np.abs(fg.astype(int) - bg.astype(int)).sum() < 150:  # keep the shape visible
-        fg = rng.integers(0, 256, 3)
-    x0, y0 = rng.uniform(0, size, 2)
-    angle0 = rng.uniform(0, 2 * np.pi)
-    speed = rng.uniform(0.04, 0.08) * size  # pixels per frame
-    omega = np.deg2rad(rng.uniform(12.0, 24.0))  # radians per frame
+    scene = _scene(size, rng)
+    speed = rng.uniform(0.06, 0.1) * size  # pixels per frame
+    omega = np.deg2rad(rng.uniform(10.0, 18.0))  # radians per frame
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    c = size / 2
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
-        theta = angle0 + spin * omega * t
-        rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-        video[t] = bg.astype(np.uint8)
-        centre = ((x0 + mx * speed * t) % size, (y0 + my * speed * t) % size)
-        _draw(video[t], shape @ rot.T * radius, centre, fg.astype(np.uint8))
+        a = -spin * omega * t  # inverse map: where each output pixel comes from in the scene
+        sx = np.cos(a) * (xs - c) - np.sin(a) * (ys - c) + c - mx * speed * t
+        sy = np.sin(a) * (xs - c) + np.cos(a) * (ys - c) + c - my * speed * t
+        video[t] = scene[np.floor(sy).astype(int) % size, np.floor(sx).astype(int) % size]
     return video
 
 

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
-from backbones._builder import checkpoint_module, load_pretrained, take_indices
+import backbones.convert.pytorchvideo_mvit  # noqa: F401  (registers the pytorchvideo/PySlowFast converters)
+from backbones._builder import build_model, checkpoint_module, take_indices
 from backbones.layers import PatchEmbed, resample_pos_embed, resample_time_embed, to_ntuple
 from backbones.layers.pooling_attention import MultiScaleBlock
 from videovit import register_model
@@ -264,30 +265,32 @@ class MViT(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
-                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
-                              return_prefix_tokens: bool = False) -> Any:
-        """Outputs of selected blocks.
+                              output_fmt: Optional[str] = None, norm: bool = False, return_prefix_tokens: bool = False,
+                              stop_early: bool = False, return_final: bool = False) -> Any:
+        """Outputs of selected blocks (same arguments as the backbones ViT's).
 
         Args:
             x: Video ``(B, C, T, H, W)``.
-            indices: Int ``n`` for the last ``n`` blocks, or a list of block indices.
+            indices: ``None`` = every block, int ``n`` = the last ``n`` blocks, or a list of block indices.
+            output_fmt: ``"NCTHW"`` (default) feature maps ``(B, C, T', H', W')`` (prefix tokens dropped) or
+                ``"NLC"`` tokens ``(B, P + T'*H'*W', C)``.
             norm: Apply the final norm to every intermediate whose width matches it.
-            output_fmt: ``"NCTHW"`` feature maps ``(B, C, T', H', W')`` (prefix tokens dropped) or ``"NLC"``
-                tokens ``(B, P + T'*H'*W', C)``.
-            intermediates_only: Return only the list; otherwise ``(final_features, list)``.
             return_prefix_tokens: With ``NCTHW``, return ``(map, prefix (B, P, C))`` pairs.
+            stop_early: Skip the blocks after the last requested one.
+            return_final: Also return the final normalised tokens, as ``(final, intermediates)``.
         """
+        output_fmt = output_fmt or "NCTHW"
         if output_fmt not in ("NCTHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")
         take, last = take_indices(len(self.blocks), indices)
         x, thw = self._embed(x)
         out = []
-        for i, blk in enumerate(self.blocks[:last + 1] if intermediates_only else self.blocks):
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early and not return_final else self.blocks):
             x, thw = self._run_block(blk, x, thw)
             if i in take:
                 y = self.norm(x) if norm and x.shape[-1] == self.num_features else x
                 out.append(y if output_fmt == "NLC" else self._to_map(y, thw, return_prefix_tokens))
-        return out if intermediates_only else (self.norm(x), out)
+        return (self.norm(x), out) if return_final else out
 
     def _to_map(self, y: torch.Tensor, thw: Thw, with_prefix: bool) -> Any:
         B, N, C = y.shape
@@ -310,12 +313,7 @@ def _stages_with_depths(depths: Optional[Sequence[int]], stages: Sequence[MViTSt
 
 def _create_mvit(pretrained: Optional[Any], depths: Optional[Sequence[int]] = None, **kwargs: Any) -> MViT:
     kwargs["stages"] = _stages_with_depths(depths, kwargs.get("stages", MVIT_B_STAGES))
-    model = MViT(**kwargs)
-    if pretrained is not None:
-        import backbones.convert.pytorchvideo_mvit  # noqa: F401  (registers the pytorchvideo/PySlowFast converters)
-
-        load_pretrained(model, pretrained, family="mvit")
-    return model
+    return build_model(MViT, pretrained, family="mvit", **kwargs)
 
 
 _TINY = dict(img_size=32, num_frames=4, embed_dim=16, num_heads=1, depths=(1, 1, 1, 1), num_classes=10)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import difflib
 import re
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ __all__ = ["TimeSformer", "ATTENTION_TYPES", "check_choice", "tokens_to_map",
 
 Thw = Tuple[int, int, int]
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+_TEMPORAL_KEY = re.compile(r"blocks\.(\d+)\.temporal_")
 
 
 def check_choice(value: str, choices: Sequence[str], name: str) -> str:
@@ -66,6 +67,12 @@ def tokens_to_map(x: torch.Tensor, thw: Sequence[int], num_prefix_tokens: int) -
     """``(B, P + T*H*W, C)`` tokens in ``(t, h, w)`` order -> feature map ``(B, C, T, H, W)`` (prefix dropped)."""
     B, L, C = x.shape
     return x[:, num_prefix_tokens:].transpose(1, 2).reshape(B, C, *thw)
+
+
+def _temporal_block(key: str) -> Optional[int]:
+    """Block index of a ``blocks.i.temporal_*`` key, else ``None``."""
+    m = _TEMPORAL_KEY.match(key)
+    return None if m is None else int(m[1])
 
 
 class TimeSformer(nn.Module):
@@ -177,11 +184,10 @@ class TimeSformer(nn.Module):
         else:
             te = sd.get("time_embed", torch.zeros_like(self.time_embed))
             sd["time_embed"] = resample_time_embed(te, self.num_frames)
-        divided = [i for i, b in enumerate(self.blocks) if isinstance(b, DividedSpaceTimeBlock)]
-        for i in divided:
+        divided = {i for i, b in enumerate(self.blocks) if isinstance(b, DividedSpaceTimeBlock)}
+        for i in sorted(divided):
             self._add_temporal_weights(sd, f"blocks.{i}.")
-        temporal = re.compile(r"blocks\.(\d+)\.temporal_")
-        return {k: v for k, v in sd.items() if not (temporal.match(k) and int(temporal.match(k)[1]) not in divided)}
+        return {k: v for k, v in sd.items() if _temporal_block(k) in divided | {None}}
 
     def _add_temporal_weights(self, sd: Dict[str, torch.Tensor], p: str) -> None:
         for src, dst in (("norm1.", "temporal_norm1."), ("attn.", "temporal_attn.")):

@@ -1,0 +1,122 @@
+"""``vtk models list`` and ``vtk models info NAME``: every model of the ``backbones``, ``medvit`` and ``videovit``
+registries, with parameter counts and FLOPs computed on the meta device (no memory, no weights)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List, Optional, Tuple
+
+import typer
+
+from cli.apps import models_app
+from engine.errors import UserError
+
+__all__ = ["list_cmd", "info_cmd", "registries", "find_model", "count_params", "count_flops"]
+
+_PACKAGES = ("backbones", "medvit", "videovit")
+
+
+def registries() -> List[Tuple[str, Any]]:
+    """``(package, Registry)`` for each of the three packages that imports."""
+    out = []
+    for pkg in _PACKAGES:
+        mod = importlib.import_module(pkg)
+        out.append((pkg, mod.registry))
+    return out
+
+
+def find_model(name: str) -> Tuple[str, Any]:
+    """The ``(package, registry)`` holding ``name``; a ``UserError`` suggests close names otherwise."""
+    regs = registries()
+    for pkg, reg in regs:
+        if reg.is_model(name):
+            return pkg, reg
+    import difflib
+    names = [n for _, reg in regs for n in reg.list_models()]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `vtk models list`"
+    raise UserError(f"unknown model {name!r}{hint}")
+
+
+def _family(reg: Any, name: str) -> str:
+    return reg.entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def _build_meta(reg: Any, name: str, overrides: Optional[Dict[str, Any]] = None) -> Any:
+    import torch
+    with torch.device("meta"):
+        return reg.create_model(name, **(overrides or {}))
+
+
+def count_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: Any) -> Optional[int]:
+    """Multiply-accumulates x 2 of one forward at ``pretrained_cfg['input_size']``, batch 1 (meta device)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if size is None:
+        return None
+    counter = FlopCounterMode(display=False)
+    with torch.device("meta"), counter, torch.no_grad():
+        model.eval()(torch.randn(1, *size))
+    return counter.get_total_flops()
+
+
+def _fmt(n: Optional[float], unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+@models_app.command("list")
+def list_cmd(pattern: str = typer.Argument("*", help="Shell-style name filter, e.g. 'vit*'."),
+             params: bool = typer.Option(False, "--params", help="Also count parameters (builds each model on the "
+                                         "meta device).")) -> None:
+    """List registered models of backbones, medvit and videovit with their family.
+
+    Example: vtk models list 'swin*' --params
+    """
+    rows = []
+    for pkg, reg in registries():
+        for name in reg.list_models(pattern):
+            row = [pkg, name, _family(reg, name)]
+            if params:
+                row.append(_fmt(count_params(_build_meta(reg, name))))
+            rows.append(row)
+    if not rows:
+        raise UserError(f"no model matches {pattern!r}; see `vtk models list`")
+    header = ["registry", "model", "family"] + (["params"] if params else [])
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@models_app.command("info")
+def info_cmd(name: str = typer.Argument(..., help="A registered model name (see `vtk models list`)."),
+             flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs of one forward pass.")) -> None:
+    """Parameters, FLOPs at the default input size, default input size and pretrained config of a model.
+
+    Example: vtk models info vit_base_patch16_224
+    """
+    pkg, reg = find_model(name)
+    model = _build_meta(reg, name)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    n = count_params(model)
+    rows = [("model", name), ("registry", pkg), ("family", _family(reg, name)), ("class", type(model).__name__),
+            ("parameters", f"{n:,} ({_fmt(n)})"),
+            ("trainable", f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")]
+    rows.append(("input size", "x".join(str(s) for s in cfg["input_size"]) if "input_size" in cfg else "-"))
+    if flops:
+        f = count_flops(model)
+        rows.append(("FLOPs (batch 1)", "-" if f is None else f"{_fmt(f)} ({_fmt(f / 2)} MACs)"))
+    rows.append(("tiny overrides", str(reg.tiny_overrides(name)) or "{}"))
+    rows += [(f"cfg.{k}", str(v)) for k, v in cfg.items() if k != "input_size"]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k.ljust(width)}  {v}")

@@ -1,0 +1,149 @@
+"""Swin-UNETR: parity with MONAI ``SwinUNETR`` (v1, v2, cubic and non-cubic), SSL ``model_swinvit.pt`` loading
+against MONAI's ``load_from``, shapes and argument checks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, ahead of a stale editable install
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import medvit
+from engine.errors import UserError
+from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
+
+__all__: list = []
+
+_TINY = dict(img_size=32, feature_size=12, depths=(1, 1, 1), num_heads=(3, 6, 12), num_classes=3)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _randomize(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _pair(size, depths, norm_name="instance", use_v2=False, sd_edit=None):
+    ref = MonaiSwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=depths, norm_name=norm_name,
+                         use_v2=use_v2).eval()
+    _randomize(ref.swinViT)  # spread the encoder weights; the decoder keeps MONAI's init (keys map one to one)
+    sd = ref.state_dict()
+    if sd_edit is not None:
+        sd = sd_edit(dict(sd))
+    ours = medvit.create_model("swin_unetr", pretrained=sd, img_size=size, feature_size=12, depths=depths,
+                               num_classes=3, norm_name=norm_name, use_v2=use_v2).eval()
+    return ref, ours
+
+
+# 32^3 needs a batch norm: with instance norm MONAI itself fails on the 1-voxel bottleneck
+@pytest.mark.parametrize("size,depths,norm_name,use_v2", [
+    ((32, 32, 32), (1, 1, 1, 1), "batch", False),
+    ((32, 64, 32), (2, 2, 2, 2), "instance", False),
+    ((64, 32, 32), (1, 1, 1, 1), "instance", True),
+])
+def test_monai_swin_unetr_parity(size, depths, norm_name, use_v2):
+    ref, ours = _pair(size, depths, norm_name, use_v2)
+    x = torch.randn(1, 1, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+def test_a_swapped_encoder_weight_breaks_parity():
+    a, b = "swinViT.layers2.0.blocks.0.norm1.weight", "swinViT.layers2.0.blocks.0.norm2.weight"
+
+    def swap(sd):
+        sd[a], sd[b] = sd[b], sd[a]
+        return sd
+
+    ref, ours = _pair((32, 32, 32), (1, 1, 1, 1), "batch", sd_edit=swap)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(ours(x), ref(x), rtol=1e-4, atol=1e-4)  # the parity check above would fail
+        deep = ours.forward_intermediates(x, indices=1)[0]
+        assert (deep - ref.swinViT(x, normalize=False)[-1]).abs().max() > 1e-2
+
+
+def _ssl_file(path, ref):
+    """What research-contributions' ``model_swinvit.pt`` holds: ``module.``-prefixed encoder keys, ``mlp.fc1/fc2``
+    (MONAI says ``linear1/linear2``), the index buffers, and SSL heads that Swin-UNETR does not use."""
+    sd = {}
+    for k, v in ref.swinViT.state_dict().items():
+        sd["module." + k.replace("mlp.linear1.", "mlp.fc1.").replace("mlp.linear2.", "mlp.fc2.")] = v.clone()
+    sd["module.rotation_head.weight"] = torch.randn(4, 192)
+    sd["module.contrastive_head.weight"] = torch.randn(512, 192)
+    torch.save({"epoch": 100, "state_dict": sd}, path)
+    return sd
+
+
+def test_ssl_weights_load_like_monai_load_from(tmp_path):
+    src = MonaiSwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(2, 2, 2, 2))
+    _randomize(src.swinViT)
+    path = tmp_path / "model_swinvit.pt"
+    sd = _ssl_file(path, src)
+    ref = MonaiSwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(2, 2, 2, 2)).eval()
+    ref.load_from(torch.load(path, weights_only=True))
+    ours = medvit.create_model("swin_unetr", img_size=32, feature_size=12, num_classes=3).eval()
+    report = ours.load_pretrained(str(path))
+    n_encoder = sum(1 for k in sd if "index" not in k and "_head" not in k)
+    assert report.loaded == n_encoder and report.converter == "monai"
+    assert any("decoder" in k for k in report.kept_init)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        hs = ref.swinViT(x, normalize=True)
+        feats = [F.layer_norm(f, f.shape[-1:]).movedim(-1, 1)
+                 for f in ours.forward_intermediates(x, output_fmt="NDHWC")]
+    for a, b in zip(feats, hs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_ssl_files_that_do_not_fit_raise(tmp_path):
+    net = medvit.create_model("swin_unetr", **_TINY)
+    empty = tmp_path / "other.pt"
+    torch.save({"state_dict": {"module.backbone.conv.weight": torch.zeros(2, 2)}}, empty)
+    with pytest.raises(UserError, match="other.pt"):
+        net.load_pretrained(str(empty))
+    src = MonaiSwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1))
+    path = tmp_path / "ssl.pt"
+    sd = _ssl_file(path, src)
+    torch.save({"state_dict": {k: v for k, v in sd.items() if "layers2.0.blocks.0.attn.qkv" not in k}}, path)
+    with pytest.raises(UserError, match="missing"):
+        net.load_pretrained(str(path))
+    with pytest.raises(UserError, match="download"):
+        medvit.create_model("swin_unetr", pretrained=True, **_TINY)
+
+
+def test_shapes_levels_and_ill_args():
+    net = medvit.create_model("swin_unetr", **_TINY).eval()
+    assert net.spatial_dims == 3
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert net(x).shape == (1, 3, 32, 32, 32)
+        feats = net.forward_intermediates(x)
+    assert [tuple(f.shape[1:]) for f in feats] == [(12, 16, 16, 16), (24, 8, 8, 8), (48, 4, 4, 4), (96, 2, 2, 2)]
+    with pytest.raises(ValueError, match="divisible by 16"):
+        net(torch.randn(1, 1, 32, 24, 32))
+    with pytest.raises(ValueError, match="img_size"):
+        medvit.create_model("swin_unetr", img_size=40)
+    with pytest.raises(ValueError, match="at least 2 stages"):
+        medvit.create_model("swin_unetr", depths=(2,), num_heads=(3,))
+    with pytest.raises(ValueError, match="drop_rate"):
+        medvit.create_model("swin_unetr", drop_rate=1.5)
+
+
+@pytest.mark.parametrize("feature_size,count", [(48, 62_187_296), (24, 15_703_304), (12, 4_078_220)])
+def test_param_counts_match_monai(feature_size, count):
+    """Swin-UNETR Base / Small / Tiny at 96^3, 14 classes (MONAI builds the same counts)."""
+    with torch.device("meta"):
+        net = medvit.create_model("swin_unetr", feature_size=feature_size)
+    assert sum(p.numel() for p in net.parameters()) == count

@@ -1,0 +1,160 @@
+"""UNETR (Hatamizadeh et al., arXiv:2103.10504): MONAI parity, research-contributions checkpoints, derived taps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+from torch import nn
+
+import medvit
+from backbones._builder import load_pretrained
+from backbones.convert.monai_unetr import convert_monai_unetr, is_monai_unetr
+from engine.errors import UserError
+from medvit.nets.unetr import UNETR, unetr_taps
+
+__all__: List[str] = []
+
+monai_nets = pytest.importorskip("monai.networks.nets")
+
+SIZE = (32, 64, 48)  # non-cubic; MONAI's UNETR fixes patch 16 and 12 layers
+CFG = dict(img_size=SIZE, feature_size=4, embed_dim=96, num_heads=4, mlp_ratio=2.0, num_classes=3)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _monai(proj_type: str, size=SIZE) -> nn.Module:
+    """A MONAI UNETR with every parameter moved off its init (LayerNorms are 1/0 at init: a swap would not show)."""
+    torch.manual_seed(0)
+    ref = monai_nets.UNETR(in_channels=1, out_channels=3, img_size=size, feature_size=4, hidden_size=96, mlp_dim=192,
+                           num_heads=4, proj_type=proj_type)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return ref.eval()
+
+
+@pytest.fixture(scope="module")
+def monai_perceptron() -> nn.Module:
+    return _monai("perceptron")
+
+
+@pytest.fixture(scope="module")
+def x_ref(monai_perceptron: nn.Module):
+    """A fixed input and the MONAI output on it."""
+    x = torch.randn(1, 1, *SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        return x, monai_perceptron(x)
+
+
+def test_taps_and_stages_are_derived() -> None:
+    assert unetr_taps(12, 4) == [3, 6, 9]  # MONAI's hidden_states_out[3], [6], [9]
+    assert unetr_taps(24, 4) == [6, 12, 18] and unetr_taps(4, 3) == [1, 2]
+    net = medvit.create_model("unetr", img_size=(16, 32, 24), patch_size=8, embed_dim=32, depth=4, num_heads=2,
+                              feature_size=4, num_classes=2)
+    assert net.num_stages == 3 and net.taps == [1, 2]
+    names = {n for n, _ in net.named_children()}
+    assert {"encoder1", "encoder2", "encoder3", "decoder4", "decoder3", "decoder2", "out"} <= names
+    assert "encoder4" not in names and "decoder5" not in names
+    x = torch.randn(1, 1, 16, 32, 24)
+    out = net(x)
+    assert out.shape == (1, 2, 16, 32, 24)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_monai_parity_perceptron_and_every_weight_used(monai_perceptron: nn.Module, x_ref) -> None:
+    """Parity, and every parameter gets a non-zero gradient of a random projection of the output: with parity,
+    a wrongly mapped tensor could only go unnoticed if it did not affect the output."""
+    x, ref = x_ref
+    ours = medvit.create_model("unetr", pretrained=monai_perceptron.state_dict(), **CFG).eval()
+    out = ours(x)
+    torch.testing.assert_close(out.detach(), ref, rtol=0, atol=1e-4)
+    (out * torch.randn_like(out)).sum().backward()
+    dead = [n for n, p in ours.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not dead, dead
+
+
+def test_monai_parity_conv() -> None:
+    ref = _monai("conv")
+    ours = medvit.create_model("unetr", pretrained=ref.state_dict(), proj_type="conv", **CFG).eval()
+    x = torch.randn(1, 1, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-4)
+
+
+def test_one_swapped_tensor_breaks_parity(monai_perceptron: nn.Module, x_ref) -> None:
+    """The parity check fails when the converter maps one pair of same-shaped tensors crosswise."""
+    x, ref = x_ref
+    sd = convert_monai_unetr(monai_perceptron.state_dict(), UNETR(**CFG))
+    sd["vit.blocks.5.norm1.weight"], sd["vit.blocks.5.norm2.weight"] = sd["vit.blocks.5.norm2.weight"], \
+        sd["vit.blocks.5.norm1.weight"]
+    ours = UNETR(**CFG)
+    ours.load_state_dict(sd)
+    with torch.no_grad():
+        assert (ours.eval()(x) - ref).abs().max() > 1e-3
+
+
+def _rc_file(tmp_path: Path, ref: nn.Module) -> Path:
+    """A research-contributions training file: container, ``module.`` prefix, old class token and conv3."""
+    sd: Dict[str, torch.Tensor] = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    sd["module.vit.patch_embedding.cls_token"] = torch.zeros(1, 1, 96)
+    sd["module.encoder2.blocks.0.1.conv3.conv.weight"] = torch.zeros(8, 8, 1, 1, 1)
+    path = tmp_path / "UNETR_model_best_acc.pth"
+    torch.save({"epoch": 4999, "best_acc": 0.81, "state_dict": sd, "optimizer": {"state": {}, "param_groups": []}},
+               path)
+    return path
+
+
+def test_research_contributions_checkpoint(tmp_path: Path, monai_perceptron: nn.Module, x_ref) -> None:
+    x, ref = x_ref
+    path = _rc_file(tmp_path, monai_perceptron)
+    ours = UNETR(**CFG)
+    report = load_pretrained(ours, path, family="unetr")
+    dropped = " ".join(report.dropped)
+    assert "vit.cls_token" in dropped and "encoder2.blocks.0.1.conv3.conv.weight" in dropped
+    assert report.converter == "monai" and not report.kept_init
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), ref, rtol=0, atol=1e-4)
+
+
+def test_resized_checkpoint_and_bad_file(tmp_path: Path) -> None:
+    """A checkpoint at a cubic ROI loads into another ROI (position table resampled trilinearly); a foreign file
+    is a one-line UserError naming the file."""
+    src = _monai("perceptron", size=(32, 32, 32))
+    assert is_monai_unetr(src.state_dict())
+    ours = medvit.create_model("unetr", pretrained=src.state_dict(), **CFG)
+    assert ours.vit.pos_embed.shape == (1, 24, 96)
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, bad)
+    with pytest.raises(UserError, match="bad.pth"):
+        medvit.create_model("unetr", pretrained=bad, **CFG)
+
+
+def test_paper_config_param_count() -> None:
+    """ViT-B/16, 96^3, feature size 16, 14 classes: 92.6-92.8M (paper 92.58M; MONAI's count adds the unused
+    ``norm_cross_attn`` LayerNorms)."""
+    try:
+        with torch.device("meta"):
+            net = medvit.create_model("unetr")
+    except RuntimeError:  # a layer that is not meta-constructible yet: build on CPU
+        net = medvit.create_model("unetr")
+    n = sum(p.numel() for p in net.parameters())
+    assert 92.5e6 < n < 92.9e6, n
+    assert net.taps == [3, 6, 9] and net.num_stages == 4 and net.spatial_dims == 3
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(patch_size=12), "power-of-two"), (dict(proj_type="linear"),
+                                                                                   "proj_type")])
+def test_bad_arguments(kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        UNETR(img_size=48, embed_dim=32, depth=2, num_heads=2, **kwargs)

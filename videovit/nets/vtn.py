@@ -1,0 +1,248 @@
+"""VTN: Video Transformer Network (ViT-B per frame + Longformer temporal encoder).
+
+Neimark, Bar, Zohar and Asselmann, "Video Transformer Network", arXiv:2102.00719. Following the official code
+(bomri/SlowFast ``projects/vtn``, ``configs/Kinetics/VIT_B_VTN.yaml``): a timm ViT-B/16 embeds every frame (its
+class token), a 3-layer HF-Longformer encoder (12 heads, MLP 3072, ``attention_window=18``, 288 position
+embeddings, token types, post-norm LayerNorms with eps 1e-12) runs over ``[CLS] + frames`` with global attention
+on the CLS token, and an MLP head (LayerNorm, Linear, GELU, Dropout 0.5, Linear) reads the CLS token.
+
+Attention window: the paper reports 32, the released config uses 18 (the authors attribute the gap to moving
+from the allenai to the HF Longformer, bomri/SlowFast#5); 18 is the default here and ``attention_window`` is an
+override. The attention is :class:`~backbones.layers.local_global_attention.LocalGlobalAttention` (exact
+Longformer semantics, dense mask for short clips, ``O(N * w)`` chunks for long videos).
+
+Position ids are the frames' indices in the video (the official loader passes the sampled frame numbers); by
+default ``0..T-1``. Row ``max_positions - 2`` is the CLS position and ``max_positions - 1`` the padding row, so
+frame indices must be ``< max_positions - 2`` (286): beyond it ``pos_overflow="error"`` (default) raises a
+``ValueError``, ``"wrap"`` takes them modulo 286 exactly as the official code does.
+
+Dataflow::
+
+    video (B, C, T, H, W) -> frames (B*T, C, H, W) in chunks -> ViT-B/16 -> class tokens   (B, T, D)
+      -> [CLS] + frames, + position + token-type embeddings, LayerNorm                        (B, 1 + T, D)
+      -> LocalGlobalEncoder x3 (window 18, CLS global)                                         (B, 1 + T, D)
+      -> CLS -> mlp_head                                                                       (B, num_classes)
+
+At evaluation the whole video is one clip of any length ``T <= 286``: frames go through the ViT in chunks of 32
+under ``torch.no_grad()`` and the chunked local attention keeps the temporal cost linear in ``T``.
+
+Example::
+
+    >>> import videovit
+    >>> net = videovit.create_model("vtn_vit_base", pretrained="vit_base_patch16_224.pth", num_classes=400)
+    >>> net.eval()(torch.randn(1, 3, 250, 224, 224)).shape   # a whole 10 s video
+    torch.Size([1, 400])
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from backbones._builder import build_model
+from backbones.convert import Converter, StateDict, register_converter
+from backbones.layers.local_global_attention import LocalGlobalEncoder
+from videovit import register_model
+from videovit.nets.stam import FrameViT
+
+__all__ = ["VTN", "TemporalEmbedding", "convert_vtn_official", "vtn_vit_base"]
+
+POS_OVERFLOW = ("error", "wrap")
+
+
+class TemporalEmbedding(nn.Module):
+    """Position + token-type embeddings, LayerNorm and dropout (HF ``LongformerEmbeddings`` on input embeds).
+
+    Args:
+        dim: Width.
+        max_positions: Rows of the position table (288 in VTN: 286 frame positions, CLS, padding).
+        norm_eps: LayerNorm epsilon (1e-12, HF's default that VTN kept).
+        dropout: Dropout after the norm.
+    """
+
+    def __init__(self, dim: int, max_positions: int = 288, norm_eps: float = 1e-12, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.position_embeddings = nn.Embedding(max_positions, dim)
+        self.token_type_embeddings = nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.drop = nn.Dropout(dropout)
+        for e in (self.position_embeddings, self.token_type_embeddings):
+            nn.init.normal_(e.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, 1 + T, D)`` with CLS first; ``position_ids`` ``(B, 1 + T)``."""
+        types = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
+        types[:, 0] = 1  # the CLS token has token type 1, frames 0 (official VTN)
+        x = x + self.position_embeddings(position_ids) + self.token_type_embeddings(types)
+        return self.drop(self.norm(x))
+
+
+class VTN(FrameViT):
+    """VTN video classifier (input ``(B, C, T, H, W)``, any ``T`` up to ``max_positions - 2``).
+
+    Args:
+        num_classes: Classes of the MLP head (0: ``forward`` returns the CLS features).
+        num_frames: Training clip length (16 in VTN's K400 recipe); only used for ``pretrained_cfg``.
+        temporal_depth: Longformer layers (3).
+        temporal_heads: Longformer heads (12).
+        temporal_mlp_dim: Longformer intermediate width (3072).
+        attention_window: Full local window (18 in the code, 32 in the paper).
+        max_positions: Position-table rows (288).
+        pos_overflow: ``"error"`` or ``"wrap"`` for frame indices ``>= max_positions - 2`` (see module doc).
+        temporal_dropout: Hidden and attention dropout of the Longformer (0.1).
+        head_dropout: Dropout in the MLP head (0.5).
+        temporal_norm_eps: LayerNorm eps of the temporal encoder (1e-12).
+        attn_mode: ``"auto"``, ``"dense"`` or ``"chunked"`` local attention.
+        frame_chunk_size: Frames per spatial pass (see :class:`~videovit.nets.stam.FrameViT`).
+        **vit_kwargs: Spatial ViT arguments (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ...).
+    """
+
+    def __init__(self, num_classes: int = 400, num_frames: int = 16, temporal_depth: int = 3,
+                 temporal_heads: int = 12, temporal_mlp_dim: int = 3072, attention_window: int = 18,
+                 max_positions: int = 288, pos_overflow: str = "error", temporal_dropout: float = 0.1,
+                 head_dropout: float = 0.5, temporal_norm_eps: float = 1e-12, attn_mode: str = "auto",
+                 frame_chunk_size: Optional[int] = None, **vit_kwargs: Any) -> None:
+        super().__init__(num_frames, frame_chunk_size, num_classes=0, global_pool="token", **vit_kwargs)
+        if pos_overflow not in POS_OVERFLOW or max_positions < 3:
+            raise ValueError(f"pos_overflow must be one of {POS_OVERFLOW} and max_positions >= 3, got "
+                             f"{pos_overflow!r}, {max_positions}")
+        D = self.embed_dim
+        self.max_positions, self.pos_overflow = max_positions, pos_overflow
+        self.temporal_cls_token = nn.Parameter(torch.randn(1, 1, D))
+        self.temporal_embed = TemporalEmbedding(D, max_positions, temporal_norm_eps, temporal_dropout)
+        self.temporal_encoder = LocalGlobalEncoder(
+            D, temporal_depth, temporal_heads, attention_window, temporal_mlp_dim, num_global_tokens=1,
+            proj_drop=temporal_dropout, attn_drop=temporal_dropout,
+            norm_layer=partial(nn.LayerNorm, eps=temporal_norm_eps), attn_mode=attn_mode)
+        self.num_classes = num_classes
+        self.mlp_head = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, D), nn.GELU(), nn.Dropout(head_dropout),
+                                      nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity())
+        self.temporal_encoder.apply(self._init_linear)
+        self.mlp_head.apply(self._init_linear)
+        self.pretrained_cfg.update(classifier="mlp_head.4", num_classes=num_classes)
+        self.pretrained_ignore_keys = tuple(self.pretrained_ignore_keys) + (
+            "temporal_*", "mlp_head.*")  # an image ViT initialises the spatial part only
+
+    @staticmethod
+    def _init_linear(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        super().set_grad_checkpointing(enable)
+        self.temporal_encoder.grad_checkpointing = enable
+
+    def _position_ids(self, position_ids: Optional[torch.Tensor], B: int, T: int, device: torch.device) -> torch.Tensor:
+        """Frame indices ``(B, T)`` -> ``(B, 1 + T)`` table rows with the CLS row first."""
+        limit = self.max_positions - 2
+        if position_ids is None:
+            position_ids = torch.arange(T, device=device).expand(B, T)
+        if position_ids.shape != (B, T):
+            raise ValueError(f"position_ids must have shape {(B, T)}, got {tuple(position_ids.shape)}")
+        position_ids = position_ids.long()
+        if self.pos_overflow == "wrap":
+            position_ids = position_ids % limit
+        elif position_ids.numel() and int(position_ids.max()) >= limit:
+            raise ValueError(f"frame index {int(position_ids.max())} exceeds VTN's position table "
+                             f"(max_positions={self.max_positions}: frame indices < {limit}); subsample the "
+                             f"video or build the model with pos_overflow='wrap' (official behaviour)")
+        cls = torch.full((B, 1), limit, dtype=torch.long, device=device)
+        return torch.cat([cls, position_ids], dim=1)
+
+    def forward_features(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, C, T, H, W)`` (and optional frame indices ``(B, T)``) -> temporal tokens ``(B, 1 + T, D)``."""
+        f = self.encode_frames(x)  # (B, T, D)
+        B, T, D = f.shape
+        f = torch.cat([self.temporal_cls_token.expand(B, -1, -1), f], dim=1)  # (B, 1 + T, D)
+        f = self.temporal_embed(f, self._position_ids(position_ids, B, T, f.device))
+        return self.temporal_encoder(f)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, 1 + T, D)`` -> logits from the CLS token (``pre_logits``: the MLP head's hidden features)."""
+        x = x[:, 0]
+        return self.mlp_head[:4](x) if pre_logits else self.mlp_head(x)
+
+    def forward(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.forward_features(x, position_ids)
+        return self.forward_head(x)
+
+
+# --------------------------------------------------------------------------------------- official checkpoints
+_HF_LAYER = [  # HF LongformerLayer submodule -> ours (query/key/value are fused separately)
+    (r"attention\.output\.dense\.", "attn.proj."),
+    (r"attention\.output\.LayerNorm\.", "norm1."),
+    (r"intermediate\.dense\.", "mlp.fc1."),
+    (r"output\.dense\.", "mlp.fc2."),
+    (r"output\.LayerNorm\.", "norm2."),
+]
+_LAYER = re.compile(r"^temporal_encoder\.encoder\.layer\.(\d+)\.(.*)$")
+
+
+def _fuse(parts: Dict[str, Dict[str, torch.Tensor]]) -> StateDict:
+    out = {}
+    for key, qkv in parts.items():
+        if set(qkv) != {"query", "key", "value"}:
+            raise ValueError(f"{key}: found only {sorted(qkv)} of query/key/value")
+        out[key] = torch.cat([qkv["query"], qkv["key"], qkv["value"]], dim=0)
+    return out
+
+
+def _map_layer(i: str, rest: str, parts: Dict[str, Dict[str, torch.Tensor]], v: torch.Tensor) -> Optional[str]:
+    m = re.match(r"attention\.self\.(query|key|value)(_global)?\.(weight|bias)$", rest)
+    if m is not None:
+        name = "qkv_global" if m.group(2) else "qkv"
+        parts.setdefault(f"temporal_encoder.blocks.{i}.attn.{name}.{m.group(3)}", {})[m.group(1)] = v
+        return None
+    for pat, new in _HF_LAYER:
+        if re.match(pat, rest):
+            return f"temporal_encoder.blocks.{i}.{new}{re.sub(pat, '', rest, count=1)}"
+    raise ValueError(f"unexpected Longformer key temporal_encoder.encoder.layer.{i}.{rest}")
+
+
+def convert_vtn_official(sd: StateDict, model: nn.Module) -> StateDict:
+    """Official VTN (bomri/SlowFast: ``backbone.*`` timm ViT, ``cls_token``, HF ``temporal_encoder``,
+    ``mlp_head``) -> our VTN. Pure: ``model`` is unused."""
+    out, parts = {}, {}
+    emb = {"temporal_encoder.embeddings.position_embeddings.": "temporal_embed.position_embeddings.",
+           "temporal_encoder.embeddings.token_type_embeddings.": "temporal_embed.token_type_embeddings.",
+           "temporal_encoder.embeddings.LayerNorm.": "temporal_embed.norm."}
+    for k, v in sd.items():
+        m = _LAYER.match(k)
+        if k.startswith("backbone."):
+            out[k[len("backbone."):]] = v
+        elif k == "cls_token":
+            out["temporal_cls_token"] = v
+        elif m is not None:
+            new = _map_layer(m.group(1), m.group(2), parts, v)
+            if new is not None:
+                out[new] = v
+        elif any(k.startswith(p) for p in emb):
+            p = next(p for p in emb if k.startswith(p))
+            out[emb[p] + k[len(p):]] = v
+        elif k.startswith("mlp_head."):
+            out[k] = v
+        # other keys (position_ids buffers, the unused word embeddings) are dropped
+    out.update(_fuse(parts))
+    return out
+
+
+def _is_vtn_official(sd: StateDict) -> bool:
+    return any(k.startswith("temporal_encoder.encoder.layer.") for k in sd) and "cls_token" in sd
+
+
+register_converter(Converter("vtn_official", "vtn", _is_vtn_official, convert_vtn_official))
+
+_TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_frames=4, temporal_depth=1,
+             temporal_heads=2, temporal_mlp_dim=64, attention_window=4, max_positions=40, num_classes=10)
+
+
+@register_model(tiny=_TINY)
+def vtn_vit_base(pretrained: Optional[Any] = None, **overrides: Any) -> VTN:
+    """ViT-B-VTN (114.0M params, K400 78.6 top-1 on full videos): ViT-B/16 per frame + 3-layer Longformer."""
+    base = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=16)
+    return build_model(VTN, pretrained, family=("vtn", "vit"), **{**base, **overrides})
