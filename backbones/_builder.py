@@ -44,7 +44,7 @@ __all__ = [
 _logger = logging.getLogger("backbones")
 
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "module", "state_dict_ema", "model_ema")
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+_TORCH_SUFFIXES = (".pth", ".pt", ".pyth", ".bin", ".ckpt", ".tar")
 
 
 @dataclass
@@ -200,7 +200,10 @@ def _run_hook(model: nn.Module, sd: StateDict, report: LoadReport) -> StateDict:
     if hook is None:
         return sd
     before = {k: tuple(v.shape) for k, v in sd.items()}
-    sd = hook(dict(sd))
+    try:
+        sd = hook(dict(sd))
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"{report.source}: cannot adapt the weights to this model ({e})") from e
     for k, v in sd.items():
         if k in before and before[k] != tuple(v.shape):
             report.adapted.append(f"{k}: {before[k]} -> {tuple(v.shape)}")

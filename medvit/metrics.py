@@ -124,7 +124,6 @@ def write_reports(out_dir, rows: Sequence[Dict[str, object]], summary: Dict[str,
     import csv
     import io
     import json
-    import os
     from pathlib import Path
 
     out = Path(out_dir)

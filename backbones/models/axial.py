@@ -144,7 +144,8 @@ class AxialEncoder(nn.Module):
         attn_layer = attn_layer or partial(AxialAttention, rel_pos=rel_pos, gated=gated)
         stem_width = int(64 * width)
         self.stem = _Stem(in_chans, stem_width, stem_hidden, norm_layer, act_layer)
-        dpr = [float(r) for r in torch.linspace(0, drop_path_rate, sum(layers))]
+        n = sum(layers)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear 0 -> rate (meta-device safe)
         self.stages, self.feature_info = self._make_stages(stem_width, layers, width, num_heads, block_fn, dpr,
                                                            dict(attn_layer=attn_layer, norm_layer=norm_layer,
                                                                 act_layer=act_layer))

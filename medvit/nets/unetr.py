@@ -32,7 +32,6 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
 import backbones.convert.monai_unetr  # noqa: F401  (registers the MONAI UNETR converter)
@@ -125,6 +124,8 @@ class UNETR(nn.Module):
     def _make_decoder(self, embed_dim: int, f: int, norm_name: Union[str, tuple], conv_block: bool,
                       res_block: bool) -> None:
         """``encoder1`` (full resolution), ``encoder2..n`` on the taps, ``decoder{n+1}..2``, ``out``."""
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock  # slow import
+
         n = self.num_stages
         self.encoder1 = UnetrBasicBlock(3, self.in_chans, f, kernel_size=3, stride=1, norm_name=norm_name,
                                         res_block=res_block)

@@ -88,6 +88,9 @@ def test_shape_mismatch_and_unknown_format_are_user_errors() -> None:
     missing = {k: v for k, v in sd.items() if not k.startswith("blocks.1.")}
     with pytest.raises(UserError, match="missing from the checkpoint"):
         load_pretrained(create_model("vit_tiny_patch16_224", **TINY), missing, "vit")
+    odd = dict(sd, pos_embed=torch.zeros(1, 15, 32))  # 14 grid rows: no square grid to resample from
+    with pytest.raises(UserError, match="cannot adapt the weights to this model"):
+        load_pretrained(create_model("vit_tiny_patch16_224", **dict(TINY, img_size=48)), odd, "vit")
     with pytest.raises(UserError, match="does not download"):
         create_model("vit_tiny_patch16_224", pretrained=True)
 

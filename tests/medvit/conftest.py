@@ -8,7 +8,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, ahead of a stale editable install
 
 import pytest
-import torch
 from torch import nn
 
 import medvit  # noqa: E402

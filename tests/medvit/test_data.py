@@ -1,6 +1,5 @@
 """Data layouts round trip, synthetic BTCV, ``vtk data check btcv`` catching each planted problem."""
 
-import gzip
 import json
 import shutil
 

@@ -45,17 +45,22 @@ def _pair(size, depths, norm_name="instance", use_v2=False, sd_edit=None):
     return ref, ours
 
 
+def _check_parity(ref, ours, x):
+    """Logits and every encoder level (the decoder's instance/batch norms damp encoder errors in the logits)."""
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+        for a, b in zip(ours.forward_intermediates(x), ref.swinViT(x, normalize=False)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 # 32^3 needs a batch norm: with instance norm MONAI itself fails on the 1-voxel bottleneck
 @pytest.mark.parametrize("size,depths,norm_name,use_v2", [
     ((32, 32, 32), (1, 1, 1, 1), "batch", False),
-    ((32, 64, 32), (2, 2, 2, 2), "instance", False),
-    ((64, 32, 32), (1, 1, 1, 1), "instance", True),
+    ((32, 64, 32), (2, 2, 2, 2), "instance", True),
 ])
 def test_monai_swin_unetr_parity(size, depths, norm_name, use_v2):
     ref, ours = _pair(size, depths, norm_name, use_v2)
-    x = torch.randn(1, 1, *size)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+    _check_parity(ref, ours, torch.randn(1, 1, *size))
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
 
 
@@ -67,11 +72,8 @@ def test_a_swapped_encoder_weight_breaks_parity():
         return sd
 
     ref, ours = _pair((32, 32, 32), (1, 1, 1, 1), "batch", sd_edit=swap)
-    x = torch.randn(1, 1, 32, 32, 32)
-    with torch.no_grad():
-        assert not torch.allclose(ours(x), ref(x), rtol=1e-4, atol=1e-4)  # the parity check above would fail
-        deep = ours.forward_intermediates(x, indices=1)[0]
-        assert (deep - ref.swinViT(x, normalize=False)[-1]).abs().max() > 1e-2
+    with pytest.raises(AssertionError):
+        _check_parity(ref, ours, torch.randn(1, 1, 32, 32, 32))
 
 
 def _ssl_file(path, ref):

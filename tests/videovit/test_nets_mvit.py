@@ -67,6 +67,17 @@ def test_pytorchvideo_parity(pv_tiny, clip):
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cls, sep", [(False, True), (True, False)])
+def test_pytorchvideo_parity_without_cls_or_sep_pos(cls, sep, clip):
+    """Mean-pooled head without a CLS token, and the joint ``pos_embed`` table."""
+    torch.manual_seed(0)
+    ref = _randomise(pv_vit.create_multiscale_vision_transformers(**PV_TINY, cls_embed_on=cls, sep_pos_embed=sep))
+    ours = MViT(**OURS_TINY, class_token=cls, sep_pos_embed=sep).eval()
+    load_pretrained(ours, ref.state_dict(), family="mvit")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(clip), ref(clip), atol=1e-4, rtol=1e-4)
+
+
 def test_every_weight_reaches_the_output(pv_tiny, clip):
     """With parity above, a wrong mapping of any tensor breaks the comparison: every loaded tensor (each fused
     q/k/v slice included) has a non-zero gradient of the compared outputs, i.e. perturbing it alone changes them.

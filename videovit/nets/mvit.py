@@ -179,7 +179,7 @@ class MViT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.pretrained_cfg: Dict[str, Any] = dict(
             input_size=(in_chans, num_frames) + img, num_frames=num_frames, first_conv="patch_embed.proj",
-            classifier="head", mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+            classifier="head", mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225), num_classes=num_classes)
         self.pretrained_ignore_keys: Tuple[str, ...] = ()
         self.apply(self._init_weights)
 
