@@ -43,9 +43,14 @@ def _family(reg: Any, name: str) -> str:
 
 
 def _build_meta(reg: Any, name: str, overrides: Optional[Dict[str, Any]] = None) -> Any:
+    """Build on the meta device (no memory, no init cost); a model whose constructor reads tensor values is built
+    on the CPU and then moved to meta."""
     import torch
-    with torch.device("meta"):
-        return reg.create_model(name, **(overrides or {}))
+    try:
+        with torch.device("meta"):
+            return reg.create_model(name, **(overrides or {}))
+    except (NotImplementedError, RuntimeError):
+        return reg.create_model(name, **(overrides or {})).to("meta")
 
 
 def count_params(model: Any) -> int:

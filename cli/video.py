@@ -277,13 +277,14 @@ def _write_eval(out: Path, m: Dict[str, Any], classes: List[str], info: Dict[str
     _atomic_write_text(out / "metrics.json", json.dumps(record, indent=1) + "\n")
     plot_confusion(m["confusion"], classes, out / "confusion.png")
     console = Console()
-    table = Table(title=f"{info['videos']} videos, {info['views']} views ({info['missing']} missing, skipped)")
+    table = Table(title=f"{info['split']}: {info['videos']} videos x {info['views']} views")
     for col in ("class", "accuracy", "videos"):
         table.add_column(col)
     for c, a, s in zip(classes, m["per_class"], m["support"]):
         table.add_row(c, f"{a:.3f}", str(s))
     console.print(table)
-    console.print(f"top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  mean class accuracy {m['mean_class_accuracy']:.4f}")
+    console.print(f"top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  mean class accuracy {m['mean_class_accuracy']:.4f}"
+                  f"  ({info['missing']} listed videos missing, skipped)")
     console.print(f"wrote {out / 'metrics.json'} and {out / 'confusion.png'}")
 
 

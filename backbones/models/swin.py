@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F

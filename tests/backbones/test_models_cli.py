@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import time
+
 import pytest
+import torch
 
 from cli.main import main
 
@@ -34,3 +38,22 @@ def test_models_info_unknown_name_is_user_error(capsys: pytest.CaptureFixture) -
     assert main(["models", "info", "vit_base_patch16_22"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vtk: error: unknown model 'vit_base_patch16_22'") and "vit_base_patch16_224" in err
+
+
+def test_bench_backbones_rejects_bad_options(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "backbones", "--model", "resnet"]) == 2
+    assert "--model must be all, vit or vit3d" in capsys.readouterr().err
+    assert main(["bench", "backbones", "--steps", "0"]) == 2
+
+
+def test_bench_pair_interleaves_and_takes_medians() -> None:
+    from cli.bench import _BENCH_DIR
+    spec = importlib.util.spec_from_file_location("bench_bb", _BENCH_DIR / "backbones_train_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = []
+    fast = lambda: calls.append("a")  # noqa: E731
+    slow = lambda: (calls.append("b"), time.sleep(0.01))  # noqa: E731
+    t_a, t_b = mod.bench_pair(fast, slow, steps=4, warmup=1, device=torch.device("cpu"))
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert t_a < t_b and t_b >= 0.01

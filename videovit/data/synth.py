@@ -1,7 +1,7 @@
 """Synthetic motion videos whose classes differ only in motion.
 
-Each video shows a random scene (a low-contrast blocky colour texture with one random convex shape on top) on a
-torus that translates (left, right, up, down, diagonals) or rotates (clockwise, anticlockwise) over time, wrapping
+Each video shows a random scene (one bright convex shape of random colour, size and angle on a dark noisy
+background of random colour) on a torus that translates (left, right, up, down, diagonals) or rotates (clockwise, anticlockwise) over time, wrapping
 around the frame edges. Scene, colours, shape, its position and angle, and the speed are drawn independently of the
 class; since a shifted or rotated random scene is again a random scene of the same distribution, the distribution
 of any single frame is the same for every class: no single frame can tell the classes apart, only the change
@@ -79,18 +79,18 @@ class SynthSpec:
 
 
 def _scene(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random scene on a torus: a blocky colour texture with one random convex shape on top; ``(S, S, 3)``."""
-    block = max(2, size // 8)
-    base = rng.integers(0, 256, 3)
-    texture = base + rng.integers(-50, 51, (size // block + 1, size // block + 1, 3))  # low-contrast blocks
-    scene = np.clip(texture, 0, 255).repeat(block, 0).repeat(block, 1)[:size, :size].astype(np.uint8)
+    """A random scene on a torus: one bright convex shape on a dark, slightly noisy background; ``(S, S, 3)``.
+
+    Colours, shape, size, position and angle are random; only the polarity is fixed (the shape is always brighter
+    than the background), which is the same for every class.
+    """
+    bg = rng.integers(0, 90, 3)
+    scene = np.clip(bg + rng.integers(-12, 13, (size, size, 3)), 0, 255).astype(np.uint8)
     shape = _SHAPES[rng.integers(len(_SHAPES))]
     theta = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    fg = rng.integers(0, 256, 3)
-    while np.abs(fg - base).sum() < 200:  # keep the shape visible
-        fg = rng.integers(0, 256, 3)
-    _draw(scene, shape @ rot.T * rng.uniform(0.2, 0.3) * size, tuple(rng.uniform(0, size, 2)), fg.astype(np.uint8))
+    fg = rng.integers(170, 256, 3).astype(np.uint8)
+    _draw(scene, shape @ rot.T * rng.uniform(0.22, 0.32) * size, tuple(rng.uniform(0, size, 2)), fg)
     return scene
 
 
