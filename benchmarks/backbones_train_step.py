@@ -2,7 +2,8 @@
 
 One step = forward + backward + AdamW update. Each pair shares its weights (the reference state dict is loaded into
 ours) and input; the two models alternate step by step (ABBA order) so machine load hits both alike. Reported:
-median seconds per step and the ratio ours/reference (< 1 means vtk is faster).
+median seconds per step (wall clock, and process CPU time, which other processes on a busy host disturb less) and
+the ratios ours/reference (< 1 means vtk is faster).
 
 Pairs:
     vit    vtk ``vit_small_patch16_224`` vs timm ``vit_small_patch16_224`` (224^2, batch 4 on CPU / 64 on CUDA)
@@ -42,28 +43,30 @@ def _step_fn(model: nn.Module, x: torch.Tensor, out_fn: Callable) -> Callable[[]
     return step
 
 
-def _timed(step: Callable[[], None], device: torch.device) -> float:
+def _timed(step: Callable[[], None], device: torch.device) -> Tuple[float, float]:
+    """Wall-clock and process CPU seconds of one step (CPU time is robust to other processes on a busy host)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def bench_pair(ours: Callable[[], None], ref: Callable[[], None], steps: int, warmup: int,
-               device: torch.device) -> Tuple[float, float]:
-    """Median step time of ``ours`` and ``ref``, interleaved ABBA after ``warmup`` steps of each."""
+               device: torch.device) -> Tuple[Tuple[float, float], Tuple[float, float]]:
+    """Median (wall, CPU) step times of ``ours`` and ``ref``, interleaved ABBA after ``warmup`` steps of each."""
     for _ in range(warmup):
         ours(), ref()
-    t_ours: List[float] = []
-    t_ref: List[float] = []
+    t_ours: List[Tuple[float, float]] = []
+    t_ref: List[Tuple[float, float]] = []
     for i in range(steps):
         order = [(ours, t_ours), (ref, t_ref)] if i % 2 == 0 else [(ref, t_ref), (ours, t_ours)]
         for fn, acc in order:
             acc.append(_timed(fn, device))
-    return statistics.median(t_ours), statistics.median(t_ref)
+    med = lambda ts: tuple(statistics.median(t[j] for t in ts) for j in range(2))  # noqa: E731
+    return med(t_ours), med(t_ref)
 
 
 def _pair_vit(device: torch.device) -> Tuple[str, Callable, Callable]:
@@ -94,18 +97,19 @@ def _pair_vit3d(device: torch.device) -> Tuple[str, Callable, Callable]:
 PAIRS: Dict[str, Callable[[torch.device], Tuple[str, Callable, Callable]]] = {"vit": _pair_vit, "vit3d": _pair_vit3d}
 
 
-def run(models: Sequence[str], steps: int, warmup: int, device: str) -> List[Tuple[str, float, float]]:
-    """Benchmark the named pairs; returns ``(label, ours_s, ref_s)`` rows and prints a table."""
+def run(models: Sequence[str], steps: int, warmup: int, device: str) -> List[Tuple[str, Tuple, Tuple]]:
+    """Benchmark the named pairs; returns ``(label, (wall, cpu) ours, (wall, cpu) ref)`` rows, printing a table."""
     dev = torch.device(device)
     rows = []
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, steps {steps} "
-          f"(+{warmup} warm-up), median s/step")
-    print(f"{'pair':40s} {'vtk':>9s} {'ref':>9s} {'vtk/ref':>8s}")
+          f"(+{warmup} warm-up), median s/step (wall clock; CPU = process CPU time)")
+    print(f"{'pair':40s} {'vtk':>8s} {'ref':>8s} {'vtk/ref':>8s} {'CPU vtk':>8s} {'CPU ref':>8s} {'vtk/ref':>8s}")
     for name in models:
         label, ours, ref = PAIRS[name](dev)
         t_ours, t_ref = bench_pair(ours, ref, steps, warmup, dev)
         rows.append((label, t_ours, t_ref))
-        print(f"{label:40s} {t_ours:9.3f} {t_ref:9.3f} {t_ours / t_ref:8.2f}", flush=True)
+        print(f"{label:40s} {t_ours[0]:8.3f} {t_ref[0]:8.3f} {t_ours[0] / t_ref[0]:8.2f} "
+              f"{t_ours[1]:8.3f} {t_ref[1]:8.3f} {t_ours[1] / t_ref[1]:8.2f}", flush=True)
     return rows
 
 

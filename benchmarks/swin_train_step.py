@@ -4,8 +4,8 @@
 * ``swin_tiny_patch4_window7_224`` (vtk) vs timm's (Liu et al., arXiv:2103.14030).
 
 A step is forward + loss + backward + AdamW step. The two models alternate step by step after a warm-up, so load
-changes on a shared machine hit both; the median of each is reported with the ratio vtk / reference (< 1 means
-vtk is faster)::
+changes on a shared machine hit both; the median wall time and the median CPU time of the process (the steadier
+measure on a shared CPU box) are reported with the ratio vtk / reference (< 1 means vtk is faster)::
 
     python benchmarks/swin_train_step.py                       # CPU, Swin-UNETR f=24 at 64^3 and Swin-T at 224
     python benchmarks/swin_train_step.py --device cuda --amp   # bf16 autocast on a GPU
@@ -46,19 +46,25 @@ def _step_fn(model: nn.Module, x: torch.Tensor, target: torch.Tensor, amp: bool)
     return step
 
 
-def time_pair(ours: Callable[[], None], ref: Callable[[], None], steps: int, warmup: int) -> Tuple[float, float]:
-    """Median seconds per step of ``ours`` and ``ref``, alternating them step by step."""
+def time_pair(ours: Callable[[], None], ref: Callable[[], None], steps: int,
+              warmup: int) -> Dict[str, Tuple[float, float]]:
+    """Median wall and process-CPU seconds per step of ``ours`` and ``ref``, alternating them step by step.
+
+    On a shared machine the CPU time of this process is the steadier measure (other jobs inflate wall time);
+    on a dedicated machine or a GPU, use wall time.
+    """
     for _ in range(warmup):
         ours()
         ref()
-    t_ours: List[float] = []
-    t_ref: List[float] = []
+    times: Dict[str, Dict[str, List[float]]] = {"wall": {"ours": [], "ref": []}, "cpu": {"ours": [], "ref": []}}
     for i in range(steps):
-        for fn, acc in ((ours, t_ours), (ref, t_ref)) if i % 2 == 0 else ((ref, t_ref), (ours, t_ours)):
-            t0 = time.perf_counter()
+        order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
+        for name, fn in order:
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(t_ours), statistics.median(t_ref)
+            times["wall"][name].append(time.perf_counter() - w0)
+            times["cpu"][name].append(time.process_time() - c0)
+    return {k: (statistics.median(v["ours"]), statistics.median(v["ref"])) for k, v in times.items()}
 
 
 def _unetr_pair(args: argparse.Namespace, device: torch.device) -> Dict[str, object]:
@@ -107,10 +113,13 @@ def main(argv: List[str] = None) -> int:
         if args.only not in (None, key):
             continue
         pair = build(args, device)
-        t_ours, t_ref = time_pair(_step_fn(pair["ours"], pair["x"], pair["y"], args.amp),
-                                  _step_fn(pair["ref"], pair["x"], pair["y"], args.amp), args.steps, args.warmup)
-        print(f"{pair['name']}: vtk {t_ours * 1e3:.0f} ms  {pair['ref_name']} {t_ref * 1e3:.0f} ms  "
-              f"ratio vtk/ref {t_ours / t_ref:.2f}")
+        res = time_pair(_step_fn(pair["ours"], pair["x"], pair["y"], args.amp),
+                        _step_fn(pair["ref"], pair["x"], pair["y"], args.amp), args.steps, args.warmup)
+        for clock, (t_ours, t_ref) in res.items():
+            if clock == "cpu" and device.type == "cuda":
+                continue
+            print(f"{pair['name']} [{clock}]: vtk {t_ours * 1e3:.0f} ms  {pair['ref_name']} {t_ref * 1e3:.0f} ms  "
+                  f"ratio vtk/ref {t_ours / t_ref:.2f}")
     return 0
 
 

@@ -147,7 +147,8 @@ def finalize_config(cfg):
     if dims == 3:
         da.setdefault("spacing", list(RECIPE_3D["spacing"]))
         da.setdefault("num_samples", RECIPE_3D["num_samples"])
-    da.setdefault("names", list(label_names(cfg.data, ma["num_classes"])))
+    from_json = _datalist_names(cfg.data_dir, ma["num_classes"]) if cfg.data in ("decathlon", "folder") else None
+    da.setdefault("names", from_json or list(label_names(cfg.data, ma["num_classes"])))
     cfg.model_args, cfg.data_args = ma, da
     return cfg.validate()
 
@@ -175,6 +176,17 @@ def _default_num_classes(data: str, data_dir: str) -> int:
         except ValueError:
             raise UserError(f"{js}: unreadable datalist") from None
     raise UserError(f"{data_dir}: no dataset_0.json with 'labels'; pass --num-classes")
+
+
+def _datalist_names(data_dir: str, num_classes: int) -> Optional[List[str]]:
+    """Class names from a decathlon datalist's ``labels`` when it names every class."""
+    js = Path(data_dir) / "dataset_0.json"
+    try:
+        labels = json.loads(js.read_text()).get("labels", {}) if js.is_file() else {}
+    except ValueError:
+        return None
+    names = [labels.get(str(i)) for i in range(num_classes)]
+    return None if None in names else [str(n) for n in names]
 
 
 def _folder2d_channels(data_dir: str) -> int:

@@ -131,7 +131,8 @@ def check_ucf101_cmd(
 # --------------------------------------------------------------------------------------------------- train
 @video_app.command("train")
 def train(
-    model: Optional[str] = typer.Option(None, "--model", help="timesformer, vivit, stam, vtn, mvit or a registry name."),
+    model: Optional[str] = typer.Option(None, "--model",
+                                        help="timesformer, vivit, stam, vtn, mvit or a registry name."),
     data: Optional[str] = typer.Option(None, "--data", help="kinetics400, ucf101 or csv."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),

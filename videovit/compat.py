@@ -2,7 +2,8 @@
 
 ``import pytorchvideo.transforms`` runs ``import torchvision.transforms.functional_tensor as F_t``; that module was
 deprecated in torchvision 0.15 and removed in 0.17 (pytorch/vision#7953), so the import fails (pytorchvideo #251,
-#258, #261). The fix exists on pytorchvideo main (eb04d1b) but was never released. :func:`import_pytorchvideo_transforms`
+#258, #261). The fix exists on pytorchvideo main (eb04d1b) but was never released.
+:func:`import_pytorchvideo_transforms`
 maps the old module name to its private successor ``torchvision.transforms._functional_tensor`` (same functions:
 ``affine``, ``_blend``, ...) in ``sys.modules`` *only* when the old name is missing, and only when called: importing
 vtk changes nothing. vtk's own pipeline does not need pytorchvideo transforms at all (it uses

@@ -103,3 +103,17 @@ def test_resume_continues(run_dir, synth_dir):
     assert rc == 0
     steps = [json.loads(line).get("step") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 3
+
+
+def test_ucf101_synth_check_train(tmp_path):
+    data = tmp_path / "ucf"
+    assert main(["data", "synth", "ucf101", "--out", str(data), "--classes", "2", "--videos-per-class", "2",
+                 "--frames", "6", "--size", "32"]) == 0
+    assert len(list((data / "UCF-101").glob("*/*.avi"))) == 6
+    assert main(["data", "check", "ucf101", "--data-dir", str(data)]) == 0
+    run = tmp_path / "run"
+    assert main(["video", "train", "--model", "timesformer", "--data", "ucf101", "--data-dir", str(data),
+                 "--out", str(run), "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--device",
+                 "cpu", "--quiet", *TINY]) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["data_args"]["classes"] == ["MoveLeft", "MoveRight"]

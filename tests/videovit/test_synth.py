@@ -35,7 +35,7 @@ def test_per_frame_statistics_match_across_classes():
     for label in (0, 1, 4):
         frames = np.stack([render_video(label, 6, 32, np.random.default_rng(100 + i))[5] for i in range(40)])
         bright = frames.mean(-1) > 150  # (N, H, W)
-        stats.append((frames.mean(), bright.mean(), bright.mean((0, 2)).std()))
+        stats.append((frames.mean(), bright.mean()))
     for s in stats[1:]:
         assert abs(s[0] - stats[0][0]) < 8 and abs(s[1] - stats[0][1]) < 0.03
 

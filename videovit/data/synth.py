@@ -1,11 +1,11 @@
 """Synthetic motion videos whose classes differ only in motion.
 
-Each video shows a random scene (one bright convex shape of random colour, size and angle on a dark noisy
-background of random colour) on a torus that translates (left, right, up, down, diagonals) or rotates (clockwise, anticlockwise) over time, wrapping
-around the frame edges. Scene, colours, shape, its position and angle, and the speed are drawn independently of the
-class; since a shifted or rotated random scene is again a random scene of the same distribution, the distribution
-of any single frame is the same for every class: no single frame can tell the classes apart, only the change
-between frames can. This is the control used to show that a video model models time
+Each video shows a random scene (one bright convex shape of random colour, size and angle on a dark noisy background
+of random colour) on a torus that translates (left, right, up, down, diagonals) or rotates (clockwise,
+anticlockwise) over time, wrapping around the frame edges. Scene, colours, shape, its position and angle, and the
+speed are drawn independently of the class; since a shifted or rotated random scene is again a random scene of the
+same distribution, the distribution of any single frame is the same for every class: no single frame can tell the
+classes apart, only the change between frames can. This is the control used to show that a video model models time
 (Bertasius et al., "Is Space-Time Attention All You Need for Video Understanding?", arXiv:2102.05095).
 
 The videos are real H.264 mp4 files (PyAV, no audio stream) laid out in all Kinetics-400 layouts at once:
