@@ -95,5 +95,10 @@ _CONVERTER_MODULES = [
     "backbones.convert.hf_vit",
     "backbones.convert.timm_swin",
     "backbones.convert.monai_swin",
+    "backbones.convert.monai_unetr",
+    "backbones.convert.hf_timesformer",
+    "backbones.convert.timesformer_official",
+    "backbones.convert.hf_vivit",
+    "backbones.convert.pytorchvideo_mvit",
 ]
 import_model_modules(_CONVERTER_MODULES)
