@@ -191,3 +191,21 @@ def test_checkpoint_roundtrip_and_errors(tmp_path) -> None:
         videovit.create_model(NAME, pretrained=str(tmp_path / "missing.pyth"), **videovit.registry.tiny_overrides(NAME))
     with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_scratch_timesformer_sees_frame_order():
+    """From scratch, time_embed is random, so a reversed clip must give other logits (a zero time_embed makes
+    divided space-time attention exactly invariant to frame order, and motion direction unlearnable)."""
+    import videovit
+
+    torch.manual_seed(0)
+    model = videovit.create_model("timesformer_base_patch16_224", img_size=32, patch_size=8, num_frames=4,
+                                  embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    pooled = lambda v: model.forward_head(model.forward_features(v), pre_logits=True)  # noqa: E731
+    with torch.no_grad():
+        gap = (pooled(x) - pooled(x.flip(2))).abs().max()
+        model.time_embed.zero_()  # the official init: exactly order-invariant
+        gap_zero = (pooled(x) - pooled(x.flip(2))).abs().max()
+    assert gap_zero < 1e-5
+    assert gap > 100 * gap_zero and gap > 1e-4

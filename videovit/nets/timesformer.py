@@ -147,9 +147,17 @@ class TimeSformer(nn.Module):
             for i in range(depth)])
 
     def _init_weights(self) -> None:
-        """timm ViT init (trunc-normal 0.02); ``time_embed`` and every ``temporal_fc`` start at zero (official)."""
+        """timm ViT init (trunc-normal 0.02); every ``temporal_fc`` starts at zero (official).
+
+        ``time_embed`` is trunc-normal too, unlike the official zeros: with a zero ``time_embed`` a model trained from
+        scratch is exactly invariant to the order of its frames and cannot tell left-to-right motion from
+        right-to-left (docs/videovit.md, proof of temporal modelling). Loading an image ViT still gives a zero
+        ``time_embed`` as in the official code (see ``adapt_state_dict``).
+        """
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.time_embed is not None:
+            nn.init.trunc_normal_(self.time_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
