@@ -9,10 +9,6 @@ __all__ = ["import_model_modules"]
 
 
 def import_model_modules(modules: Iterable[str]) -> None:
-    """Import each module; one that does not exist (yet) is skipped, any other import error is raised."""
+    """Import each module of an explicit list; a missing module is an error (it would silently drop models)."""
     for mod in modules:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)

@@ -20,18 +20,13 @@ from engine.errors import VtkError
 
 __all__ = ["main"]
 
-# Modules that add commands to the groups in cli.apps. A module that is missing is skipped, so a partial
-# checkout still runs `vtk info`.
+# Modules that add commands to the groups in cli.apps.
 _COMMAND_MODULES = ("cli.info", "cli.models", "cli.seg", "cli.video", "cli.bench")
 
 
 def _register_commands() -> None:
     for mod in _COMMAND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)
 
 
 def _one_line(e: BaseException) -> str:

@@ -7,7 +7,8 @@ Dice over organs (``val/dice``, which picks ``checkpoints/best``) and one ``val/
 absent from both the ground truth and the prediction of a case is not counted for that case.
 
 Pipeline options live in ``cfg.data_args`` (``roi``, ``spacing``, ``a_min``, ``a_max``, ``num_samples``,
-``cache``, ``spatial_dims``, ``sw_batch_size``, ``overlap``, ``names``) so predict/eval replay them.
+``cache``, ``spatial_dims``, ``sw_batch_size``, ``overlap``, ``names``, ``crop``, ``ratios``) so predict/eval
+replay them; ``class_weights`` and ``dice_batch`` set the loss's per-class weights and batch-wise Dice.
 """
 
 from __future__ import annotations
@@ -113,12 +114,24 @@ class SegTask:
         from monai.losses import DiceCELoss
 
         if self._loss is None:
-            self._loss = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True)
+            self._loss = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, **self._loss_args())
         image, label = batch
         with ctx.autocast():
             logits = model(image)
         loss = self._loss(logits.float(), label)
         return loss, {}
+
+    def _loss_args(self) -> Dict[str, Any]:
+        """``class_weights`` (one per class; weights CE and Dice terms) and ``dice_batch`` from the data options."""
+        da = getattr(self, "_val_args", {})
+        out: Dict[str, Any] = {"batch": bool(da.get("dice_batch", False))}
+        weights = da.get("class_weights")
+        if weights is not None:
+            if len(weights) != self._num_classes or min(weights) < 0:
+                raise UserError(f"--data-arg class_weights={list(weights)}: need {self._num_classes} values >= 0 "
+                                "(one per class, background first)")
+            out["weight"] = torch.tensor([float(w) for w in weights])
+        return out
 
     def validate(self, model, dataset, ctx) -> Dict[str, float]:
         """Mean Dice per organ over validation volumes (sliding window for 3D, slice by slice for 2D)."""

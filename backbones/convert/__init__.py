@@ -87,7 +87,7 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-# Converter modules registered on import (a module that does not exist yet is skipped).
+# Converter modules registered on import.
 _CONVERTER_MODULES = [
     "backbones.convert.timm_vit",
     "backbones.convert.google_npz",

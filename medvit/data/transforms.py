@@ -3,6 +3,9 @@
 The 3D recipe is the UNETR/Swin-UNETR BTCV one (Hatamizadeh et al., arXiv:2103.10504; MONAI tutorial
 ``unetr_btcv_segmentation_3d``): Orientation RAS -> Spacing (1.5, 1.5, 2.0) -> ScaleIntensityRange(-175, 250)
 -> CropForeground -> RandCropByPosNegLabel(pos 1, neg 1) -> flips on each axis -> rot90 -> intensity shift.
+With ``crop="classes"`` the crop step is MONAI's ``RandCropByLabelClassesd`` instead: crop centres are drawn per
+class with the given ``ratios`` (one per class, background first; default equal), so a small structure is seen as
+often as a large one.
 Files are read by :class:`LoadNiftid`, which validates them (``UserError`` naming the file) instead of MONAI's
 ``LoadImaged``.
 """
@@ -16,12 +19,14 @@ import torch
 
 from medvit.io import check_pair, read_nifti
 
-__all__ = ["LoadNiftid", "RECIPE_3D", "train_transforms_3d", "val_transforms_3d", "to_ras", "from_ras",
+__all__ = ["LoadNiftid", "RECIPE_3D", "CROP_MODES", "train_transforms_3d", "val_transforms_3d", "to_ras", "from_ras",
            "scale_intensity"]
 
 # Defaults of the UNETR BTCV recipe; stored in the run's data_args so predict replays them.
 RECIPE_3D = {"spacing": (1.5, 1.5, 2.0), "a_min": -175.0, "a_max": 250.0, "num_samples": 2,
-             "pos": 1.0, "neg": 1.0, "flip_prob": 0.2, "rot90_prob": 0.2, "shift_prob": 0.5}
+             "pos": 1.0, "neg": 1.0, "flip_prob": 0.2, "rot90_prob": 0.2, "shift_prob": 0.5,
+             "crop": "posneg", "ratios": None}
+CROP_MODES = ("posneg", "classes")
 
 
 class LoadNiftid:
@@ -81,15 +86,41 @@ def train_transforms_3d(roi: Sequence[int], loader: LoadNiftid, **recipe) -> "ob
     return T.Compose(_deterministic(r["spacing"], r["a_min"], r["a_max"], keys, loader) + [
         T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
         T.SpatialPadd(keys=keys, spatial_size=tuple(roi)),
-        T.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=tuple(roi), pos=r["pos"],
-                                 neg=r["neg"], num_samples=int(r["num_samples"]), image_key="image",
-                                 image_threshold=0),
+        _rand_crop(roi, r, loader.num_classes),
         T.RandFlipd(keys=keys, prob=r["flip_prob"], spatial_axis=0),
         T.RandFlipd(keys=keys, prob=r["flip_prob"], spatial_axis=1),
         T.RandFlipd(keys=keys, prob=r["flip_prob"], spatial_axis=2),
         T.RandRotate90d(keys=keys, prob=r["rot90_prob"], max_k=3),
         T.RandShiftIntensityd(keys="image", offsets=0.1, prob=r["shift_prob"]),
     ])
+
+
+def _rand_crop(roi: Sequence[int], r: Mapping, num_classes: Optional[int]) -> "object":
+    """The random crop step: positive/negative-centred (``crop="posneg"``) or class-balanced (``"classes"``)."""
+    from monai import transforms as T
+
+    from engine.errors import UserError
+
+    keys = ("image", "label")
+    if r["crop"] not in CROP_MODES:
+        raise UserError(f"--data-arg crop={r['crop']}: expected one of {', '.join(CROP_MODES)}")
+    if r["crop"] == "posneg":
+        return T.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=tuple(roi), pos=r["pos"],
+                                        neg=r["neg"], num_samples=int(r["num_samples"]), image_key="image",
+                                        image_threshold=0)
+    ratios = r["ratios"]
+    if ratios is not None:
+        ratios = [float(v) for v in ratios]
+        if num_classes is not None and len(ratios) != num_classes:
+            raise UserError(f"--data-arg ratios={ratios}: {len(ratios)} values for {num_classes} classes "
+                            "(one per class, background first)")
+        if min(ratios) < 0 or sum(ratios) <= 0:
+            raise UserError(f"--data-arg ratios={ratios}: values must be >= 0 with a positive sum")
+    elif num_classes is None:
+        raise UserError("--data-arg crop=classes needs the number of classes (--model-arg num_classes=...)")
+    return T.RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=tuple(roi), ratios=ratios,
+                                     num_classes=num_classes, num_samples=int(r["num_samples"]),
+                                     image_key="image", image_threshold=0, warn=False)
 
 
 def val_transforms_3d(loader: LoadNiftid, **recipe) -> "object":

@@ -111,3 +111,36 @@ def test_check_affine_mismatch(synth_dir, tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.asarray(lab.dataobj), aff), str(root / "labelsTr/label0001.nii.gz"))
     assert main(["data", "check", "btcv", "--data-dir", str(root)]) == 2
     assert "affine" in capsys.readouterr().out
+
+
+def _tiny_pair(tmp_path):
+    """A 24^3 volume: class 1 fills half of it, class 2 is one 2^3 cube in a corner."""
+    lab = np.zeros((24, 24, 24), np.float32)
+    lab[:, :, 12:] = 1
+    lab[1:3, 1:3, 1:3] = 2
+    img = 10.0 + 100.0 * lab
+    paths = {}
+    for key, arr in (("image", img), ("label", lab)):
+        paths[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), paths[key])
+    return paths
+
+
+def test_class_balanced_crops_hit_small_class(tmp_path):
+    from medvit.data.transforms import LoadNiftid, train_transforms_3d
+
+    item = _tiny_pair(tmp_path)
+    args = dict(spacing=(1, 1, 1), a_min=0, a_max=255, num_samples=4, flip_prob=0, rot90_prob=0, shift_prob=0)
+    crops = train_transforms_3d((8, 8, 8), LoadNiftid(num_classes=3), crop="classes", ratios=[0, 0, 1], **args)
+    crops.set_random_state(0)
+    out = crops(item)
+    assert len(out) == 4 and all(tuple(c["label"].shape) == (1, 8, 8, 8) for c in out)
+    assert all((c["label"] == 2).any() for c in out)
+    posneg = train_transforms_3d((8, 8, 8), LoadNiftid(num_classes=3), **args)
+    posneg.set_random_state(0)
+    hits = [bool((c["label"] == 2).any()) for _ in range(5) for c in posneg(item)]
+    assert not all(hits)  # the default recipe rarely centres on an 8-voxel structure
+    with pytest.raises(UserError, match="ratios"):
+        train_transforms_3d((8, 8, 8), LoadNiftid(num_classes=3), crop="classes", ratios=[1, 1], **args)
+    with pytest.raises(UserError, match="crop=grid"):
+        train_transforms_3d((8, 8, 8), LoadNiftid(num_classes=3), crop="grid", **args)
