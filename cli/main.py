@@ -11,9 +11,12 @@ import os
 import sys
 from typing import List, Optional
 
-import click
 import typer
-from typer._click import exceptions as typer_click  # typer >= 0.26 vendors click; its errors are not click's
+
+try:  # typer >= 0.26 vendors click and does not install it; its usage errors are the vendored click's
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer runs on the click package
+    from click import ClickException
 
 from cli.apps import app
 from engine.errors import VtkError
@@ -42,12 +45,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     _register_commands()
     try:
         rc = app(args=argv, prog_name="vtk", standalone_mode=False)
-    except (click.exceptions.Exit, typer.Exit) as e:
+    except typer.Exit as e:
         return e.exit_code
-    except (click.exceptions.Abort, typer.Abort):
+    except typer.Abort:
         print("vtk: aborted", file=sys.stderr)
         return 130
-    except (click.ClickException, typer_click.ClickException) as e:
+    except ClickException as e:
         if debug:
             raise
         e.show()
