@@ -47,7 +47,10 @@ class SegTask:
     def build_model(self, cfg) -> nn.Module:
         import medvit
 
-        model = medvit.create_model(cfg.model, **dict(cfg.model_args))
+        try:
+            model = medvit.create_model(cfg.model, **dict(cfg.model_args))
+        except ValueError as e:  # a bad model name or override value is a user error (exit 2)
+            raise UserError(f"--model {cfg.model}: {e}") from e
         dims = int(getattr(model, "spatial_dims", cfg.data_args.get("spatial_dims", 3)))
         if dims != int(cfg.data_args.get("spatial_dims", dims)):
             raise UserError(f"--model {cfg.model}: a {dims}D model, but the data were prepared for "

@@ -124,11 +124,13 @@ class VideoTask:
 
     def build_model(self, cfg) -> nn.Module:
         resolve_data_args(cfg)
-        if self.model_factory is None:
-            import videovit
+        import videovit
 
-            return videovit.create_model(cfg.model, **cfg.model_args)
-        return self.model_factory(cfg.model, **cfg.model_args)
+        factory = videovit.create_model if self.model_factory is None else self.model_factory
+        try:
+            return factory(cfg.model, **cfg.model_args)
+        except ValueError as e:  # a bad model name or override value is a user error (exit 2)
+            raise UserError(f"--model {cfg.model}: {e}") from e
 
     def build_datasets(self, cfg) -> Tuple[Dataset, Optional[Dataset]]:
         self.cfg = cfg

@@ -97,6 +97,10 @@ class SwinUNETR(nn.Module):
         if any(s % self.divisor for s in self.img_size):
             raise ValueError(f"img_size {self.img_size} must be divisible by patch_size * 2**len(depths) = "
                              f"{self.divisor}")
+        if norm_name == "instance" and all(s == self.divisor for s in self.img_size):
+            # Instance norm cannot train on the one-voxel bottleneck that img_size == divisor on every axis gives.
+            raise ValueError(f"img_size {self.img_size} is too small for instance norm with {self.num_stages} stages: "
+                             f"use {2 * self.divisor} on some axis, fewer depths, or norm_name='batch'")
         pre = (lambda ch: UnetrBasicBlock(3, ch, ch, kernel_size=3, stride=1, norm_name="instance",
                                           res_block=True)) if use_v2 else None
         self.swinViT = SwinTransformer(

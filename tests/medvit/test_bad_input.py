@@ -84,3 +84,14 @@ def test_2d_images_given_to_a_3d_model(tmp_path, capsys):
                "--max-steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu", "--num-workers", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "3D model" in err and str(tmp_path) in err
+
+
+@pytest.mark.parametrize("model,size", [("medt", "32"), ("swin_unetr", "32")])
+def test_bad_model_option_is_a_user_error(model, size, synth_dir, tmp_path, capsys):
+    """A model override the architecture cannot take exits 2 with one line naming the model, before training."""
+    rc = main(["seg", "train", "--model", model, "--img-size", size, "--data", "btcv", "--data-dir", str(synth_dir),
+               "--max-steps", "1", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith(f"vtk: error: --model {model}:") and "img_size" in err and "\n" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

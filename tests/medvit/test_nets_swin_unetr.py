@@ -95,7 +95,7 @@ def test_ssl_weights_load_like_monai_load_from(tmp_path):
     sd = _ssl_file(path, src)
     ref = MonaiSwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(2, 2, 2, 2)).eval()
     ref.load_from(torch.load(path, weights_only=True))
-    ours = medvit.create_model("swin_unetr", img_size=32, feature_size=12, num_classes=3).eval()
+    ours = medvit.create_model("swin_unetr", img_size=32, feature_size=12, num_classes=3, norm_name="batch").eval()
     report = ours.load_pretrained(str(path))
     n_encoder = sum(1 for k in sd if "index" not in k and "_head" not in k)
     assert report.loaded == n_encoder and report.converter == "monai"
