@@ -41,12 +41,15 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, max_steps: int) -> fl
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, object]]:
-    """Two groups: weights with ``weight_decay``; biases, norms and other 1-D parameters without it."""
+    """Two groups: weights with ``weight_decay``; biases, norms, other 1-D parameters and the names the model lists
+    in ``no_weight_decay()`` (timm's convention: position/time embeddings, class tokens) without it."""
+    no_wd = getattr(model, "no_weight_decay", None)
+    skip = set(no_wd()) if callable(no_wd) else set()
     decay: List[nn.Parameter] = []
     no_decay: List[nn.Parameter] = []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

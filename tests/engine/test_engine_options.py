@@ -148,3 +148,26 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no checkpoints/best.safetensors or last.safetensors"):
         load_run(tmp_path / "empty")
+
+
+def test_no_weight_decay_names_are_not_decayed():
+    """Parameters a model lists in no_weight_decay() (pos/time embeddings) join the no-decay group, as in timm."""
+    import torch
+    from torch import nn
+
+    from engine.optim import param_groups
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.time_embed = nn.Parameter(torch.zeros(1, 8, 4))
+
+        def no_weight_decay(self):
+            return {"time_embed"}
+
+    net = Net()
+    decay, no_decay = param_groups(net, 0.05)
+    assert [id(p) for p in decay["params"]] == [id(net.fc.weight)]
+    assert {id(p) for p in no_decay["params"]} == {id(net.fc.bias), id(net.time_embed)}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
