@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import typer
 
@@ -238,13 +238,9 @@ def evaluate(
 ) -> None:
     """Multi-view evaluation: top-1, top-5 and per-class accuracy, confusion matrix PNG and metrics.json."""
     from videovit.data.dataset import VideoViewDataset
-    from videovit.data.samplers import parse_views
     from videovit.task import _Opts, classification_metrics, load_split, predict_views
 
-    try:
-        t_s = parse_views(views)
-    except ValueError as e:
-        raise UserError(f"--views: {e}") from None
+    t_s = _views_option(views)
     cfg, model, dev = _load_model(checkpoint, device)
     cfg.data = data or cfg.data
     cfg.data_dir = str(data_dir) if data_dir else cfg.data_dir
@@ -327,6 +323,16 @@ def _atomic_savefig(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _views_option(views: str) -> Tuple[int, int]:
+    """``--views TxS`` -> ``(T, S)``; a malformed value is a user error."""
+    from videovit.data.samplers import parse_views
+
+    try:
+        return parse_views(views)
+    except ValueError as e:
+        raise UserError(f"--views: {e}") from None
+
+
 # --------------------------------------------------------------------------------------------------- predict
 @video_app.command("predict")
 def predict(
@@ -341,12 +347,8 @@ def predict(
     from rich.console import Console
 
     from videovit.data.layouts import VIDEO_EXTS
-    from videovit.data.samplers import parse_views
 
-    try:
-        t_s = parse_views(views)
-    except ValueError as e:
-        raise UserError(f"--views: {e}") from None
+    t_s = _views_option(views)
     if not input.exists():
         raise UserError(f"{input}: no such file or folder")
     files = sorted(p for p in input.rglob("*") if p.suffix.lower() in VIDEO_EXTS) if input.is_dir() else [input]
