@@ -204,8 +204,28 @@ def test_scratch_timesformer_sees_frame_order():
     x = torch.randn(1, 3, 4, 32, 32)
     pooled = lambda v: model.forward_head(model.forward_features(v), pre_logits=True)  # noqa: E731
     with torch.no_grad():
+        token_std = float(model.patch_embed(x[:, :, 0]).std())
+        # frame order as visible as content: at timm's 0.02 it is ~3% of a token and training stalls (docs/videovit.md)
+        assert 0.5 < float(model.time_embed.std()) / token_std < 4.0
         gap = (pooled(x) - pooled(x.flip(2))).abs().max()
         model.time_embed.zero_()  # the official init: exactly order-invariant
         gap_zero = (pooled(x) - pooled(x.flip(2))).abs().max()
     assert gap_zero < 1e-5
     assert gap > 100 * gap_zero and gap > 1e-4
+
+
+def test_scratch_init_follows_the_width():
+    """jax (default): Xavier linear layers, whose std follows the width; timm: a fixed 0.02 (docs/videovit.md)."""
+    import videovit
+
+    kw = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=64, depth=2, num_heads=4, num_classes=3)
+    torch.manual_seed(0)
+    jax = videovit.create_model("timesformer_base_patch16_224", **kw)
+    timm_init = videovit.create_model("timesformer_base_patch16_224", weight_init="timm", **kw)
+    xavier_std = (2.0 / (64 + 3 * 64)) ** 0.5  # qkv: fan_in 64, fan_out 192
+    for blk_j, blk_t in zip(jax.requires_grad_(False).blocks, timm_init.requires_grad_(False).blocks):
+        assert abs(float(blk_j.attn.qkv.weight.std()) / xavier_std - 1) < 0.1
+        assert abs(float(blk_t.attn.qkv.weight.std()) - 0.02) < 0.002  # trunc-normal(0.02)
+        assert float(blk_j.temporal_fc.weight.abs().max()) == 0.0  # still zero, as in the official code
+    with pytest.raises(ValueError, match="weight_init"):
+        videovit.create_model("timesformer_base_patch16_224", weight_init="xavier", **kw)

@@ -10,7 +10,7 @@ import torch
 
 from videovit.data.dataset import VideoClipDataset, VideoViewDataset
 from videovit.data.layouts import load_kinetics
-from videovit.data.transforms import MixupCutmix, eval_transform, soft_cross_entropy, train_transform
+from videovit.data.transforms import MixupCutmix, NormalizeClip, eval_transform, soft_cross_entropy, train_transform
 
 
 def _frames(T=4, H=40, W=48, seed=0):
@@ -30,6 +30,22 @@ def test_eval_transform_views():
     assert out.shape == (3, 3, 4, 32, 32)
     assert not torch.allclose(out[0], out[2])  # left and right crops differ
     assert abs(float(out.mean())) < 2.0
+
+
+def test_normalize_clip_matches_torchvision_v2():
+    from torchvision.transforms import v2
+
+    mean, std = (0.45, 0.4, 0.35), (0.225, 0.25, 0.2)
+    video = torch.from_numpy(_frames(T=3)).permute(0, 3, 1, 2)[..., 5:37, 3:35]  # channels-last crop (T, C, h, w)
+    ref = v2.Normalize(list(mean), list(std))(v2.ToDtype(torch.float32, scale=True)(video)).permute(1, 0, 2, 3)
+    out = NormalizeClip(mean, std)(video)
+    assert out.shape == (3, 3, 32, 32) and out.is_contiguous()
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert out.data_ptr() != video.data_ptr() and video.dtype == torch.uint8  # the input is left alone
+    with pytest.raises(ValueError, match="expected a video"):
+        NormalizeClip(mean, std)(video[0])
+    with pytest.raises(ValueError, match="std"):
+        NormalizeClip(mean, (0.2, 0.0, 0.2))
 
 
 def test_mixup_and_cutmix_soft_targets():
