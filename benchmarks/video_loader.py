@@ -8,7 +8,7 @@ pytorchvideo's tutorial pipeline (``UniformTemporalSubsample``, ``ShortSideScale
 ``Normalize`` on the float clip its decoder returns). Both run in a DataLoader with the same workers and batch size;
 the first batch (worker start-up) is excluded from both timings.
 
-    python benchmarks/video_loader.py --videos 12 --repeats 4 --workers 2
+    python benchmarks/video_loader.py --videos 12 --repeats 8 --workers 2
 
 Prints clips/s for both and the ratio (vtk / pytorchvideo).
 """
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=Path("/tmp/vtk-bench-videos"))
     p.add_argument("--videos", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-frames", type=int, default=8)
@@ -122,7 +122,8 @@ def main(argv=None) -> None:
         ours = bench_vtk(csv, a.num_frames, a.stride, a.workers, a.batch_size, a.repeats)
         ratios.append(ours / ptv)
         print(f"round {r + 1}: ratio {ratios[-1]:.2f}x")
-    print(f"ratio vtk / pytorchvideo (median of {a.rounds}): {float(np.median(ratios)):.2f}x")
+    print(f"ratio vtk / pytorchvideo (median of {a.rounds}): {float(np.median(ratios)):.2f}x "
+          f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Clip samplers: uniform test views cover the video, random clips stay inside it, short videos loop."""
+"""Clip samplers: uniform test views cover the video, random clips stay inside it, short videos stretch."""
 
 from __future__ import annotations
 
@@ -36,10 +36,14 @@ def test_random_clip_inside_and_deterministic():
     assert len(starts) > 20 and max(starts) <= 100 - 29
 
 
-def test_short_video_loops():
-    idx = clip_indices(0, 8, 1, 5)
-    assert idx.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
-    assert uniform_clips(3, 4, 2, 2)[1].tolist() == [0, 2, 1, 0]
+def test_short_video_stretches_forward():
+    """Too-short videos: the clip spreads over all frames in order (no jump back, which reads as reverse motion)."""
+    assert clip_indices(0, 8, 1, 5).tolist() == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert uniform_clips(3, 4, 2, 2)[1].tolist() == [0, 1, 1, 2]
+    assert random_clip(40, 16, 4, np.random.default_rng(0)).tolist() == np.round(np.linspace(0, 39, 16)).tolist()
+    for length in range(1, 70):
+        idx = clip_indices(0, 16, 4, length)
+        assert len(idx) == 16 and idx[0] == 0 and idx[-1] == min(length - 1, 60) and np.all(np.diff(idx) >= 0)
 
 
 def test_whole_video_sampling():

@@ -5,9 +5,13 @@ and averages the softmax over the ``T*S`` views (multi-view testing as in PySlow
 arXiv:2102.05095; ViViT uses 4x3, Arnab et al., arXiv:2103.15691; MViT 5x1, Fan et al., arXiv:2104.11227).
 
 A clip of ``num_frames`` frames taken every ``stride`` frames spans ``(num_frames - 1) * stride + 1`` frames. When
-the video is shorter than that, the clip **loops**: indices wrap around modulo the video length, so every frame of a
-short clip is still a real frame in motion order (a frozen last frame, PySlowFast's clamping, would feed the model
-frames without motion). ``stride=0`` spreads the frames evenly over the whole video (STAM, VTN-style sampling).
+the video is shorter than that, the clip is **stretched** over the whole video: ``num_frames`` indices evenly spread
+from the first to the last frame, repeating frames when the video has fewer than ``num_frames``
+(``[0, 1, 1, 2, 2, 3, 3, 4]`` for 8 of 5 frames, as pytorchvideo's ``UniformTemporalSubsample``). Time always runs
+forward: looping (``[0, 1, 2, 3, 4, 0, 1, 2]``) would add a jump back to the start that reads as motion in the
+opposite direction (a TimeSformer trained on the motion set called a looped 5-frame "right" clip "left" in 1 of 6
+cases, the stretched clip never), and PySlowFast's clamping freezes the tail. ``stride=0`` spreads the frames evenly
+over the whole video (STAM, VTN-style sampling).
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ def clip_span(num_frames: int, stride: int) -> int:
 
 
 def clip_indices(start: int, num_frames: int, stride: int, video_len: int) -> np.ndarray:
-    """Frame indices of the clip starting at ``start``; wraps around (loops) past the end of the video."""
+    """Frame indices of the clip starting at ``start``; stretched over the whole video when it is too short."""
     if num_frames < 1 or video_len < 1:
         raise ValueError(f"num_frames={num_frames} and video_len={video_len} must be >= 1")
     if stride <= 0:  # whole-video sampling: centres of num_frames equal segments
         return np.floor((np.arange(num_frames) + 0.5) * video_len / num_frames).astype(np.int64)
-    return (start + np.arange(num_frames, dtype=np.int64) * stride) % video_len
+    if video_len < clip_span(num_frames, stride):  # too short: spread over all frames, in order
+        return np.round(np.linspace(0, video_len - 1, num_frames)).astype(np.int64)
+    return start + np.arange(num_frames, dtype=np.int64) * stride
 
 
 def random_clip(video_len: int, num_frames: int, stride: int, rng: np.random.Generator) -> np.ndarray:
