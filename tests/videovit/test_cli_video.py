@@ -117,3 +117,28 @@ def test_ucf101_synth_check_train(tmp_path):
                  "cpu", "--quiet", *TINY]) == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["data_args"]["classes"] == ["MoveLeft", "MoveRight"]
+
+
+@pytest.mark.parametrize("family", ["timesformer", "vivit", "stam", "vtn", "mvit"])
+def test_every_family_trains_and_evaluates(family, synth_dir, tmp_path, capsys):
+    """`vtk video train --model FAMILY` for each family (tiny registry overrides), then `vtk video eval` rebuilds it."""
+    import videovit
+    from videovit.task import FAMILIES
+
+    tiny = videovit.registry.tiny_overrides(FAMILIES[family])
+    frames, size = tiny.pop("num_frames"), tiny.pop("img_size")
+    tiny.pop("num_classes")
+    args = [a for k, v in tiny.items() for a in ("--model-arg", f"{k}={list(v) if isinstance(v, tuple) else v}")]
+    run = tmp_path / family
+    rc = main(["video", "train", "--model", family, "--data", "kinetics400", "--data-dir", str(synth_dir), "--out",
+               str(run), "--max-steps", "1", "--batch-size", "2", "--num-frames", str(frames), "--img-size", str(size),
+               "--num-workers", "0", "--device", "cpu", "--quiet", *args])
+    assert rc == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == FAMILIES[family] and cfg["model_args"]["num_classes"] == 3
+    out = tmp_path / f"{family}-eval"
+    capsys.readouterr()
+    assert main(["video", "eval", "--checkpoint", str(run), "--views", "1x1", "--out", str(out),
+                 "--num-workers", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["top1"] <= 1.0 and len(metrics["per_class"]) == 3
