@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import typer
 
@@ -379,7 +379,7 @@ def _predict_one(model, path: Path, cfg, views, dev, top_k: int, out: Path, cons
     from videovit.task import predict_video
 
     classes = cfg.data_args.get("classes") or [str(i) for i in range(cfg.model_args.get("num_classes", 0))]
-    probs, frames = predict_video(model, path, cfg, views, dev)
+    probs, frames, indices = predict_video(model, path, cfg, views, dev)
     scores, idx = probs.topk(min(top_k, probs.numel()))
     top = [{"label": classes[i], "index": int(i), "score": float(s)} for s, i in zip(scores.tolist(), idx.tolist())]
     table = Table(title=str(path))
@@ -389,12 +389,16 @@ def _predict_one(model, path: Path, cfg, views, dev, top_k: int, out: Path, cons
     for r, t in enumerate(top, 1):
         table.add_row(str(r), t["label"], f"{t['score']:.4f}")
     console.print(table)
-    contact_sheet(frames, f"{path.name}: {top[0]['label']} ({top[0]['score']:.2f})", out / f"{path.stem}.png")
+    contact_sheet(frames, f"{path.name}: {top[0]['label']} ({top[0]['score']:.2f})", out / f"{path.stem}.png",
+                  indices)
     return top
 
 
-def contact_sheet(frames, title: str, path: Path) -> None:
-    """Save the sampled frames ``(T, H, W, 3)`` in one row (wrapping at 8) with the prediction as title."""
+def contact_sheet(frames, title: str, path: Path, indices: Optional[Sequence[int]] = None) -> None:
+    """Save the sampled frames ``(T, H, W, 3)`` in one row (wrapping at 8) with the prediction as title.
+
+    Each frame is captioned with its frame number in the file (``indices``) or, without them, its clip position.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -408,7 +412,7 @@ def contact_sheet(frames, title: str, path: Path) -> None:
         ax.axis("off")
         if i < T:
             ax.imshow(frames[i])
-            ax.set_title(f"t={i}", fontsize=7)
+            ax.set_title(f"frame {int(indices[i])}" if indices is not None else f"t={i}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _atomic_savefig(fig, path)

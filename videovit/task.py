@@ -226,11 +226,12 @@ def classification_metrics(probs: Tensor, labels: Tensor, num_classes: int) -> D
 
 
 def predict_video(model: nn.Module, path: Path, cfg, views: Tuple[int, int], device: torch.device
-                  ) -> Tuple[Tensor, np.ndarray]:
+                  ) -> Tuple[Tensor, np.ndarray, np.ndarray]:
     """Class probabilities of one video file (softmax averaged over ``views``) and the sampled frames.
 
     Returns:
-        ``(probs (K,), frames)`` with ``frames`` the uint8 ``(num_frames, H, W, 3)`` of the centre clip.
+        ``(probs (K,), frames, indices)`` with ``frames`` the uint8 ``(num_frames, H, W, 3)`` of the centre clip
+        and ``indices`` their frame numbers in the file (repeated when a short video is stretched).
 
     Raises:
         UserError: The file cannot be decoded (the message names it).
@@ -244,4 +245,4 @@ def predict_video(model: nn.Module, path: Path, cfg, views: Tuple[int, int], dev
     batch = torch.cat([transform(f) for f in frames])  # (T*S, C, F, h, w)
     with torch.no_grad():
         probs = model(batch.to(device)).float().softmax(-1).mean(0).cpu()  # (K,)
-    return probs, frames[len(frames) // 2]
+    return probs, frames[len(frames) // 2], clips[len(clips) // 2]

@@ -31,7 +31,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import re
 from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
@@ -41,10 +40,11 @@ from torch import nn
 
 import backbones.convert.hf_timesformer  # noqa: F401  (registers the HF converter)
 import backbones.convert.timesformer_official  # noqa: F401  (registers the official / vtk converters)
-from backbones._builder import checkpoint_module, load_pretrained, take_indices
+from backbones._builder import load_pretrained
 from backbones.layers import PatchEmbed, grid_shape, resample_pos_embed, resample_time_embed, to_ntuple
 from backbones.layers.divided_st_attention import DividedSpaceTimeBlock, SpaceTimeBlock
 from videovit import register_model
+from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
 
 __all__ = ["TimeSformer", "ATTENTION_TYPES", "check_choice", "tokens_to_map",
            "timesformer_base_patch16_224", "timesformer_hr_patch16_448", "timesformer_l_patch16_224"]
@@ -54,28 +54,13 @@ ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 _TEMPORAL_KEY = re.compile(r"blocks\.(\d+)\.temporal_")
 
 
-def check_choice(value: str, choices: Sequence[str], name: str) -> str:
-    """Return ``value`` if it is one of ``choices``; otherwise a ``ValueError`` that suggests close names."""
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}{hint}")
-    return value
-
-
-def tokens_to_map(x: torch.Tensor, thw: Sequence[int], num_prefix_tokens: int) -> torch.Tensor:
-    """``(B, P + T*H*W, C)`` tokens in ``(t, h, w)`` order -> feature map ``(B, C, T, H, W)`` (prefix dropped)."""
-    B, L, C = x.shape
-    return x[:, num_prefix_tokens:].transpose(1, 2).reshape(B, C, *thw)
-
-
 def _temporal_block(key: str) -> Optional[int]:
     """Block index of a ``blocks.i.temporal_*`` key, else ``None``."""
     m = _TEMPORAL_KEY.match(key)
     return None if m is None else int(m[1])
 
 
-class TimeSformer(nn.Module):
+class TimeSformer(VideoTokenMixin, nn.Module):
     """TimeSformer video classifier (input ``(B, C, T, H, W)``).
 
     Args:
@@ -258,55 +243,6 @@ class TimeSformer(nn.Module):
         BT, L, D = x.shape
         x = x.reshape(BT // T, T, L, D)  # (B, T, 1+N, D)
         return torch.cat([x[:, :, :1].mean(dim=1), x[:, :, 1:].reshape(BT // T, T * (L - 1), D)], dim=1)
-
-    def _run_block(self, blk: nn.Module, x: torch.Tensor, thw: Thw) -> torch.Tensor:
-        return checkpoint_module(blk, x, thw, enabled=self.grad_checkpointing)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` -> normalised tokens ``(B, 1 + T*N, D)``, class token first."""
-        x, thw = self._embed(x)
-        for blk in self.blocks:
-            x = self._run_block(blk, x, thw)
-        return self.norm(self._to_clip(x, thw))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens -> class token (or mean) -> dropout -> head; ``pre_logits`` stops before the head."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
-                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
-                              return_prefix_tokens: bool = False) -> Any:
-        """Outputs of selected blocks.
-
-        Args:
-            x: Video ``(B, C, T, H, W)``.
-            indices: Int ``n`` for the last ``n`` blocks, or a list of block indices.
-            norm: Apply the final norm to every intermediate.
-            output_fmt: ``"NCTHW"`` feature maps ``(B, D, T, H', W')`` (class token dropped) or ``"NLC"``
-                tokens ``(B, 1 + T*H'*W', D)``.
-            intermediates_only: Return only the list; otherwise ``(final_features, list)``.
-            return_prefix_tokens: With ``NCTHW``, return ``(map, class token (B, 1, D))`` pairs.
-        """
-        check_choice(output_fmt, ("NCTHW", "NLC"), "output_fmt")
-        take, last = take_indices(len(self.blocks), indices)
-        x, thw = self._embed(x)
-        out = []
-        for i, blk in enumerate(self.blocks):
-            x = self._run_block(blk, x, thw)
-            if i in take:
-                y = self._to_clip(x, thw)
-                y = self.norm(y) if norm else y
-                fmap = tokens_to_map(y, thw, 1)
-                out.append(y if output_fmt == "NLC" else (fmap, y[:, :1]) if return_prefix_tokens else fmap)
-            if intermediates_only and i >= last:
-                break
-        return out if intermediates_only else (self.norm(self._to_clip(x, thw)), out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 def _create_timesformer(pretrained: Optional[Any], **kwargs: Any) -> TimeSformer:

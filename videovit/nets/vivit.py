@@ -49,7 +49,7 @@ from backbones.layers import (TubeletEmbed, grid_shape, inflate_conv2d_weight, r
 from backbones.layers.divided_st_attention import SpaceTimeBlock
 from backbones.layers.factorized_attention import FactorisedDotProductBlock, FactorisedSelfAttentionBlock
 from videovit import register_model
-from videovit.nets.timesformer import check_choice, tokens_to_map
+from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
 
 __all__ = ["ViViT", "ViViTFactorisedEncoder", "VIVIT_ATTENTION", "vivit_base_16x2_224", "vivit_base_fe_16x2_224",
            "vivit_base_fsa_16x2_224", "vivit_base_fdp_16x2_224", "vivit_large_16x2_224",
@@ -127,7 +127,7 @@ def _fit_video_pos(pos: torch.Tensor, src_prefix: int, dst_prefix: int, thw: Thw
     return torch.cat([prefix, pos.new_zeros(1, dst_prefix - prefix.shape[1], pos.shape[-1]), grid], dim=1)
 
 
-class ViViT(nn.Module):
+class ViViT(VideoTokenMixin, nn.Module):
     """ViViT models 1, 3 and 4 (input ``(B, C, T, H, W)``).
 
     Args:
@@ -231,55 +231,6 @@ class ViViT(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + T'*N, D)
         return self.pos_drop(x + pos), thw
-
-    def _run_block(self, blk: nn.Module, x: torch.Tensor, thw: Thw) -> torch.Tensor:
-        return checkpoint_module(blk, x, thw, enabled=self.grad_checkpointing)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` -> normalised tokens ``(B, P + T'*N, D)`` (``P`` = 1 for model 1, else 0)."""
-        x, thw = self._embed(x)
-        for blk in self.blocks:
-            x = self._run_block(blk, x, thw)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens -> class token (or mean) -> dropout -> head; ``pre_logits`` stops before the head."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
-                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
-                              return_prefix_tokens: bool = False) -> Any:
-        """Outputs of selected blocks.
-
-        Args:
-            x: Video ``(B, C, T, H, W)``.
-            indices: Int ``n`` for the last ``n`` blocks, or a list of block indices.
-            norm: Apply the final norm to every intermediate.
-            output_fmt: ``"NCTHW"`` maps ``(B, D, T', H', W')`` (class token dropped) or ``"NLC"`` tokens
-                ``(B, P + T'*N, D)``.
-            intermediates_only: Return only the list; otherwise ``(final_features, list)``.
-            return_prefix_tokens: With ``NCTHW``, return ``(map, prefix (B, P, D))`` pairs.
-        """
-        check_choice(output_fmt, ("NCTHW", "NLC"), "output_fmt")
-        take, last = take_indices(len(self.blocks), indices)
-        x, thw = self._embed(x)
-        out = []
-        for i, blk in enumerate(self.blocks):
-            x = self._run_block(blk, x, thw)
-            if i in take:
-                y = self.norm(x) if norm else x
-                fmap = tokens_to_map(y, thw, self.num_prefix_tokens)
-                out.append(y if output_fmt == "NLC" else
-                           (fmap, y[:, :self.num_prefix_tokens]) if return_prefix_tokens else fmap)
-            if intermediates_only and i >= last:
-                break
-        return out if intermediates_only else (self.norm(x), out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 class ViViTFactorisedEncoder(nn.Module):
