@@ -110,10 +110,17 @@ def main(argv=None) -> None:
     p.add_argument("--num-frames", type=int, default=8)
     p.add_argument("--stride", type=int, default=32)
     p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--video-frames", type=int, default=300, help="Frames per generated video (10 s at 30 fps).")
     p.add_argument("--rounds", type=int, default=2, help="Alternating rounds; the median ratio is reported.")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    csv = make_videos(a.dir, a.videos, fps=a.fps)
+    span = (a.num_frames - 1) * a.stride + 1
+    counts = (a.videos, a.repeats, a.workers + 1, a.batch_size, a.rounds, a.num_frames, a.stride)
+    if min(counts) < 1 or a.video_frames < span or a.videos * a.repeats <= a.batch_size:
+        raise SystemExit(f"video_loader: bad arguments (counts must be >= 1, workers >= 0, --video-frames "
+                         f"{a.video_frames} >= the clip span {span}, and videos x repeats > one batch, since the "
+                         f"first batch is not timed)")
+    csv = make_videos(a.dir / f"{a.video_frames}f", a.videos, frames=a.video_frames, fps=a.fps)
     print(f"{a.videos} videos x {a.repeats} repeats, clip {a.num_frames}x{a.stride}, workers {a.workers}, "
           f"batch {a.batch_size}")
     ratios = []
@@ -124,6 +131,7 @@ def main(argv=None) -> None:
         print(f"round {r + 1}: ratio {ratios[-1]:.2f}x")
     print(f"ratio vtk / pytorchvideo (median of {a.rounds}): {float(np.median(ratios)):.2f}x "
           f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+    return 0
 
 
 if __name__ == "__main__":

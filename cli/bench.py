@@ -11,7 +11,7 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "run_benchmark_script"]
+__all__ = ["bench_backbones", "bench_video_loader", "run_benchmark_script"]
 
 _BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -45,5 +45,38 @@ def bench_backbones(model: str = typer.Option("all", "--model", help="Pair to ru
         raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     argv = ["--model", model, "--steps", str(steps), "--warmup", str(warmup)]
     rc = run_benchmark_script("backbones_train_step", argv + (["--device", device] if device else []))
+    if rc:
+        raise typer.Exit(rc)
+
+
+@bench_app.command("video-loader")
+def bench_video_loader(num_frames: int = typer.Option(8, "--num-frames", help="Frames per clip."),
+                       stride: int = typer.Option(32, "--stride", help="Frame step inside a clip (8x32: TimeSformer, "
+                                                  "16x4: MViT)."),
+                       rounds: int = typer.Option(2, "--rounds", help="Alternating rounds; the median ratio is "
+                                                  "reported."),
+                       workers: int = typer.Option(2, "--workers", help="DataLoader workers for both loaders."),
+                       videos: int = typer.Option(12, "--videos", help="Generated H.264 videos (340x256, 30 fps)."),
+                       repeats: int = typer.Option(8, "--repeats", help="Times each video is listed."),
+                       video_frames: int = typer.Option(300, "--video-frames", help="Frames per generated video."),
+                       cache: Path = typer.Option(Path("/tmp/vtk-bench-videos"), "--dir",
+                                                  help="Where the generated videos are kept between runs.")) -> None:
+    """Clips/s of vtk's decord loader vs pytorchvideo's Kinetics + PyAV on the same files, with the ratio.
+
+    Example: vtk bench video-loader --num-frames 16 --stride 4 --rounds 5
+    """
+    span = (num_frames - 1) * stride + 1
+    if min(num_frames, stride, rounds, videos, repeats) < 1 or workers < 0:
+        raise UserError(f"--num-frames {num_frames}, --stride {stride}, --rounds {rounds}, --videos {videos} and "
+                        f"--repeats {repeats} must be >= 1 and --workers {workers} >= 0")
+    if video_frames < span:
+        raise UserError(f"--video-frames {video_frames} is shorter than one {num_frames}x{stride} clip ({span} frames)")
+    if videos * repeats <= 4:
+        raise UserError(f"--videos {videos} x --repeats {repeats} must exceed one batch of 4 (the first batch, "
+                        f"worker start-up, is not timed)")
+    argv = ["--num-frames", str(num_frames), "--stride", str(stride), "--rounds", str(rounds), "--workers",
+            str(workers), "--videos", str(videos), "--repeats", str(repeats), "--video-frames", str(video_frames),
+            "--dir", str(cache)]
+    rc = run_benchmark_script("video_loader", argv)
     if rc:
         raise typer.Exit(rc)

@@ -142,3 +142,16 @@ def test_every_family_trains_and_evaluates(family, synth_dir, tmp_path, capsys):
                  "--num-workers", "0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= 1.0 and len(metrics["per_class"]) == 3
+
+
+def test_bench_video_loader(tmp_path, capsys):
+    """`vtk bench video-loader` runs benchmarks/video_loader.py side by side and prints the ratio; bad sizes exit 2."""
+    assert main(["bench", "video-loader", "--stride", "0"]) == 2
+    assert main(["bench", "video-loader", "--video-frames", "10"]) == 2
+    assert main(["bench", "video-loader", "--videos", "2", "--repeats", "2"]) == 2  # no timed batch left
+    capsys.readouterr()
+    rc = main(["bench", "video-loader", "--num-frames", "4", "--stride", "2", "--rounds", "1", "--videos", "2",
+               "--repeats", "6", "--video-frames", "30", "--workers", "0", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "pytorchvideo: 8 clips" in out and "vtk (decord): 8 clips" in out
+    assert "ratio vtk / pytorchvideo (median of 1)" in out
