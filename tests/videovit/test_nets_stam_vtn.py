@@ -247,3 +247,27 @@ def test_vtn_ill_args():
         VTN(pos_overflow="clip", **VIT_TINY)
     with pytest.raises(ValueError, match="even"):
         videovit.create_model("vtn_vit_base", attention_window=7, temporal_heads=2, **VIT_TINY)
+
+
+@pytest.mark.parametrize("attn_mode", ["dense", "chunked"])
+def test_vtn_frame_mask_batches_videos_of_different_lengths(attn_mode):
+    """A 4-frame video padded to 7 frames next to a 7-frame one gives its own unpadded logits with frame_mask."""
+    import videovit
+
+    torch.manual_seed(0)
+    tiny = videovit.registry.tiny_overrides("vtn_vit_base")
+    model = videovit.create_model("vtn_vit_base", **dict(tiny, attention_window=2, attn_mode=attn_mode)).eval()
+    long, short = torch.randn(1, 3, 7, 32, 32), torch.randn(1, 3, 4, 32, 32)
+    padded = torch.cat([short, torch.randn(1, 3, 3, 32, 32)], dim=2)  # junk in the padding frames
+    batch = torch.cat([long, padded])
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[1, 4:] = True
+    cls = lambda v, m=None: model.forward_features(v, frame_mask=m)[:, 0]  # noqa: E731  (B, D)
+    with torch.no_grad():
+        out = cls(batch, mask)
+        assert torch.allclose(out[1], cls(short)[0], atol=1e-5)
+        assert torch.allclose(out[0], cls(long)[0], atol=1e-5)
+        assert (cls(batch)[1] - cls(short)[0]).abs().max() > 1e-3  # without the mask the padding leaks in
+        assert torch.allclose(model(batch, frame_mask=mask)[1], model(short)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="frame_mask"):
+        model(batch, frame_mask=mask[:, :3])

@@ -154,21 +154,35 @@ class VTN(FrameViT):
         cls = torch.full((B, 1), limit, dtype=torch.long, device=device)
         return torch.cat([cls, position_ids], dim=1)
 
-    def forward_features(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(B, C, T, H, W)`` (and optional frame indices ``(B, T)``) -> temporal tokens ``(B, 1 + T, D)``."""
+    def forward_features(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+                         frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Video -> temporal tokens ``(B, 1 + T, D)``.
+
+        Args:
+            x: Video ``(B, C, T, H, W)``.
+            position_ids: Optional frame indices ``(B, T)`` (default ``0..T-1``).
+            frame_mask: Optional bool ``(B, T)``, True at padding frames: videos of different lengths padded to one
+                ``T`` in a batch; no token attends to them, so each video's CLS output equals its unpadded one.
+        """
         f = self.encode_frames(x)  # (B, T, D)
         B, T, D = f.shape
+        pad = None
+        if frame_mask is not None:
+            if frame_mask.shape != (B, T):
+                raise ValueError(f"frame_mask must have shape {(B, T)}, got {tuple(frame_mask.shape)}")
+            pad = torch.cat([frame_mask.new_zeros(B, 1), frame_mask], dim=1).bool()  # (B, 1 + T), CLS never padded
         f = torch.cat([self.temporal_cls_token.expand(B, -1, -1), f], dim=1)  # (B, 1 + T, D)
         f = self.temporal_embed(f, self._position_ids(position_ids, B, T, f.device))
-        return self.temporal_encoder(f)
+        return self.temporal_encoder(f, pad)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, 1 + T, D)`` -> logits from the CLS token (``pre_logits``: the MLP head's hidden features)."""
         x = x[:, 0]
         return self.mlp_head[:4](x) if pre_logits else self.mlp_head(x)
 
-    def forward(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.forward_features(x, position_ids)
+    def forward(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+                frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.forward_features(x, position_ids, frame_mask)
         return self.forward_head(x)
 
 
