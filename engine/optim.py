@@ -14,14 +14,15 @@ where ``W = warmup_steps`` and ``S = max_steps``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Set
 
 import torch
 from torch import nn
 
 from engine.config import TrainConfig
 
-__all__ = ["POLY_POWER", "lr_factor", "build_optimizer", "build_scheduler", "param_groups", "current_lr"]
+__all__ = ["POLY_POWER", "lr_factor", "build_optimizer", "build_scheduler", "param_groups", "no_weight_decay_names",
+           "current_lr"]
 
 POLY_POWER = 0.9
 
@@ -40,11 +41,25 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, max_steps: int) -> fl
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def no_weight_decay_names(model: nn.Module) -> Set[str]:
+    """Full parameter names listed by ``no_weight_decay()`` of the model *and of every submodule*.
+
+    A submodule's names are prefixed with its path, so UNETR's inner ViT (``vit.pos_embed``) or any model wrapping a
+    backbone gets the same treatment as the backbone alone.
+    """
+    names: Set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            names.update(f"{prefix}.{n}" if prefix else str(n) for n in fn())
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, object]]:
-    """Two groups: weights with ``weight_decay``; biases, norms, other 1-D parameters and the names the model lists
-    in ``no_weight_decay()`` (timm's convention: position/time embeddings, class tokens) without it."""
-    no_wd = getattr(model, "no_weight_decay", None)
-    skip = set(no_wd()) if callable(no_wd) else set()
+    """Two groups: weights with ``weight_decay``; biases, norms, other 1-D parameters and the names the model or
+    any submodule lists in ``no_weight_decay()`` (timm's convention: position/time embeddings, class tokens)
+    without it."""
+    skip = no_weight_decay_names(model)
     decay: List[nn.Parameter] = []
     no_decay: List[nn.Parameter] = []
     for name, p in model.named_parameters():

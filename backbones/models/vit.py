@@ -182,6 +182,11 @@ class VisionTransformer(nn.Module):
                     num_classes=self.num_classes, interpolation="bicubic" if self.spatial_dims == 2 else "trilinear")
 
     # ---------------------------------------------------------------------------------------------- public API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Parameters the optimiser should not decay (timm's ``VisionTransformer.no_weight_decay``)."""
+        return {"pos_embed", "cls_token"}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (non-reentrant ``torch.utils.checkpoint``)."""
         self.grad_checkpointing = enable

@@ -171,3 +171,17 @@ def test_no_weight_decay_names_are_not_decayed():
     assert [id(p) for p in decay["params"]] == [id(net.fc.weight)]
     assert {id(p) for p in no_decay["params"]} == {id(net.fc.bias), id(net.time_embed)}
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+
+
+def test_no_weight_decay_walks_submodules():
+    """A backbone's no_weight_decay() names count inside a wrapper (UNETR's ViT: vit.pos_embed), prefixed."""
+    import medvit
+    from engine.optim import no_weight_decay_names, param_groups
+
+    model = medvit.create_model("unetr", **medvit.registry.tiny_overrides("unetr"))
+    names = no_weight_decay_names(model)
+    assert "vit.pos_embed" in names and "pos_embed" not in names
+    params = dict(model.named_parameters())
+    decay, no_decay = param_groups(model, 0.05)
+    assert any(p is params["vit.pos_embed"] for p in no_decay["params"])
+    assert not any(p is params["vit.pos_embed"] for p in decay["params"])

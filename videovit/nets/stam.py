@@ -140,6 +140,10 @@ class TemporalAggregate(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {"pos_embed", "cls_token"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, T, D)`` frame embeddings -> ``(B, 1 + T, D)`` (class token first)."""
         B, T, D = x.shape
