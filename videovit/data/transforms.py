@@ -21,8 +21,8 @@ from torchvision.transforms import v2
 
 from .samplers import spatial_crop
 
-__all__ = ["KINETICS_MEAN", "KINETICS_STD", "NormalizeClip", "to_video", "train_transform", "eval_transform", "MixupCutmix",
-           "soft_cross_entropy"]
+__all__ = ["KINETICS_MEAN", "KINETICS_STD", "NormalizeClip", "to_video", "train_transform", "eval_transform",
+           "MixupCutmix", "soft_cross_entropy"]
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
