@@ -229,3 +229,7 @@ def test_scratch_init_follows_the_width():
         assert float(blk_j.temporal_fc.weight.abs().max()) == 0.0  # still zero, as in the official code
     with pytest.raises(ValueError, match="weight_init"):
         videovit.create_model("timesformer_base_patch16_224", weight_init="xavier", **kw)
+    official = videovit.create_model("timesformer_base_patch16_224", time_init_std=0.0, **kw)
+    assert float(official.time_embed.detach().abs().max()) == 0.0  # the official zero time_embed on request
+    with pytest.raises(ValueError, match="time_init_std"):
+        videovit.create_model("timesformer_base_patch16_224", time_init_std=-1.0, **kw)

@@ -84,7 +84,7 @@ class TimeSformer(VideoTokenMixin, nn.Module):
         block_fn: Block class called as ``block_fn(dim, num_heads, mlp_ratio=, ...)`` and ``blk(x, thw)``;
             default from ``attention_type``.
         time_init_std: Standard deviation of the truncated-normal ``time_embed`` of a model trained from scratch
-            (default 1.0, the scale of the patch tokens; the official code uses zeros, which only works when
+            (default 1.0, the scale of the patch tokens; 0 gives the official zeros, which only work when
             initialising from an image ViT, see ``_init_weights``).
         weight_init: Init of the linear layers of a model trained from scratch: ``"jax"`` (default; Xavier-uniform
             as in the original JAX ViT and timm's ``jax`` mode, which scales with the width) or ``"timm"``
@@ -163,9 +163,9 @@ class TimeSformer(VideoTokenMixin, nn.Module):
         """
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        if self.time_embed is not None:
+        if self.time_embed is not None and self.time_init_std > 0:
             std = self.time_init_std
-            nn.init.trunc_normal_(self.time_embed, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(self.time_embed, std=std, a=-2 * std, b=2 * std)  # else zeros (official)
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 if self.weight_init == "jax" and name != "head":
