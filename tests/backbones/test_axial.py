@@ -18,13 +18,7 @@ from backbones.layers.axial_attention import AxialAttention, relative_table
 __all__: List[str] = []
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops on a shared 2-core machine run fastest single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(attn: AxialAttention, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from backbones import create_model
+from vtk_testing import perturb_
 
 timm = pytest.importorskip("timm")
 
@@ -29,11 +30,7 @@ _VIT = dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=3, num_c
 
 def _randomise(model: nn.Module, scale: float = 0.05) -> nn.Module:
     """Move every parameter off its init (norm affines included) so a swapped tensor changes the output."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return perturb_(model, scale, seed=3)
 
 
 def _assert_every_weight_matters(model: nn.Module, fn: Callable[[nn.Module], torch.Tensor], atol: float) -> None:

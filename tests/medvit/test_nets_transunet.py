@@ -14,6 +14,7 @@ from torch import nn
 
 import medvit
 from medvit.nets.transunet import TransUNet
+from vtk_testing import perturb_
 
 __all__: List[str] = []
 
@@ -23,12 +24,7 @@ ENC = dict(img_size=32, embed_dim=32, depth=2, num_heads=2)  # R50 units (1, 1, 
 TINY = dict(ENC, layers=(1, 1, 1), decoder_channels=(16, 8, 8, 4), head_channels=16, num_classes=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _timm_hybrid() -> nn.Module:
@@ -39,11 +35,7 @@ def _timm_hybrid() -> nn.Module:
     torch.manual_seed(0)
     net = VisionTransformer(patch_size=1, num_classes=0, class_token=False, global_pool="avg", fc_norm=False,
                             embed_layer=partial(HybridEmbed, backbone=_resnetv2((1, 1, 1))), **ENC)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net.eval()
+    return perturb_(net)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from backbones._builder import load_pretrained
 from backbones.convert.monai_unetr import convert_monai_unetr, is_monai_unetr
 from engine.errors import UserError
 from medvit.nets.unetr import UNETR, unetr_taps
+from vtk_testing import perturb_
 
 __all__: List[str] = []
 
@@ -23,12 +24,7 @@ SIZE = (32, 64, 48)  # non-cubic; MONAI's UNETR fixes patch 16 and 12 layers
 CFG = dict(img_size=SIZE, feature_size=4, embed_dim=96, num_heads=4, mlp_ratio=2.0, num_classes=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _monai(proj_type: str, size=SIZE) -> nn.Module:
@@ -36,11 +32,7 @@ def _monai(proj_type: str, size=SIZE) -> nn.Module:
     torch.manual_seed(0)
     ref = monai_nets.UNETR(in_channels=1, out_channels=3, img_size=size, feature_size=4, hidden_size=96, mlp_dim=192,
                            num_heads=4, proj_type=proj_type)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return ref.eval()
+    return perturb_(ref)
 
 
 @pytest.fixture(scope="module")
