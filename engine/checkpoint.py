@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
@@ -27,59 +26,10 @@ from torch import nn
 
 from engine.config import TrainConfig
 from engine.errors import UserError
+from engine.io import atomic_write, atomic_write_text
 
 __all__ = ["atomic_write", "atomic_write_text", "serialize_weights", "serialize_state", "save_checkpoint",
            "load_state", "load_weights", "read_metadata", "load_run", "checkpoint_paths", "unwrap_model"]
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write(path: os.PathLike | str, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` atomically: ``write(f)`` fills a temp file in the same folder, then ``os.replace``.
-
-    If ``write`` raises, the temp file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the permissions open() would give
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
-    """:func:`atomic_write` for a UTF-8 text file."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -118,6 +118,9 @@ class _Trainer:
     def __init__(self, cfg: TrainConfig, task: Any, dist: DistInfo, should_stop: Optional[Callable[[int], bool]]):
         if getattr(task, "monitor_mode", "max") not in ("max", "min"):
             raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {task.monitor_mode!r}")
+        resolve = getattr(task, "resolve_config", None)
+        if resolve is not None:  # the task fills its defaults before config.yaml is written (on every rank)
+            cfg = resolve(cfg) or cfg
         self.cfg, self.task, self.dist, self.should_stop = cfg, task, dist, should_stop
         self.micro = micro_batch_size(cfg.batch_size, dist.world_size, cfg.grad_accum)
         self.out = self._prepare_out()

@@ -25,11 +25,17 @@ class Task(Protocol):
             :meth:`validate` without a ``/`` are logged as ``val/<key>``.
         monitor_mode: ``"max"`` or ``"min"``.
 
-    ``collate(samples)`` is optional; without it the engine uses ``torch.utils.data.default_collate``.
+    ``resolve_config(cfg)`` and ``collate(samples)`` are optional; without it the engine uses ``torch.utils.data.default_collate``.
     """
 
     monitor: str
     monitor_mode: str
+
+    def resolve_config(self, cfg: TrainConfig) -> TrainConfig:
+        """Fill the run's defaults (model and data arguments, class names, recipe) and validate them; called by
+        the engine on every rank before it writes ``config.yaml``, so the saved config is the one that runs.
+        Must be idempotent (a resumed or replayed config passes through it again). Optional."""
+        ...
 
     def build_model(self, cfg: TrainConfig) -> nn.Module:
         """The model, on CPU; the engine moves it to the device and wraps it (DDP, compile)."""

@@ -237,19 +237,19 @@ def _create(pretrained: Optional[Any], defaults: Dict[str, Any], overrides: Dict
 _TINY = dict(img_size=32, layers=(1, 1), width=0.125)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 128, 128), spatial_dims=2))
 def gated_axial_tiny(pretrained: Optional[Any] = None, **overrides: Any) -> AxialEncoder:
     """MedT's gated axial-attention encoder (``s=0.125``, layers ``[1, 2, 4, 1]``, 128 px)."""
     return _create(pretrained, dict(img_size=128, layers=(1, 2, 4, 1), width=0.125, gated=True), overrides)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 128, 128), spatial_dims=2))
 def axial_tiny(pretrained: Optional[Any] = None, **overrides: Any) -> AxialEncoder:
     """Axial attention with relative encodings and no gates (MedT's ``axialunet`` encoder)."""
     return _create(pretrained, dict(img_size=128, layers=(1, 2, 4, 1), width=0.125, gated=False), overrides)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 128, 128), spatial_dims=2))
 def axial_nopos_tiny(pretrained: Optional[Any] = None, **overrides: Any) -> AxialEncoder:
     """Axial attention without positional encodings (MedT's local-branch encoder)."""
     return _create(pretrained, dict(img_size=128, layers=(1, 2, 4, 1), width=0.125, gated=False, rel_pos=False),

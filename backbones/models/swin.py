@@ -389,25 +389,28 @@ def _create_swin(pretrained: Optional[Any], base: Dict[str, Any], overrides: Dic
     return build_model(SwinTransformer, pretrained, family="swin", **{**base, **overrides})
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225)), aliases=('swin',))
 def swin_tiny_patch4_window7_224(pretrained: Optional[Any] = None, **overrides: Any) -> SwinTransformer:
     """Swin-T (arXiv:2103.14030, Table 1): C=96, depths (2, 2, 6, 2), 28.3M parameters."""
     return _create_swin(pretrained, dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)), overrides)
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225)))
 def swin_small_patch4_window7_224(pretrained: Optional[Any] = None, **overrides: Any) -> SwinTransformer:
     """Swin-S (arXiv:2103.14030, Table 1): C=96, depths (2, 2, 18, 2), 49.6M parameters."""
     return _create_swin(pretrained, dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)), overrides)
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225)))
 def swin_base_patch4_window7_224(pretrained: Optional[Any] = None, **overrides: Any) -> SwinTransformer:
     """Swin-B (arXiv:2103.14030, Table 1): C=128, depths (2, 2, 18, 2), 87.8M parameters."""
     return _create_swin(pretrained, dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)), overrides)
 
 
-@register_model(tiny=_TINY_3D)
+@register_model(tiny=_TINY_3D, meta=dict(input_size=(1, 96, 96, 96), spatial_dims=3), aliases=('swin3d',))
 def swin3d_tiny_patch2_window7_96(pretrained: Optional[Any] = None, **overrides: Any) -> SwinTransformer:
     """3D Swin encoder of Swin-UNETR (arXiv:2201.01266) in MONAI's ``SwinViT`` layout: patch 2, window 7,
     depths (2, 2, 2, 2), heads (3, 6, 12, 24), C=48; loads MONAI ``SwinUNETR`` and ``model_swinvit.pt`` weights."""

@@ -343,37 +343,41 @@ _3D = dict(spatial_dims=3, in_chans=1, img_size=96, num_classes=0, class_token=F
            fc_norm=False)
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.5, 0.5, 0.5), std=(0.5,
+                0.5, 0.5)))
 def vit_tiny_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformer:
     """ViT-Ti/16 (DeiT-Tiny width, Touvron et al., arXiv:2012.12877) at 224, 5.7M parameters."""
     return _create_vit(pretrained, dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), overrides)
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.5, 0.5, 0.5), std=(0.5,
+                0.5, 0.5)))
 def vit_small_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformer:
     """ViT-S/16 at 224 (Steiner et al., "How to train your ViT?", arXiv:2106.10270), 22.1M parameters."""
     return _create_vit(pretrained, dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), overrides)
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.5, 0.5, 0.5), std=(0.5,
+                0.5, 0.5)), aliases=('vit',))
 def vit_base_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformer:
     """ViT-B/16 at 224 (arXiv:2010.11929), 86.6M parameters with the 1000-class head."""
     return _create_vit(pretrained, dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), overrides)
 
 
-@register_model(tiny=_TINY_2D)
+@register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.5, 0.5, 0.5), std=(0.5,
+                0.5, 0.5)))
 def vit_large_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformer:
     """ViT-L/16 at 224 (arXiv:2010.11929), 304.3M parameters with the 1000-class head."""
     return _create_vit(pretrained, dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), overrides)
 
 
-@register_model(tiny=_TINY_3D)
+@register_model(tiny=_TINY_3D, meta=dict(input_size=(1, 96, 96, 96), spatial_dims=3))
 def vit3d_small_patch16_96(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformer:
     """3D ViT-S/16 on 96^3 single-channel volumes: 216 tokens, no class token, mean-pooled features."""
     return _create_vit(pretrained, dict(_3D, patch_size=16, embed_dim=384, depth=12, num_heads=6), overrides)
 
 
-@register_model(tiny=_TINY_3D)
+@register_model(tiny=_TINY_3D, meta=dict(input_size=(1, 96, 96, 96), spatial_dims=3), aliases=('vit3d',))
 def vit3d_base_patch16_96(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformer:
     """3D ViT-B/16 on 96^3 single-channel volumes, the UNETR encoder (Hatamizadeh et al., arXiv:2103.10504)."""
     return _create_vit(pretrained, dict(_3D, patch_size=16, embed_dim=768, depth=12, num_heads=12), overrides)

@@ -255,7 +255,9 @@ def _create_hybrid(pretrained: Optional[Any], base: Dict[str, Any], overrides: D
     return build_model(VisionTransformerHybrid, pretrained, family="vit", **{**base, **overrides})
 
 
-@register_model(tiny=dict(layers=(1, 1, 1), img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=10))
+@register_model(tiny=dict(layers=(1, 1, 1), img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=10),
+                meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+                aliases=('vit_r50',))
 def vit_base_r50_s16_224(pretrained: Optional[Any] = None, **overrides: Any) -> VisionTransformerHybrid:
     """R50+ViT-B/16 at 224 (arXiv:2010.11929), the TransUNet encoder; 98.7M parameters with a 1000-class head
     (97.9M without).

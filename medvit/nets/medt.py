@@ -170,7 +170,8 @@ class MedT(nn.Module):
         return self.forward_head(x)
 
 
-@register_model(tiny=dict(img_size=32, layers=(1, 1, 1, 1), local_patches=2))
+@register_model(tiny=dict(img_size=32, layers=(1, 1, 1, 1), local_patches=2), meta=dict(input_size=(3, 128, 128),
+                spatial_dims=2, protocol=dict(dataset='glas', roi=(128, 128), num_classes=2)))
 def medt(pretrained: Optional[Any] = None, **overrides: Any) -> MedT:
     """MedT at the paper config (128 px, ``s = 0.125``, layers ``[1, 2, 4, 1]``, 4 x 4 local patches)."""
     return build_model(MedT, pretrained, family="medt", **overrides)

@@ -205,7 +205,9 @@ def _build(pretrained: Optional[Any] = None, **kwargs: Any) -> SwinUNETR:
     return model
 
 
-@register_model(tiny=dict(img_size=32, feature_size=12, depths=(1, 1, 1), num_heads=(3, 6, 12)))
+@register_model(tiny=dict(img_size=32, feature_size=12, depths=(1, 1, 1), num_heads=(3, 6, 12)),
+                meta=dict(input_size=(1, 96, 96, 96), spatial_dims=3, protocol=dict(dataset='btcv', roi=(96, 96, 96),
+                spacing=(1.5, 1.5, 2.0), a_min=-175.0, a_max=250.0, num_classes=14)), aliases=('swinunetr',))
 def swin_unetr(pretrained: Optional[Any] = None, **overrides: Any) -> SwinUNETR:
     """Swin-UNETR-B at the paper config: 96^3 ROI, patch 2, window 7, depths (2, 2, 2, 2), heads (3, 6, 12, 24),
     feature size 48, 14 BTCV classes (62.2M parameters; ``feature_size=24`` / ``12`` give Small / Tiny).

@@ -187,7 +187,9 @@ class UNETR(nn.Module):
         return self.forward_head(x)
 
 
-@register_model(tiny=dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, feature_size=4))
+@register_model(tiny=dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, feature_size=4),
+                meta=dict(input_size=(1, 96, 96, 96), spatial_dims=3, protocol=dict(dataset='btcv', roi=(96, 96, 96),
+                spacing=(1.5, 1.5, 2.0), a_min=-175.0, a_max=250.0, num_classes=14)))
 def unetr(pretrained: Optional[Any] = None, **overrides: Any) -> UNETR:
     """UNETR at the paper config: 96^3 ROI, 16^3 patches, ViT-B, feature size 16, instance norm, 14 BTCV classes
     (92.6M parameters). Loads MONAI ``UNETR`` / research-contributions checkpoints (``proj_type`` conv or

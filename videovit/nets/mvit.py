@@ -319,14 +319,18 @@ def _create_mvit(pretrained: Optional[Any], depths: Optional[Sequence[int]] = No
 _TINY = dict(img_size=32, num_frames=4, embed_dim=16, num_heads=1, depths=(1, 1, 1, 1), num_classes=10)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 16, 224, 224), mean=(0.45, 0.45, 0.45), std=(0.225, 0.225,
+                0.225), num_frames=16, protocol=dict(stride=4, crop_size=224, short_side=224, views='5x1')),
+                aliases=('mvit',))
 def mvit_base_16x4(pretrained: Optional[Any] = None, **overrides: Any) -> MViT:
     """MViT-B 16x4 (36.6M params, K400 78.4 / 78.9 top-1), 16 frames at stride 4, 224 px."""
     args = dict(num_frames=16, drop_path_rate=0.2)
     return _create_mvit(pretrained, **dict(args, **overrides))
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 32, 224, 224), mean=(0.45, 0.45, 0.45), std=(0.225, 0.225,
+                0.225), num_frames=32, protocol=dict(stride=3, crop_size=224, short_side=224, views='5x1')),
+                aliases=('mvit_32x3',))
 def mvit_base_32x3(pretrained: Optional[Any] = None, **overrides: Any) -> MViT:
     """MViT-B 32x3 (36.6M + larger temporal table, K400 80.2 / 80.3 top-1), 32 frames at stride 3, 224 px."""
     args = dict(num_frames=32, drop_path_rate=0.3)

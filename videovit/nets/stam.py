@@ -204,13 +204,16 @@ _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_
              temporal_heads=2, temporal_mlp_dim=64, num_classes=10)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 16, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=16, protocol=dict(stride=0, crop_size=224, short_side=256, views='1x1')),
+                aliases=('stam',))
 def stam_16(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
     """STAM-16 (K400 79.3 top-1, ~119M params): ViT-B/16 per frame + 6-layer temporal transformer, 16 frames."""
     return build_model(STAM, pretrained, family="vit", **{**_VIT_B, "num_frames": 16, **overrides})
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 64, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=64, protocol=dict(stride=0, crop_size=224, short_side=256, views='1x1')))
 def stam_64(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
     """STAM-64 (K400 80.5 top-1): as STAM-16 with 64 frames per video."""
     return build_model(STAM, pretrained, family="vit", **{**_VIT_B, "num_frames": 64, **overrides})

@@ -255,14 +255,18 @@ def _create_timesformer(pretrained: Optional[Any], **kwargs: Any) -> TimeSformer
 _TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 8, 224, 224), mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225),
+                num_frames=8, protocol=dict(stride=32, crop_size=224, short_side=224, views='1x3')),
+                aliases=('timesformer',))
 def timesformer_base_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> TimeSformer:
     """TimeSformer (divided ST, ViT-B/16): 8 frames x 224 px, 121.4M params, K400 78.0 top-1 (1x3 views)."""
     args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=8, drop_path_rate=0.1)
     return _create_timesformer(pretrained, **{**args, **overrides})
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 16, 448, 448), mean=(0.45, 0.45, 0.45), std=(0.225, 0.225,
+                0.225), num_frames=16, protocol=dict(stride=16, crop_size=448, short_side=448, views='1x3')),
+                aliases=('timesformer_hr',))
 def timesformer_hr_patch16_448(pretrained: Optional[Any] = None, **overrides: Any) -> TimeSformer:
     """TimeSformer-HR: 16 frames x 448 px, K400 79.7 top-1."""
     args = dict(img_size=448, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=16,
@@ -270,7 +274,9 @@ def timesformer_hr_patch16_448(pretrained: Optional[Any] = None, **overrides: An
     return _create_timesformer(pretrained, **{**args, **overrides})
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 96, 224, 224), mean=(0.45, 0.45, 0.45), std=(0.225, 0.225,
+                0.225), num_frames=96, protocol=dict(stride=4, crop_size=224, short_side=224, views='1x3')),
+                aliases=('timesformer_l',))
 def timesformer_l_patch16_224(pretrained: Optional[Any] = None, **overrides: Any) -> TimeSformer:
     """TimeSformer-L: 96 frames x 224 px, K400 80.7 top-1."""
     args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=96, drop_path_rate=0.1)

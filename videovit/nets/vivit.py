@@ -389,37 +389,46 @@ _B = dict(patch_size=16, tubelet_size=2, num_frames=32, embed_dim=768, depth=12,
 _L = dict(patch_size=16, tubelet_size=2, num_frames=32, embed_dim=1024, depth=24, num_heads=16)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=32, protocol=dict(stride=2, crop_size=224, short_side=224, views='4x3')),
+                aliases=('vivit',))
 def vivit_base_16x2_224(pretrained: Optional[Any] = None, **overrides: Any) -> ViViT:
     """ViViT-B/16x2 model 1 (joint attention): 32 frames, 88.9M params, K400 80.0 top-1 (4x3 views)."""
     return _create(ViViT, pretrained, **{**_B, "attention_type": "joint", **overrides})
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=32, protocol=dict(stride=2, crop_size=224, short_side=224, views='4x3')))
 def vivit_large_16x2_224(pretrained: Optional[Any] = None, **overrides: Any) -> ViViT:
     """ViViT-L/16x2 model 1 (joint attention): 32 frames."""
     return _create(ViViT, pretrained, **{**_L, "attention_type": "joint", **overrides})
 
 
-@register_model(tiny=dict(_TINY, temporal_depth=1))
+@register_model(tiny=dict(_TINY, temporal_depth=1), meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5),
+                std=(0.5, 0.5, 0.5), num_frames=32, protocol=dict(stride=2, crop_size=224, short_side=224,
+                views='4x3')), aliases=('vivit_fe',))
 def vivit_base_fe_16x2_224(pretrained: Optional[Any] = None, **overrides: Any) -> ViViTFactorisedEncoder:
     """ViViT-B/16x2 FE, model 2 (factorised encoder, 12 spatial + 4 temporal layers): 115.1M params, K400 78.8."""
     return _create(ViViTFactorisedEncoder, pretrained, **{**_B, "temporal_depth": 4, **overrides})
 
 
-@register_model(tiny=dict(_TINY, temporal_depth=1))
+@register_model(tiny=dict(_TINY, temporal_depth=1), meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5),
+                std=(0.5, 0.5, 0.5), num_frames=32, protocol=dict(stride=2, crop_size=224, short_side=224,
+                views='4x3')))
 def vivit_large_fe_16x2_224(pretrained: Optional[Any] = None, **overrides: Any) -> ViViTFactorisedEncoder:
     """ViViT-L/16x2 FE, model 2 (24 spatial + 4 temporal layers), K400 80.6 (1x1 view, 128 frames in the paper)."""
     return _create(ViViTFactorisedEncoder, pretrained, **{**_L, "temporal_depth": 4, **overrides})
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=32, protocol=dict(stride=2, crop_size=224, short_side=224, views='4x3')))
 def vivit_base_fsa_16x2_224(pretrained: Optional[Any] = None, **overrides: Any) -> ViViT:
     """ViViT-B/16x2 model 3 (factorised self-attention: spatial then temporal attention per block)."""
     return _create(ViViT, pretrained, **{**_B, "attention_type": "factorised_self_attention", **overrides})
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=32, protocol=dict(stride=2, crop_size=224, short_side=224, views='4x3')))
 def vivit_base_fdp_16x2_224(pretrained: Optional[Any] = None, **overrides: Any) -> ViViT:
     """ViViT-B/16x2 model 4 (factorised dot-product attention: half the heads over time, half over space)."""
     return _create(ViViT, pretrained, **{**_B, "attention_type": "factorised_dot_product", **overrides})

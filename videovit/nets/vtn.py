@@ -255,7 +255,9 @@ _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_
              temporal_heads=2, temporal_mlp_dim=64, attention_window=4, max_positions=40, num_classes=10)
 
 
-@register_model(tiny=_TINY)
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 16, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=16, protocol=dict(stride=8, crop_size=224, short_side=224, views='1x1')),
+                aliases=('vtn',))
 def vtn_vit_base(pretrained: Optional[Any] = None, **overrides: Any) -> VTN:
     """ViT-B-VTN (114.0M params, K400 78.6 top-1 on full videos): ViT-B/16 per frame + 3-layer Longformer."""
     base = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=16)

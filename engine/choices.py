@@ -1,0 +1,46 @@
+"""One checker for every enum-like argument: a bad value names the option, the choices and the closest match.
+
+Example::
+
+    >>> check_choice("--mode", "gausian", ("gaussian", "constant"))
+    UserError: --mode: unknown value 'gausian'; did you mean gaussian? (choices: gaussian, constant)
+
+Library code passes ``error=ValueError`` (constructor arguments); the CLI keeps the default :class:`UserError`
+(exit 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Type, TypeVar
+
+from engine.errors import UserError
+
+__all__ = ["check_choice", "close_matches_hint"]
+
+T = TypeVar("T")
+
+
+def close_matches_hint(value: object, choices: Iterable[object], n: int = 3) -> str:
+    """``"; did you mean a, b?"`` for the choices close to ``value`` (as strings), else ``""``."""
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), names, n=n, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def check_choice(option: str, value: T, choices: Iterable[T], *, error: Type[Exception] = UserError,
+                 what: str = "value") -> T:
+    """Return ``value`` when it is one of ``choices``, else raise ``error`` naming ``option`` and the choices.
+
+    Args:
+        option: The option or argument name shown first (``"--mode"``, ``"global_pool"``).
+        value: What was given.
+        choices: The valid values (strings, numbers, ...).
+        error: Exception class raised (``UserError`` for CLI options, ``ValueError`` for constructor arguments).
+        what: Noun used in the message (``"value"``, ``"model"``, ``"key"``).
+    """
+    choices = list(choices)
+    if value in choices:
+        return value
+    listed = ", ".join(str(c) for c in choices)
+    raise error(f"{option}: unknown {what} {value!r}{close_matches_hint(value, choices)} (choices: {listed})")
