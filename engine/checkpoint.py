@@ -14,8 +14,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
@@ -26,10 +27,11 @@ from torch import nn
 
 from engine.config import TrainConfig
 from engine.errors import UserError
-from engine.io import atomic_write, atomic_write_text
+from engine.io import atomic_write, atomic_write_text, fsync_dir
 
 __all__ = ["atomic_write", "atomic_write_text", "serialize_weights", "serialize_state", "save_checkpoint",
-           "load_state", "load_weights", "read_metadata", "load_run", "checkpoint_paths", "unwrap_model"]
+           "load_state", "load_weights", "read_metadata", "load_run", "checkpoint_paths", "unwrap_model",
+           "recover_checkpoints", "save_weights"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -71,11 +73,73 @@ def _write_bytes(f: BinaryIO, data: bytes, chunk: int = 1 << 26) -> None:
 
 
 def save_checkpoint(folder: os.PathLike | str, name: str, weights: bytes, state: bytes) -> Path:
-    """Atomically write ``name.safetensors`` then ``name.state.pt``; returns the weights path."""
+    """Write ``name.safetensors`` and ``name.state.pt`` as one atomic unit; returns the weights path.
+
+    Both files are first written in full to unique temporaries; then a journal ``.name.commit.json`` naming both
+    is written atomically (the commit point); then both are renamed into place and the journal removed. A crash
+    before the commit point leaves the previous pair untouched; a crash after it is rolled forward by
+    :func:`recover_checkpoints` when the run starts again. So a pair on disk is always from the same step.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     wpath, spath = checkpoint_paths(folder, name)
-    atomic_write(wpath, lambda f: _write_bytes(f, weights))
-    atomic_write(spath, lambda f: _write_bytes(f, state))
+    moves = []
+    try:
+        for final, data in ((wpath, weights), (spath, state)):
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".pending", dir=folder)
+            moves.append((tmp, final))
+            with os.fdopen(fd, "wb") as f:
+                _write_bytes(f, data)
+                f.flush()
+                os.fsync(f.fileno())
+        journal = _journal_path(folder, name)
+        atomic_write_text(journal, json.dumps([[Path(t).name, p.name] for t, p in moves]))
+    except BaseException:
+        for tmp, _ in moves:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    _roll_forward(folder, journal)
     return wpath
+
+
+def _journal_path(folder: Path, name: str) -> Path:
+    return folder / f".{name}.commit.json"
+
+
+def _roll_forward(folder: Path, journal: Path) -> None:
+    for tmp, final in json.loads(journal.read_text()):
+        if (folder / tmp).exists():
+            os.replace(folder / tmp, folder / final)
+    fsync_dir(folder)
+    journal.unlink()
+    fsync_dir(folder)
+
+
+def recover_checkpoints(folder: os.PathLike | str) -> List[str]:
+    """Finish or undo checkpoint saves that a crash interrupted; returns what was done, one line each.
+
+    A committed save (its journal exists) is rolled forward; uncommitted ``.pending`` files are removed.
+    """
+    folder = Path(folder)
+    done: List[str] = []
+    if not folder.is_dir():
+        return done
+    for journal in sorted(folder.glob(".*.commit.json")):
+        try:
+            _roll_forward(folder, journal)
+            done.append(f"completed the interrupted save recorded in {journal.name}")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{journal}: cannot complete an interrupted checkpoint save ({_short(e)})") from None
+    for pending in folder.glob(".*.pending"):
+        pending.unlink()
+        done.append(f"removed the unfinished {pending.name}")
+    return done
+
+
+def save_weights(path: os.PathLike | str, weights: bytes) -> Path:
+    """Atomically write a weights-only ``.safetensors`` file (periodic ``step-NNNNNNN`` snapshots)."""
+    return atomic_write(path, lambda f: _write_bytes(f, weights))
 
 
 def read_metadata(path: os.PathLike | str) -> Dict[str, str]:

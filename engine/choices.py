@@ -3,7 +3,7 @@
 Example::
 
     >>> check_choice("--mode", "gausian", ("gaussian", "constant"))
-    UserError: --mode: unknown value 'gausian'; did you mean gaussian? (choices: gaussian, constant)
+    UserError: --mode: 'gausian' is not one of gaussian, constant; did you mean gaussian?
 
 Library code passes ``error=ValueError`` (constructor arguments); the CLI keeps the default :class:`UserError`
 (exit 2).
@@ -43,4 +43,5 @@ def check_choice(option: str, value: T, choices: Iterable[T], *, error: Type[Exc
     if value in choices:
         return value
     listed = ", ".join(str(c) for c in choices)
-    raise error(f"{option}: unknown {what} {value!r}{close_matches_hint(value, choices)} (choices: {listed})")
+    kind = "" if what == "value" else f"a known {what}, i.e. "
+    raise error(f"{option}: {value!r} is not {kind}one of {listed}{close_matches_hint(value, choices)}")

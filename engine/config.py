@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
 
+from engine.choices import check_choice
 from engine.errors import UserError
 
 __all__ = [
@@ -30,10 +32,10 @@ __all__ = [
     "default_out", "normalize_precision",
 ]
 
-PRECISIONS = ("32", "bf16", "16-mixed")
+PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("warmup-cosine", "poly", "constant")
-_PRECISION_ALIASES = {"32": "32", "fp32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16",
+_PRECISION_ALIASES = {"auto": "auto", "32": "32", "fp32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16",
                       "16-mixed": "16-mixed", "fp16": "16-mixed", "16": "16-mixed"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DICT_FIELDS = ("model_args", "data_args")
@@ -55,7 +57,9 @@ class TrainConfig:
         data_args: Pipeline-specific data options (crop size, frames, views, ...).
         out: Run folder; ``None`` means ``runs/<task>-<model>-<timestamp>``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Under torchrun each rank uses ``cuda:LOCAL_RANK``.
-        precision: ``32``, ``bf16`` (bf16 autocast, CPU too) or ``16-mixed`` (fp16 autocast + GradScaler).
+        precision: ``auto`` (default: bf16 autocast where the device computes bf16 natively -- CUDA GPUs with bf16,
+            CPUs with avx512_bf16 or AMX -- else fp32; see :func:`engine.context.resolve_precision`), ``32``,
+            ``bf16`` (bf16 autocast, CPU too) or ``16-mixed`` (fp16 autocast + GradScaler).
         compile: Wrap the model in ``torch.compile``.
         batch_size: Global batch per optimizer step, over all ranks and accumulation steps.
         grad_accum: Micro-batches accumulated per optimizer step.
@@ -74,6 +78,10 @@ class TrainConfig:
         seed: Seeds model init, data order, per-sample augmentation and dropout.
         quiet: Plain log lines instead of a progress bar (automatic when stdout is not a terminal).
         resume: A run folder to continue from ``checkpoints/last``.
+        keep_checkpoints: Also keep the weights of the last N periodic saves as ``checkpoints/step-NNNNNNN``
+            (0: only ``last`` and ``best``).
+        dist_timeout: Seconds a collective may wait under torchrun before the run fails with one line (a rank
+            that died or got stuck can then never hang the others forever).
     """
 
     task: str = ""
@@ -84,7 +92,7 @@ class TrainConfig:
     data_args: Dict[str, Any] = dataclasses.field(default_factory=dict)
     out: Optional[str] = None
     device: str = "auto"
-    precision: str = "32"
+    precision: str = "auto"
     compile: bool = False
     batch_size: int = 2
     grad_accum: int = 1
@@ -103,6 +111,8 @@ class TrainConfig:
     seed: int = 0
     quiet: bool = False
     resume: Optional[str] = None
+    keep_checkpoints: int = 0
+    dist_timeout: float = 600.0
 
     def validate(self) -> "TrainConfig":
         """Normalise and check every field; raise :class:`UserError` naming the option and its value."""
@@ -112,9 +122,10 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         for name in ("batch_size", "grad_accum", "max_steps", "log_every"):
             _check_number(name, getattr(self, name), minimum=1, integer=True)
-        for name in ("warmup_steps", "val_every", "ckpt_every", "num_workers", "seed"):
+        for name in ("warmup_steps", "val_every", "ckpt_every", "num_workers", "seed", "keep_checkpoints"):
             _check_number(name, getattr(self, name), minimum=0, integer=True)
         _check_number("lr", self.lr, minimum=0.0, strict=True)
+        _check_number("dist_timeout", self.dist_timeout, minimum=0.0, strict=True)
         _check_number("weight_decay", self.weight_decay, minimum=0.0)
         _check_number("momentum", self.momentum, minimum=0.0)
         if self.clip_grad is not None:
@@ -186,10 +197,11 @@ def normalize_precision(value: Any) -> str:
 
 
 def _check_choice(name: str, value: Any, choices: Optional[Sequence[str]], pattern: Optional[re.Pattern] = None):
-    ok = bool(pattern.match(str(value))) if pattern is not None else value in choices
-    if not ok:
-        allowed = "auto, cpu, cuda, cuda:N" if pattern is not None else ", ".join(choices)
-        raise UserError(f"{name}: {value!r} is not one of {allowed}")
+    if pattern is not None:
+        if not pattern.match(str(value)):
+            raise UserError(f"{name}: {value!r} is not one of auto, cpu, cuda, cuda:N")
+        return
+    check_choice(name, value, choices)
 
 
 def _check_number(name: str, value: Any, minimum: float, strict: bool = False, integer: bool = False) -> None:
@@ -197,6 +209,8 @@ def _check_number(name: str, value: Any, minimum: float, strict: bool = False, i
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if integer else "a number"
         raise UserError(f"{name}: expected {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{name}: {value!r} is not a finite number")
     if value < minimum or (strict and value == minimum):
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise UserError(f"{name}: {value!r} must be {bound}")

@@ -3,21 +3,64 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, Mapping, Optional, TypeVar
 
 import torch
 
-from engine.distributed import DistInfo, all_reduce_sum
+from engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 
-__all__ = ["Context", "autocast_dtype"]
+__all__ = ["Context", "autocast_dtype", "resolve_precision", "cpu_has_native_bf16", "autocast_for"]
 
 T = TypeVar("T")
 _DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:
-    """The autocast dtype of a (normalised) precision, ``None`` for full precision."""
+    """The autocast dtype of a (normalised, resolved) precision, ``None`` for full precision."""
     return _DTYPES[precision]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (avx512_bf16 or AMX-BF16), per ``/proc/cpuinfo`` or
+    PyTorch's CPU capability."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return "AMX" in str(capability).upper()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA devices with bf16 and on CPUs with native bf16, else ``32``; other values
+    pass through. Enables TF32 matmuls on CUDA for the fp32 work that remains.
+
+    Metrics, loss reductions, written probabilities and checkpoints stay fp32 whatever this returns: autocast only
+    changes the matmul/conv inputs.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "32"
+    return "32"
+
+
+def autocast_for(precision: str, device: torch.device) -> ContextManager[Any]:
+    """An autocast context for ``precision`` (``auto`` resolved for ``device``); a no-op for fp32."""
+    dtype = autocast_dtype(resolve_precision(precision, device))
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Context:
@@ -25,7 +68,7 @@ class Context:
 
     Args:
         dist: This process's rank, world size and device.
-        precision: ``32``, ``bf16`` or ``16-mixed``.
+        precision: ``auto``, ``32``, ``bf16`` or ``16-mixed`` (``auto`` is resolved for the device).
         log_fn: Receives ``(step, values)``; writes metrics (rank 0).
         progress_fn: Wraps an iterable in a progress display (rank 0).
         cfg: The run's config (``ctx.cfg``), for tasks that need it at validation time.
@@ -39,7 +82,7 @@ class Context:
                  log_fn: Optional[Callable[[int, Mapping[str, Any]], None]] = None,
                  progress_fn: Optional[Callable[..., Iterator[Any]]] = None, cfg: Any = None) -> None:
         self.dist = dist
-        self.precision = precision
+        self.precision = resolve_precision(precision, dist.device)
         self.cfg = cfg
         self.step = 0
         self.epoch = 0
@@ -74,14 +117,17 @@ class Context:
         return range(self.rank, n, self.world_size)
 
     def reduce_mean(self, sums: Mapping[str, float], counts: Mapping[str, float]) -> Dict[str, float]:
-        """``{k: sum over ranks of sums[k] / sum over ranks of counts[k]}``; every rank must pass the same keys.
+        """``{k: sum over ranks of sums[k] / sum over ranks of counts[k]}`` over the union of every rank's keys.
 
-        A key whose total count is 0 gives ``nan``.
+        Ranks may pass different keys, or none at all (a rank whose validation shard is empty): the key lists are
+        gathered first, so every rank then all-reduces a tensor of the same shape and no collective can hang. A
+        key whose total count is 0 gives ``nan``.
         """
         if set(sums) != set(counts):
             raise ValueError(f"reduce_mean: sums keys {sorted(sums)} differ from counts keys {sorted(counts)}")
-        keys = sorted(sums)
-        t = torch.tensor([float(sums[k]) for k in keys] + [float(counts[k]) for k in keys], dtype=torch.float64)
+        keys = sorted(set().union(*all_gather_object(sorted(sums)))) if self.dist.distributed else sorted(sums)
+        t = torch.tensor([float(sums.get(k, 0.0)) for k in keys] + [float(counts.get(k, 0.0)) for k in keys],
+                         dtype=torch.float64)  # (2K,)
         if self.dist.distributed and self.device.type == "cuda":
             t = t.to(self.device)
         all_reduce_sum(t)

@@ -59,8 +59,14 @@ def resolve_device(device: str, local_rank: int = 0, world_size: int = 1) -> tor
     return torch.device("cuda", index)
 
 
-def setup(device: str) -> DistInfo:
-    """Join the torchrun process group (if any) and pick this rank's device."""
+def setup(device: str, timeout_s: float = 600.0) -> DistInfo:
+    """Join the torchrun process group (if any) and pick this rank's device.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        timeout_s: How long a collective may wait before it fails (a rank that died or hangs then turns into an
+            error on the others instead of a hang). Only used when this call creates the process group.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank, world_size)
@@ -70,7 +76,7 @@ def setup(device: str) -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: Dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
         atexit.register(_destroy)
         info.owns_group = True
     return info

@@ -5,7 +5,7 @@ The CLI maps them to exit codes: :class:`UserError` -> 2 (bad path, bad option v
 file or value at fault, e.g. ``UserError("scan.nii.gz: truncated gzip stream")``.
 """
 
-__all__ = ["VtkError", "UserError", "RunError"]
+__all__ = ["VtkError", "UserError", "RunError", "Interrupted"]
 
 
 class VtkError(Exception):
@@ -24,3 +24,11 @@ class RunError(VtkError, RuntimeError):
     """A run failed at runtime (non-finite loss, out of memory, a worker died)."""
 
     exit_code = 1
+
+
+class Interrupted(VtkError):
+    """A signal stopped the run after it saved; exits ``128 + signal`` (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, List, Union
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_savefig",
-           "clean_stale_temporaries", "TMP_SUFFIX"]
+           "clean_stale_temporaries", "fsync_dir", "TMP_SUFFIX"]
 
 PathLike = Union[os.PathLike, str]
 TMP_SUFFIX = ".tmp"

@@ -27,13 +27,15 @@ from engine.config import TrainConfig, default_out
 from engine.context import Context
 from engine.data import EpochBatchSampler, SeededDataset, make_train_loader, micro_batch_size, steps_per_epoch
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_object, setup, teardown
-from engine.errors import RunError, UserError
+from engine.errors import Interrupted, RunError, UserError, VtkError
+from engine.io import clean_stale_temporaries
+from engine.lock import RunLock
 from engine.metrics import RunLogger
 from engine.optim import build_optimizer, build_scheduler, current_lr
 from engine.progress import TrainProgress
 from engine.seeding import get_rng_state, isolated_rng, rank_seed, seed_everything, set_rng_state
 
-__all__ = ["fit", "FitResult", "move_to_device"]
+__all__ = ["fit", "FitResult", "move_to_device", "raise_if_interrupted"]
 
 
 @dataclasses.dataclass
@@ -53,6 +55,17 @@ class FitResult:
     best: Optional[float]
     metrics: Dict[str, float]
     stopped: bool = False
+    signal: Optional[int] = None
+
+
+def raise_if_interrupted(result: FitResult) -> FitResult:
+    """Raise :class:`~engine.errors.Interrupted` (exit ``128 + signal``, e.g. 143 for SIGTERM) when a signal ended
+    the run, so a scheduler sees a killed job as killed; the run was saved and can be resumed. Returns ``result``."""
+    if result.signal is not None:
+        name = signal.Signals(result.signal).name
+        raise Interrupted(f"{result.out}: stopped by {name} at step {result.step} after saving; resume with "
+                          f"--resume {result.out}", exit_code=128 + result.signal)
+    return result
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -82,11 +95,29 @@ def fit(cfg: TrainConfig, task: Any, *, should_stop: Optional[Callable[[int], bo
         RunError: Non-finite loss (the last good checkpoint is kept).
     """
     cfg = copy.deepcopy(cfg).validate()
-    dist = setup(cfg.device)
+    dist = setup(cfg.device, timeout_s=cfg.dist_timeout)
+    trainer = None
     try:
-        return _Trainer(cfg, task, dist, should_stop).run()
+        trainer = _Trainer(cfg, task, dist, should_stop)
+        return trainer.run()
+    except RuntimeError as e:
+        if dist.distributed and not isinstance(e, VtkError) and _is_collective_failure(e):
+            raise RunError(f"rank {dist.rank}: a collective failed ({_first_line(e)}): another rank failed or is "
+                           f"stuck (see its output); --dist-timeout is {cfg.dist_timeout:g} s") from e
+        raise
     finally:
+        if trainer is not None:
+            trainer.release()
         teardown(dist)
+
+
+def _is_collective_failure(e: BaseException) -> bool:
+    text = str(e).lower()
+    return any(w in text for w in ("timed out", "timeout", "connection closed", "connection reset", "gloo", "nccl"))
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:160]
 
 
 class _StopFlag:
@@ -94,6 +125,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.set = False
+        self.signum: Optional[int] = None
         self._old: Dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -105,7 +137,7 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.set:  # second signal: give up immediately
             raise KeyboardInterrupt
-        self.set = True
+        self.set, self.signum = True, signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -120,10 +152,20 @@ class _Trainer:
             raise ValueError(f"task.monitor_mode must be 'max' or 'min', got {task.monitor_mode!r}")
         resolve = getattr(task, "resolve_config", None)
         if resolve is not None:  # the task fills its defaults before config.yaml is written (on every rank)
-            cfg = resolve(cfg) or cfg
+            cfg = (resolve(cfg) or cfg).validate()
         self.cfg, self.task, self.dist, self.should_stop = cfg, task, dist, should_stop
+        self._lock: Optional[RunLock] = None
+        self.reused = False
         self.micro = micro_batch_size(cfg.batch_size, dist.world_size, cfg.grad_accum)
         self.out = self._prepare_out()
+        try:
+            self._build()
+        except BaseException:
+            self.release()  # a failed start leaves the folder unlocked and reusable
+            raise
+
+    def _build(self) -> None:
+        cfg, task, dist = self.cfg, self.task, self.dist
         self.ckpt_dir = self.out / "checkpoints"
         self.step, self.best, self.best_step, self.last_metrics = 0, None, 0, {}
         self.window: Dict[str, float] = {}
@@ -140,7 +182,8 @@ class _Trainer:
         else:
             seed_everything(rank_seed(cfg.seed, dist.rank))
         self.model = self._wrap(self.raw)
-        self.logger = RunLogger(self.out, dist.is_main, purge_step=self.step if cfg.resume else None)
+        purge = self.step if cfg.resume else (0 if self.reused else None)
+        self.logger = RunLogger(self.out, dist.is_main, purge_step=purge)
         self.progress = TrainProgress(cfg.max_steps, self.step, dist.is_main, cfg.quiet, dist.device, cfg.log_every)
         self.ctx = Context(dist, cfg.precision, log_fn=self.logger.log, progress_fn=self.progress.wrap, cfg=cfg)
 
@@ -153,17 +196,50 @@ class _Trainer:
         out, error = Path(cfg.out), None
         if self.dist.is_main:
             try:
-                if not cfg.resume and (out / "config.yaml").exists():
-                    raise UserError(f"{out}: run folder already exists; resume it with --resume {out} or pick "
-                                    "another --out")
-                out.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_write_text(out / "config.yaml", cfg.to_yaml())
+                self._claim_folder(out)
             except (UserError, OSError) as e:
+                self.release()
                 error = f"{out}: cannot create the run folder ({e})" if isinstance(e, OSError) else str(e)
-        error = broadcast_object(error)  # every rank fails together instead of waiting in a collective
+        error, self.reused = broadcast_object((error, self.reused))  # every rank fails together, never waits
         if error:
             raise UserError(error)
         return out
+
+    def _claim_folder(self, out: Path) -> None:
+        """Rank 0: lock the folder, finish interrupted saves, remove stale temporaries, write ``config.yaml``.
+
+        A folder whose earlier start failed before its first checkpoint is reused (there is nothing to lose); one
+        with a checkpoint is refused unless resumed.
+        """
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: --out is an existing file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(out).acquire()
+        ckpt_dir = out / "checkpoints"
+        for line in ckpt.recover_checkpoints(ckpt_dir):
+            self._note(f"{ckpt_dir}: {line}")
+        clean_stale_temporaries(out)
+        has_last = ckpt.checkpoint_paths(ckpt_dir, "last")[0].is_file()
+        if self.cfg.resume and not has_last:
+            raise UserError(f"{out}: no checkpoint to resume from yet (the run stopped before its first save); "
+                            "start it again without --resume: the folder is reused")
+        if not self.cfg.resume and (out / "config.yaml").exists():
+            if has_last or ckpt.checkpoint_paths(ckpt_dir, "best")[0].is_file():
+                raise UserError(f"{out}: run folder already exists and has checkpoints; resume it with "
+                                f"--resume {out} or pick another --out")
+            self.reused = True
+            self._note(f"{out}: reusing the folder of a start that made no checkpoint")
+        ckpt.atomic_write_text(out / "config.yaml", self.cfg.to_yaml())
+
+    def _note(self, text: str) -> None:
+        if not self.cfg.quiet:
+            print(f"vtk: {text}", flush=True)
+
+    def release(self) -> None:
+        """Release the run-folder lock (rank 0)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.dist.distributed:
@@ -187,16 +263,27 @@ class _Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.window = int(state["step"]), dict(state["window"])
         self.best, self.best_step = state["best"]["value"], int(state["best"]["step"])
+        self._restore_best(run / "checkpoints")
         rngs = state["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
         else:  # a different world size cannot replay dropout exactly; data order is still exact
             seed_everything(rank_seed(self.cfg.seed + self.step, self.dist.rank))
 
+    def _restore_best(self, folder: Path) -> None:
+        """``last`` is saved before validation, so the newest best metric may only be in ``best.state.pt``."""
+        bpath = ckpt.checkpoint_paths(folder, "best")[1]
+        if not bpath.is_file():
+            return
+        best = ckpt.load_state(bpath).get("best", {})
+        if best.get("value") is not None and int(best.get("step", 0)) > self.best_step and best["step"] <= self.step:
+            self.best, self.best_step = best["value"], int(best["step"])
+
     # ------------------------------------------------------------------------------------------------ loop
     def run(self) -> FitResult:
         stopped = False
         with _StopFlag() as flag, self.progress, contextlib.closing(self.logger):
+            self._flag = flag
             while self.step < self.cfg.max_steps and not stopped:
                 epoch, pos = divmod(self.step, self.spe)
                 sampler = EpochBatchSampler(len(self.train_ds), self.cfg.batch_size, self.dist.world_size,
@@ -213,7 +300,7 @@ class _Trainer:
         barrier()
         if stopped:
             self.progress.message(f"stopped at step {self.step}; resume with --resume {self.out}")
-        return FitResult(self.out, self.step, self.best, self.last_metrics, stopped)
+        return FitResult(self.out, self.step, self.best, self.last_metrics, stopped, signal=self._signum)
 
     def _train_step(self, it: Iterator[Any], epoch: int, flag: _StopFlag) -> bool:
         """One optimizer step; returns whether the run must stop after it."""
@@ -242,6 +329,11 @@ class _Trainer:
         self.progress.update(self.step, loss_value, lr, cfg.batch_size / max(1e-9, time.perf_counter() - t0))
         self.window["lr"] = lr
         return stop
+
+    @property
+    def _signum(self) -> Optional[int]:
+        flag = getattr(self, "_flag", None)
+        return flag.signum if flag is not None else None
 
     def _reduce_step(self, stats: torch.Tensor) -> Tuple[float, bool]:
         all_reduce_sum(stats)
@@ -273,16 +365,18 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------- log / val / ckpt
     def _after_step(self, stopping: bool) -> None:
+        """Log, save ``last`` when due, then validate and save ``best``: a failing validation can never cost the
+        checkpoint due at this step."""
         cfg, step = self.cfg, self.step
         final = step >= cfg.max_steps
         if step % cfg.log_every == 0 or final or stopping:
             self._log_window()
-        improved = False
+        periodic = bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
+        if final or stopping or periodic:
+            self._save(last=True, best=False, snapshot=periodic or final)
         if self.val_ds is not None and not stopping and (final or (cfg.val_every and step % cfg.val_every == 0)):
-            improved = self._validate()
-        save_last = final or stopping or bool(cfg.ckpt_every and step % cfg.ckpt_every == 0)
-        if save_last or improved:
-            self._save(last=save_last, best=improved)
+            if self._validate():
+                self._save(last=False, best=True)
 
     def _log_window(self) -> None:
         w, self.window = self.window, {}
@@ -328,13 +422,24 @@ class _Trainer:
                 "monitor": getattr(self.task, "monitor", ""), "window": dict(self.window),
                 "rng": all_gather_object(get_rng_state())}
 
-    def _save(self, last: bool, best: bool) -> None:
+    def _save(self, last: bool, best: bool, snapshot: bool = False) -> None:
         state = self._training_state()  # collective (gathers every rank's RNG)
         if not self.dist.is_main:
             return
         weights = ckpt.serialize_weights(self.raw, self.cfg, self.step)
-        blob = ckpt.serialize_state(state)
         if last:
-            ckpt.save_checkpoint(self.ckpt_dir, "last", weights, blob)
-        if best:
-            ckpt.save_checkpoint(self.ckpt_dir, "best", weights, blob)
+            ckpt.save_checkpoint(self.ckpt_dir, "last", weights, ckpt.serialize_state(state))
+            if snapshot and self.cfg.keep_checkpoints:
+                self._snapshot(weights)
+        if best:  # weights and the best metric only: no optimizer state (half the size of a UNETR pair or less)
+            slim = {k: v for k, v in state.items() if k not in _RESUME_ONLY}
+            ckpt.save_checkpoint(self.ckpt_dir, "best", weights, ckpt.serialize_state(slim))
+
+    def _snapshot(self, weights: bytes) -> None:
+        """``checkpoints/step-NNNNNNN.safetensors``, keeping the newest ``keep_checkpoints`` of them."""
+        ckpt.save_weights(self.ckpt_dir / f"step-{self.step:07d}.safetensors", weights)
+        for old in sorted(self.ckpt_dir.glob("step-*.safetensors"))[:-self.cfg.keep_checkpoints]:
+            old.unlink()
+
+
+_RESUME_ONLY = ("optimizer", "scheduler", "scaler", "rng", "window")
