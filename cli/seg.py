@@ -1,30 +1,22 @@
-"""``vtk seg train|eval|predict`` and ``vtk data synth btcv`` / ``vtk data check btcv``.
+"""``vtk seg train|eval|predict`` and ``vtk data synth btcv`` / ``vtk data check btcv``: options and printing.
 
-Heavy imports (torch, monai, nibabel) happen inside the commands so ``vtk --help`` stays fast. Recipes follow
-the papers: UNETR / Swin-UNETR (AdamW 1e-4, wd 1e-5, warmup-cosine, ROI 96), TransUNet (SGD 0.01, momentum 0.9,
-wd 1e-4, poly, 224 x 224 slices), MedT (Adam 1e-3 -> AdamW here, wd 1e-5, 128 x 128).
+Heavy imports (torch, monai, nibabel) happen inside the commands so ``vtk --help`` stays fast. The papers'
+recipes and the config defaults live in :mod:`medvit.recipes` (filled by ``SegTask.resolve_config``), evaluation
+in :mod:`medvit.evaluate`, prediction in :mod:`medvit.inference`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import typer
 
 from cli.apps import check_app, seg_app, synth_app
 from engine.errors import UserError
 
-__all__ = ["synth_btcv_cmd", "check_btcv_cmd", "train", "evaluate", "predict", "recipe_defaults"]
-
-_MODELS = ("unetr", "swin_unetr", "transunet", "medt")
-_IMG_SIZE = {"unetr": 96, "swin_unetr": 96, "transunet": 224, "medt": 128}
-_RECIPES: Dict[str, Dict[str, Any]] = {
-    "3d": dict(optimizer="adamw", lr=1e-4, weight_decay=1e-5, schedule="warmup-cosine", batch_size=1),
-    "transunet": dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, schedule="poly", batch_size=24),
-    "medt": dict(optimizer="adamw", lr=1e-3, weight_decay=1e-5, schedule="constant", batch_size=4),
-}
+__all__ = ["synth_btcv_cmd", "check_btcv_cmd", "train", "evaluate", "predict"]
 
 
 @synth_app.command("btcv")
@@ -69,7 +61,8 @@ def check_btcv_cmd(
 
 @seg_app.command("train")
 def train(
-    model: Optional[str] = typer.Option(None, "--model", help=f"One of {', '.join(_MODELS)}."),
+    model: Optional[str] = typer.Option(None, "--model", help="unetr, swin_unetr, transunet, medt or any medvit "
+                                        "model (`vtk models list`)."),
     data: Optional[str] = typer.Option(None, "--data", help="btcv, synapse, decathlon, folder or folder2d."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
@@ -108,93 +101,19 @@ def train(
                  num_workers=num_workers, seed=seed, warmup_steps=warmup_steps, quiet=quiet,
                  model_args=model_args or None, data_args=data_args or None)
     if config is None and resume is None:
-        given = {**recipe_defaults(model, given.get("max_steps")), **{k: v for k, v in given.items() if v is not None}}
-    cfg = config_from_cli("seg", model, given, config)
-    cfg = finalize_config(cfg)
-    _fit(cfg)
+        from medvit.recipes import with_recipe_defaults
 
-
-def recipe_defaults(model: Optional[str], max_steps: Optional[int]) -> Dict[str, Any]:
-    """Optimiser/schedule defaults of the model's paper recipe (explicit options override them)."""
-    if model is None:
-        return {}
-    key = model if model in ("transunet", "medt") else "3d"
-    out = dict(_RECIPES[key], val_every=100, ckpt_every=100)
-    if key == "3d":
-        out["warmup_steps"] = max(0, (max_steps or 1000) // 100)
-    return out
-
-
-def finalize_config(cfg):
-    """Fill model_args/data_args defaults that depend on the model and data (in_chans, roi, names, ...)."""
-    from medvit.data.layouts import label_names
-    from medvit.data.transforms import RECIPE_3D
-    from medvit.task import spatial_dims_of
-
-    if not cfg.data or not cfg.data_dir:
-        raise UserError("--data and --data-dir are required (or --config FILE / --resume RUN)")
-    ma, da = dict(cfg.model_args), dict(cfg.data_args)
-    ma.setdefault("num_classes", _default_num_classes(cfg.data, cfg.data_dir))
-    dims = spatial_dims_of(cfg.model, {})
-    edge = da.get("roi") or ma.get("img_size") or _IMG_SIZE.get(cfg.model, 96)
-    edge = edge[0] if isinstance(edge, (list, tuple)) else int(edge)
-    ma.setdefault("img_size", edge)
-    ma.setdefault("in_chans", _folder2d_channels(cfg.data_dir) if cfg.data == "folder2d" else 1)
-    da.update(spatial_dims=dims, roi=[edge] * dims)
-    window = (RECIPE_3D["a_min"], RECIPE_3D["a_max"]) if dims == 3 else (-125.0, 275.0)
-    da.setdefault("a_min", window[0])
-    da.setdefault("a_max", window[1])
-    if dims == 3:
-        da.setdefault("spacing", list(RECIPE_3D["spacing"]))
-        da.setdefault("num_samples", RECIPE_3D["num_samples"])
-    from_json = _datalist_names(cfg.data_dir, ma["num_classes"]) if cfg.data in ("decathlon", "folder") else None
-    da.setdefault("names", from_json or list(label_names(cfg.data, ma["num_classes"])))
-    cfg.model_args, cfg.data_args = ma, da
-    return cfg.validate()
+        given = with_recipe_defaults(model, given)
+    _fit(config_from_cli("seg", model, given, config))
 
 
 def _fit(cfg) -> None:
     from engine import fit
     from medvit.task import SegTask
 
-    result = fit(cfg, SegTask().bind(cfg))
+    result = fit(cfg, SegTask())
     if result is not None:
         typer.echo(f"run folder: {getattr(result, 'out', cfg.out)}")
-
-
-def _default_num_classes(data: str, data_dir: str) -> int:
-    if data == "btcv":
-        return 14
-    if data == "synapse":
-        return 9
-    if data == "folder2d":
-        return 2
-    js = Path(data_dir) / "dataset_0.json"
-    if js.is_file():
-        try:
-            return len(json.loads(js.read_text()).get("labels", {})) or 2
-        except ValueError:
-            raise UserError(f"{js}: unreadable datalist") from None
-    raise UserError(f"{data_dir}: no dataset_0.json with 'labels'; pass --num-classes")
-
-
-def _datalist_names(data_dir: str, num_classes: int) -> Optional[List[str]]:
-    """Class names from a decathlon datalist's ``labels`` when it names every class."""
-    js = Path(data_dir) / "dataset_0.json"
-    try:
-        labels = json.loads(js.read_text()).get("labels", {}) if js.is_file() else {}
-    except ValueError:
-        return None
-    names = [labels.get(str(i)) for i in range(num_classes)]
-    return None if None in names else [str(n) for n in names]
-
-
-def _folder2d_channels(data_dir: str) -> int:
-    from medvit.data.layouts import resolve_splits
-    from medvit.io import read_image2d
-
-    train_items, _ = resolve_splits("folder2d", data_dir)
-    return int(read_image2d(train_items[0]["image"]).shape[0])
 
 
 def _rel(path: str, root: Path) -> str:
@@ -219,53 +138,14 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN/eval."),
 ) -> None:
     """Sliding-window evaluation in each label's own grid: Dice, HD95 (mm), NSD per organ."""
-    from medvit.data.layouts import resolve_splits
-    from medvit.inference import Predictor
-    from medvit.metrics import summarize, write_reports
+    from medvit.evaluate import default_eval_dir, evaluate_checkpoint
+    from medvit.metrics import write_reports
 
-    pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp)
-    kind, root = data or pred.cfg.data, data_dir or pred.cfg.data_dir
-    if not kind or not root:
-        raise UserError(f"{checkpoint}: the run records no dataset; pass --data and --data-dir")
-    train_items, val_items = resolve_splits(kind, root)
-    items = {"validation": val_items, "training": train_items, "all": train_items + val_items}.get(split)
-    if items is None:
-        raise UserError(f"--split {split!r}: choose validation, training or all")
-    names = pred.names[1:] or [f"class {i}" for i in range(1, pred.num_classes)]
-    rows = [_eval_case(pred, item, kind, tolerance) for item in items]
-    summary = summarize(rows, names)
-    summary.update(checkpoint=str(checkpoint), split=split, cases=len(rows), overlap=overlap, mode=mode,
-                   nsd_tolerance_mm=tolerance, convention="both-empty organs are not counted; "
-                   "a false positive or a miss scores Dice 0, NSD 0, HD95 = image diagonal (mm)")
-    target = out or (Path(checkpoint) / "eval" if Path(checkpoint).is_dir() else Path(checkpoint).parent / "eval")
-    write_reports(target, rows, summary, names)
-    _print_summary(summary, names, target)
-
-
-def _eval_case(pred, item: dict, kind: str, tolerance: float) -> dict:
-    from medvit.data.layouts import SYNAPSE_FROM_BTCV, remap_labels
-    from medvit.io import check_pair, read_image2d, read_nifti
-    from medvit.metrics import case_metrics
-
-    if kind == "folder2d":
-        gt = read_image2d(item["label"], mask=True)
-        mask = pred.predict_image2d(read_image2d(item["image"]))
-        spacing = (1.0, 1.0)
-    else:
-        img, lab = read_nifti(item["image"]), read_nifti(item["label"])
-        check_pair(img, lab)
-        gt = _as_labels(lab.data)
-        if kind == "synapse":
-            gt = remap_labels(gt, SYNAPSE_FROM_BTCV)
-        mask, spacing = pred.predict_nifti(img), lab.spacing
-    m = case_metrics(mask.astype("int64"), gt, pred.num_classes, spacing, tolerance)
-    return {"case": Path(item["image"]).name, **m}
-
-
-def _as_labels(data):
-    import numpy as np
-
-    return np.rint(data).astype(np.int64)
+    result = evaluate_checkpoint(checkpoint, data, data_dir, split, tolerance, device=device, overlap=overlap,
+                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp)
+    target = out or default_eval_dir(checkpoint)
+    write_reports(target, result.rows, result.summary, result.names)
+    _print_summary(result.summary, result.names, target)
 
 
 def _print_summary(summary: dict, names, target: Path) -> None:
@@ -299,30 +179,11 @@ def predict(
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write a PNG of 3 orthogonal mid-slices."),
 ) -> None:
     """Write NIfTI masks in each input's own grid (same shape, affine and header) plus PNG overlays."""
-    from medvit.inference import Predictor, save_overlay
-    from medvit.io import read_nifti, write_nifti
+    from medvit.inference import Predictor, predict_files
+    from medvit.io import nifti_inputs
 
-    files = _nifti_inputs(input)
+    files = nifti_inputs(input)
     pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp)
-    for f in files:
-        vol = read_nifti(f)
-        mask = pred.predict_nifti(vol)
-        stem = f.name[: -len(".nii.gz")] if f.name.endswith(".nii.gz") else f.stem
-        dst = write_nifti(out / f"{stem}_seg.nii.gz", mask, vol.affine, vol.header)
-        msg = f"{f.name}: {dst} {tuple(mask.shape)}"
-        if overlay:
-            window = (pred.kw["a_min"], pred.kw["a_max"])
-            save_overlay(out / f"{stem}_overlay.png", vol, mask, pred.names or ["background"], window)
-            msg += f" + {stem}_overlay.png"
-        typer.echo(msg)
-
-
-def _nifti_inputs(path: Path) -> list:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
-        if not files:
-            raise UserError(f"{path}: no .nii/.nii.gz files")
-        return files
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    return [path]
+    for r in predict_files(pred, files, out, overlay):
+        extra = f" + {r['overlay'].name}" if r["overlay"] is not None else ""
+        typer.echo(f"{r['input'].name}: {r['mask']} {r['shape']}{extra}")

@@ -17,17 +17,21 @@ arXiv:2102.04306; MedT, arXiv:2102.10662) predict every axial slice and the slic
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.choices import check_choice
+from engine.io import atomic_savefig
 from medvit.data.transforms import from_ras, scale_intensity, to_ras
 from medvit.io import NiftiVolume
 
 __all__ = ["sliding_window_probs", "slice_probs", "predict_volume", "resample_to_shape", "autocast_for",
-           "build_model_from_run", "save_overlay", "label_colors", "Predictor"]
+           "build_model_from_run", "save_overlay", "label_colors", "Predictor", "BLEND_MODES", "predict_files"]
+
+BLEND_MODES = ("gaussian", "constant")  # sliding-window blending (MONAI ``BlendMode``)
 
 
 def autocast_for(device: torch.device, amp: bool):
@@ -153,8 +157,10 @@ def save_overlay(path, image: NiftiVolume, mask: np.ndarray, names: Sequence[str
     fig.legend(handles=[Patch(color=colors[i][:3], label=names[i]) for i in present], loc="lower center",
                ncol=min(7, max(1, len(present))), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    _save_fig(fig, path)
-    plt.close(fig)
+    try:
+        atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _centre(lab: np.ndarray) -> tuple:
@@ -163,19 +169,6 @@ def _centre(lab: np.ndarray) -> tuple:
     if idx.size == 0:
         return tuple(s // 2 for s in lab.shape)
     return tuple(int(v) for v in np.round(idx.mean(0)))
-
-
-def _save_fig(fig, path) -> None:
-    import os
-    import tempfile
-    from pathlib import Path
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, p)
 
 
 class Predictor:
@@ -197,8 +190,7 @@ class Predictor:
 
         if not 0.0 <= overlap < 1.0:
             raise UserError(f"--overlap {overlap}: must be in [0, 1)")
-        if mode not in ("gaussian", "constant"):
-            raise UserError(f"--mode {mode!r}: choose gaussian or constant")
+        check_choice("--mode", mode, BLEND_MODES)
         self.cfg, state_dict = load_run(checkpoint)
         if self.cfg.task and self.cfg.task != "seg":
             raise UserError(f"{checkpoint}: a {self.cfg.task!r} checkpoint, not a seg one")
@@ -223,6 +215,31 @@ class Predictor:
         x = torch.from_numpy(image)[None].to(self.device)  # (1, C, H, W)
         probs = slice_probs(self.model, resample_to_shape(x, self.kw["roi"]), 1, self.kw["amp"])
         return resample_to_shape(probs, image.shape[1:]).argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_files(pred: Predictor, files: Sequence, out, overlay: bool = True) -> Iterator[Dict[str, Any]]:
+    """Write ``<stem>_seg.nii.gz`` (input's shape, affine and header) and ``<stem>_overlay.png`` into ``out``.
+
+    Yields one ``{"input", "mask", "shape", "overlay"}`` per file as it is written (``overlay`` is ``None``
+    without ``overlay``).
+    """
+    from pathlib import Path
+
+    from medvit.io import nifti_stem, read_nifti, write_nifti
+
+    out = Path(out)
+    for f in files:
+        f = Path(f)
+        vol = read_nifti(f)
+        mask = pred.predict_nifti(vol)
+        stem = nifti_stem(f)
+        dst = write_nifti(out / f"{stem}_seg.nii.gz", mask, vol.affine, vol.header)
+        png = None
+        if overlay:
+            window = (pred.kw["a_min"], pred.kw["a_max"])
+            png = out / f"{stem}_overlay.png"
+            save_overlay(png, vol, mask, pred.names or ["background"], window)
+        yield {"input": f, "mask": dst, "shape": tuple(mask.shape), "overlay": png}
 
 
 def _device(name: str) -> torch.device:

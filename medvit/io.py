@@ -2,7 +2,7 @@
 
 Every reader raises :class:`engine.errors.UserError` with a one-line message naming the file when the file is
 missing, unreadable, truncated, has the wrong number of dimensions or holds NaN/inf voxels, so a training run
-fails before its first step instead of in the middle of an epoch. Writers are atomic (temp file + ``os.replace``).
+fails before its first step instead of in the middle of an epoch. Writers are atomic (:mod:`engine.io`).
 
 Example::
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,17 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from engine.errors import UserError
+from engine.io import atomic_write_bytes
 
 __all__ = [
     "NiftiVolume", "read_nifti", "read_nifti_header", "write_nifti", "check_pair", "read_image2d",
-    "IMAGE2D_SUFFIXES",
+    "IMAGE2D_SUFFIXES", "NIFTI_SUFFIXES", "nifti_inputs", "nifti_stem",
 ]
 
 PathLike = Union[str, os.PathLike]
 IMAGE2D_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_GZIP_LEVEL = 1  # nibabel's own default for .nii.gz
 
 
 @dataclass
@@ -106,7 +108,6 @@ def write_nifti(path: PathLike, data: np.ndarray, affine: np.ndarray, header: An
     import nibabel as nib
 
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     hdr = header.copy() if header is not None else None
     img = nib.Nifti1Image(np.asarray(data), affine, header=hdr)
     img.set_data_dtype(np.asarray(data).dtype)
@@ -114,16 +115,29 @@ def write_nifti(path: PathLike, data: np.ndarray, affine: np.ndarray, header: An
     img.set_sform(affine, code=1)
     if hdr is not None:  # a label map must not inherit the CT's intensity scaling
         img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
-    suffix = ".nii.gz" if p.name.endswith(".nii.gz") else p.suffix
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return p
+    raw = img.to_bytes()  # single-file NIfTI-1 (header + voxels)
+    if p.name.endswith(".gz"):
+        raw = gzip.compress(raw, compresslevel=_GZIP_LEVEL, mtime=0)
+    return atomic_write_bytes(p, raw)
+
+
+def nifti_stem(path: PathLike) -> str:
+    """``img0001`` for ``img0001.nii.gz`` or ``img0001.nii``."""
+    name = Path(path).name
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+
+
+def nifti_inputs(path: PathLike) -> list:
+    """``path`` itself, or the sorted ``.nii``/``.nii.gz`` files of a folder; ``UserError`` when there are none."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.name.endswith(NIFTI_SUFFIXES))
+        if not files:
+            raise UserError(f"{p}: no .nii/.nii.gz files")
+        return files
+    if not p.is_file():
+        raise UserError(f"{p}: file not found")
+    return [p]
 
 
 def read_image2d(path: PathLike, *, mask: bool = False) -> np.ndarray:

@@ -123,32 +123,31 @@ def write_reports(out_dir, rows: Sequence[Dict[str, object]], summary: Dict[str,
     """Write ``metrics.json``, ``per_case.csv`` (one row per case and organ) and ``dice_per_organ.png``."""
     import csv
     import io
-    import json
     from pathlib import Path
 
+    from engine.io import atomic_write_json, atomic_write_text
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "metrics.json", json.dumps(summary, indent=2, allow_nan=False))
+    atomic_write_json(out / "metrics.json", summary, indent=2)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["case", "organ", "dice", "hd95_mm", "nsd"])
     for r in rows:
         for i, name in enumerate(names):
             writer.writerow([r["case"], name] + [_fmt(r[k][i]) for k in ("dice", "hd95", "nsd")])
-    _atomic_text(out / "per_case.csv", buf.getvalue())
+    atomic_write_text(out / "per_case.csv", buf.getvalue())
     save_dice_bar(out / "dice_per_organ.png", summary, names)
     return out
 
 
 def save_dice_bar(path, summary: Dict[str, object], names: Sequence[str]) -> None:
-    """Bar chart of the mean Dice per organ (matplotlib, Agg backend)."""
-    import os
-    import tempfile
-
+    """Bar chart of the mean Dice per organ (matplotlib, Agg backend), written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from engine.io import atomic_savefig
 
     values = [summary["per_organ"][n]["dice"] for n in names]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 4))
@@ -159,21 +158,11 @@ def save_dice_bar(path, summary: Dict[str, object], names: Sequence[str]) -> Non
     mean = summary.get("mean_dice")
     ax.set_title(f"mean Dice {mean:.3f}" if mean is not None else "mean Dice n/a")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.fspath(os.path.dirname(os.fspath(path))), suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _fmt(v: float) -> str:
     return "" if np.isnan(v) else f"{v:.4f}"
-
-
-def _atomic_text(path, text: str) -> None:
-    import os
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -9,6 +9,7 @@ absent from both the ground truth and the prediction of a case is not counted fo
 Pipeline options live in ``cfg.data_args`` (``roi``, ``spacing``, ``a_min``, ``a_max``, ``num_samples``,
 ``cache``, ``spatial_dims``, ``sw_batch_size``, ``overlap``, ``names``, ``crop``, ``ratios``) so predict/eval
 replay them; ``class_weights`` and ``dice_batch`` set the loss's per-class weights and batch-wise Dice.
+:meth:`SegTask.resolve_config` fills them (:mod:`medvit.recipes`); the steps read them from ``cfg`` / ``ctx.cfg``.
 """
 
 from __future__ import annotations
@@ -21,18 +22,7 @@ from torch import nn
 
 from engine.errors import UserError
 
-__all__ = ["SegTask", "SPATIAL_DIMS", "spatial_dims_of"]
-
-SPATIAL_DIMS = {"unetr": 3, "swin_unetr": 3, "transunet": 2, "medt": 2}
-
-
-def spatial_dims_of(model_name: str, model_args: Dict[str, Any]) -> int:
-    """2 or 3: from the known table, else from the model class attribute ``spatial_dims``."""
-    if model_name in SPATIAL_DIMS:
-        return SPATIAL_DIMS[model_name]
-    import medvit
-
-    return int(getattr(medvit.create_model(model_name, **model_args), "spatial_dims", 3))
+__all__ = ["SegTask"]
 
 
 class SegTask:
@@ -44,6 +34,15 @@ class SegTask:
     def __init__(self) -> None:
         self._loss: Optional[nn.Module] = None
 
+    def resolve_config(self, cfg):
+        """Fill the model- and data-dependent defaults (:func:`medvit.recipes.resolve_seg_config`); idempotent.
+
+        Called by the engine before it writes ``config.yaml``, so predict/eval replay the filled values.
+        """
+        from medvit.recipes import resolve_seg_config
+
+        return resolve_seg_config(cfg)
+
     def build_model(self, cfg) -> nn.Module:
         import medvit
 
@@ -54,20 +53,19 @@ class SegTask:
         dims = int(getattr(model, "spatial_dims", cfg.data_args.get("spatial_dims", 3)))
         if dims != int(cfg.data_args.get("spatial_dims", dims)):
             raise UserError(f"--model {cfg.model}: a {dims}D model, but the data were prepared for "
-                            f"{cfg.data_args.get('spatial_dims')}D")
+                            f"{cfg.data_args.get('spatial_dims')}D (check its registry meta spatial_dims)")
         return model
 
     def build_datasets(self, cfg):
         from medvit.data.layouts import SYNAPSE_FROM_BTCV, resolve_splits
 
-        self.bind(cfg)
         da = cfg.data_args
         if cfg.data == "folder2d" and int(da.get("spatial_dims", 2)) == 3:
             raise UserError(f"{cfg.data_dir}: --data folder2d holds 2D images; --model {cfg.model} is a 3D model "
                             "(use transunet or medt)")
         train_items, val_items = resolve_splits(cfg.data, cfg.data_dir, float(da.get("val_fraction", 0.2)))
         label_map = SYNAPSE_FROM_BTCV if cfg.data == "synapse" else None
-        num_classes = int(cfg.model_args.get("num_classes", 14))
+        num_classes = _num_classes(cfg)
         if cfg.data == "folder2d":
             return self._folder2d(train_items, val_items, da)
         preflight(train_items + val_items, num_classes, label_map)
@@ -114,24 +112,24 @@ class SegTask:
         return torch.stack(images), torch.stack(labels)
 
     def training_step(self, model, batch, ctx) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """DiceCE loss of one batch; the engine runs this under ``ctx.autocast()``, the loss is taken in fp32."""
         from monai.losses import DiceCELoss
 
         if self._loss is None:
-            self._loss = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, **self._loss_args())
+            self._loss = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, **self._loss_args(ctx.cfg))
         image, label = batch
-        with ctx.autocast():
-            logits = model(image)
+        logits = model(image)
         loss = self._loss(logits.float(), label)
         return loss, {}
 
-    def _loss_args(self) -> Dict[str, Any]:
+    def _loss_args(self, cfg) -> Dict[str, Any]:
         """``class_weights`` (one per class; weights CE and Dice terms) and ``dice_batch`` from the data options."""
-        da = getattr(self, "_val_args", {})
+        da, k = cfg.data_args, _num_classes(cfg)
         out: Dict[str, Any] = {"batch": bool(da.get("dice_batch", False))}
         weights = da.get("class_weights")
         if weights is not None:
-            if len(weights) != self._num_classes or min(weights) < 0:
-                raise UserError(f"--data-arg class_weights={list(weights)}: need {self._num_classes} values >= 0 "
+            if len(weights) != k or min(weights) < 0:
+                raise UserError(f"--data-arg class_weights={list(weights)}: need {k} values >= 0 "
                                 "(one per class, background first)")
             out["weight"] = torch.tensor([float(w) for w in weights])
         return out
@@ -140,13 +138,13 @@ class SegTask:
         """Mean Dice per organ over validation volumes (sliding window for 3D, slice by slice for 2D)."""
         from medvit.metrics import case_metrics
 
-        da = self._val_args
+        da = ctx.cfg.data_args
         names = list(da.get("names") or [])
         sums: Dict[str, float] = {}
         counts: Dict[str, float] = {}
-        k = int(self._num_classes)
+        k = _num_classes(ctx.cfg)
         for i in ctx.shard_indices(len(dataset)):
-            pred, gt = self._predict_item(model, dataset[i], ctx)
+            pred, gt = self._predict_item(model, dataset[i], ctx, da)
             d = case_metrics(pred, gt, k, spacing=(1.0,) * gt.ndim, surface=False)["dice"]
             for c in range(1, k):
                 key = f"val/dice/{names[c] if c < len(names) else c}"
@@ -157,10 +155,9 @@ class SegTask:
         valid = [v for v in per_organ.values() if not np.isnan(v)]
         return {"dice": float(np.mean(valid)) if valid else 0.0, **per_organ}
 
-    def _predict_item(self, model, item, ctx) -> Tuple[np.ndarray, np.ndarray]:
+    def _predict_item(self, model, item, ctx, da: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
         from medvit.inference import slice_probs, sliding_window_probs
 
-        da = self._val_args
         amp = ctx.autocast
         if isinstance(item, dict):  # 3D: image (1, D, H, W), label (1, D, H, W)
             image = torch.as_tensor(item["image"]).float()[None].to(ctx.device)
@@ -174,11 +171,10 @@ class SegTask:
             probs = slice_probs(model, stack.to(ctx.device), int(da.get("sw_batch_size", 2)) * 8)
         return probs.argmax(1).cpu().numpy(), gt.numpy()
 
-    def bind(self, cfg) -> "SegTask":
-        """Remember the validation options of ``cfg`` (called by the CLI before ``fit``)."""
-        self._val_args = dict(cfg.data_args)
-        self._num_classes = int(cfg.model_args.get("num_classes", 14))
-        return self
+
+def _num_classes(cfg) -> int:
+    """Classes including background (set by :meth:`SegTask.resolve_config`; 14, BTCV's, for a bare config)."""
+    return int(cfg.model_args.get("num_classes", 14))
 
 
 def preflight(items: List[dict], num_classes: int, label_map: Optional[dict]) -> None:

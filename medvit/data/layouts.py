@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from engine.choices import check_choice
 from engine.errors import UserError
 from medvit.io import IMAGE2D_SUFFIXES
 
@@ -151,8 +152,7 @@ def resolve_splits(data: str, data_dir: os.PathLike, val_fraction: float = 0.2) 
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"{root}: data directory not found")
-    if data not in DATA_CHOICES:
-        raise UserError(f"--data {data!r}: choose one of {', '.join(DATA_CHOICES)}")
+    check_choice("--data", data, DATA_CHOICES, what="dataset kind")
     if data == "folder2d":
         sub = {d.name: d for d in root.iterdir() if d.is_dir()}
         val_dir = sub.get("val") or sub.get("validation") or sub.get("test")

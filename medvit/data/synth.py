@@ -19,6 +19,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from engine.io import atomic_write_text
 from medvit.data.layouts import BTCV_LABELS
 from medvit.io import write_nifti
 
@@ -100,9 +101,7 @@ def synth_btcv(out: Path, cases: int = 6, size: int = 96, seed: int = 0, test_ca
         "training": entries[:-n_val],
         "validation": entries[-n_val:],
     }
-    path = out / "dataset_0.json"
-    path.write_text(json.dumps(meta, indent=4))
-    return path
+    return atomic_write_text(out / "dataset_0.json", json.dumps(meta, indent=4))
 
 
 def _body(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -99,11 +99,11 @@ def _rand_crop(roi: Sequence[int], r: Mapping, num_classes: Optional[int]) -> "o
     """The random crop step: positive/negative-centred (``crop="posneg"``) or class-balanced (``"classes"``)."""
     from monai import transforms as T
 
+    from engine.choices import check_choice
     from engine.errors import UserError
 
     keys = ("image", "label")
-    if r["crop"] not in CROP_MODES:
-        raise UserError(f"--data-arg crop={r['crop']}: expected one of {', '.join(CROP_MODES)}")
+    check_choice(f"--data-arg crop={r['crop']}", r["crop"], CROP_MODES, what="crop mode")
     if r["crop"] == "posneg":
         return T.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=tuple(roi), pos=r["pos"],
                                         neg=r["neg"], num_samples=int(r["num_samples"]), image_key="image",

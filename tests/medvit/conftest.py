@@ -47,8 +47,8 @@ def _register() -> None:
         def tiny_seg2d(pretrained=None, **kw):
             return TinySeg2d(**kw)
 
-        medvit.register_model(tiny_seg3d)
-        medvit.register_model(tiny_seg2d)
+        medvit.register_model(tiny_seg3d, meta=dict(spatial_dims=3))
+        medvit.register_model(tiny_seg2d, meta=dict(spatial_dims=2))
 
 
 _register()

@@ -154,17 +154,20 @@ def test_loss_class_weights_and_batch_dice():
     from medvit.task import SegTask
 
     cfg = SimpleNamespace(data_args={"class_weights": [1, 1, 4], "dice_batch": True}, model_args={"num_classes": 3})
-    task = SegTask().bind(cfg)
-    args = task._loss_args()
+    task = SegTask()
+    args = task._loss_args(cfg)
     assert args["batch"] is True and args["weight"].tolist() == [1.0, 1.0, 4.0]
     logits = torch.zeros(2, 3, 4, 4, 4)
     logits[:, 1] = 5.0  # predicts class 1 everywhere; the missed class 2 costs more with weight 4
     label = torch.ones(2, 1, 4, 4, 4, dtype=torch.long)
     label[:, :, :2] = 2
-    plain = SegTask().bind(SimpleNamespace(data_args={}, model_args={"num_classes": 3}))
-    ctx = SimpleNamespace(autocast=lambda: torch.autocast("cpu", enabled=False))
+    plain = SegTask()
+    plain_cfg = SimpleNamespace(data_args={}, model_args={"num_classes": 3})
+    ctx = SimpleNamespace(autocast=lambda: torch.autocast("cpu", enabled=False), cfg=cfg)
+    plain_ctx = SimpleNamespace(autocast=ctx.autocast, cfg=plain_cfg)
     ident = torch.nn.Identity()
-    assert task.training_step(ident, (logits, label), ctx)[0] > plain.training_step(ident, (logits, label), ctx)[0]
-    bad = SegTask().bind(SimpleNamespace(data_args={"class_weights": [1, 2]}, model_args={"num_classes": 3}))
+    assert task.training_step(ident, (logits, label), ctx)[0] > plain.training_step(ident, (logits, label),
+                                                                                    plain_ctx)[0]
+    bad = SegTask()
     with pytest.raises(UserError, match="class_weights"):
-        bad._loss_args()
+        bad._loss_args(SimpleNamespace(data_args={"class_weights": [1, 2]}, model_args={"num_classes": 3}))
