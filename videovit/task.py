@@ -1,14 +1,16 @@
-"""The video-recognition :class:`VideoTask` for :func:`engine.fit`, plus multi-view evaluation and prediction.
+"""The video-recognition :class:`VideoTask` for :func:`engine.fit`, plus multi-view scoring and metrics.
 
 Training takes one random clip per video (optionally mixup / cutmix with a soft-target loss); evaluation averages
 the softmax over ``T x S`` views per video (T uniformly spaced clips x S spatial crops), as in TimeSformer
 (Bertasius et al., arXiv:2102.05095), ViViT (Arnab et al., arXiv:2103.15691) and MViT (Fan et al.,
 arXiv:2104.11227), and reports top-1, top-5 and per-class accuracy.
 
-Everything the data side needs lives in ``cfg.data_args`` (resolved once by :func:`resolve_data_args` and saved
-in the run's ``config.yaml`` / checkpoint metadata): ``num_frames`` (mirrors ``model_args``), ``stride``,
-``crop_size``, ``short_side``, ``min_scale``, ``hflip``, ``randaugment`` (``[n, m]``), ``mixup``, ``cutmix``,
-``label_smoothing``, ``val_views`` (``"TxS"``), ``classes``, ``layout``, ``fold``, ``backend``, ``mean``, ``std``.
+Everything the data side needs lives in ``cfg.data_args`` (filled once by :meth:`VideoTask.resolve_config` from
+the model's registry recipe and saved in the run's ``config.yaml`` / checkpoint metadata): ``num_frames`` (mirrors
+``model_args``), ``stride``, ``crop_size``, ``short_side``, ``min_scale``, ``hflip``, ``randaugment`` (``[n, m]``),
+``mixup``, ``cutmix``, ``label_smoothing``, ``val_views`` (``"TxS"``), ``classes``, ``layout``, ``fold``,
+``backend``, ``mean``, ``std``. Multi-view evaluation and prediction of a trained run are in
+:mod:`videovit.inference`.
 """
 
 from __future__ import annotations
@@ -23,38 +25,35 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from engine.choices import check_choice
 from engine.errors import UserError
 
 from .data.dataset import VideoClipDataset, VideoViewDataset
-from .data.decode import VideoReader
 from .data.layouts import VideoList, load_dataset
-from .data.samplers import parse_views, uniform_clips
-from .data.transforms import (KINETICS_MEAN, KINETICS_STD, MixupCutmix, eval_transform, soft_cross_entropy,
-                              train_transform)
+from .data.samplers import parse_views
+from .data.transforms import KINETICS_MEAN, KINETICS_STD, MixupCutmix, soft_cross_entropy, train_transform
 
-__all__ = ["FAMILIES", "SAMPLING", "SYNTH_MARKER", "VideoTask", "resolve_model_name", "resolve_data_args",
-           "load_split", "predict_views", "classification_metrics", "predict_video"]
+__all__ = ["SYNTH_MARKER", "DATASETS", "VideoTask", "VideoOptions", "video_options", "model_recipe", "load_split",
+           "predict_views", "classification_metrics"]
 
-# `--model timesformer` means the family default; full registry names are accepted as they are.
-FAMILIES = {
-    "timesformer": "timesformer_base_patch16_224",
-    "vivit": "vivit_base_16x2_224",
-    "stam": "stam_16",
-    "vtn": "vtn_vit_base",
-    "mvit": "mvit_base_16x4",
-}
-# Clip sampling of each family's recipe: (num_frames, stride); stride 0 = frames spread over the whole video.
-SAMPLING = {"timesformer": (8, 32), "vivit": (32, 2), "stam": (16, 0), "vtn": (16, 8), "mvit": (16, 4)}
+DATASETS = ("kinetics400", "ucf101", "csv")
 SYNTH_MARKER = "vtk_synth.json"  # written by `vtk data synth`; carries dataset-specific defaults (hflip: false)
+# The recipe of a model whose registry entry has no video metadata (TimeSformer's 8 frames x stride 32 at 224 px).
+_FALLBACK_RECIPE = dict(num_frames=8, stride=32, crop_size=224, mean=KINETICS_MEAN, std=KINETICS_STD)
 
 
-def resolve_model_name(name: str) -> str:
-    """Map a family name (``timesformer``) to its registry default; other names pass through."""
-    return FAMILIES.get(name, name)
+def model_recipe(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``num_frames``, ``stride``, ``crop_size``, ``mean``, ``std`` of a model's test protocol.
 
-
-def _family(model: str) -> str:
-    return next((f for f in SAMPLING if model.startswith(f)), "timesformer")
+    Args:
+        meta: ``videovit.registry.metadata(name)`` (keys ``num_frames``, ``mean``, ``std``, ``protocol.stride``,
+            ``protocol.crop_size``); missing keys fall back to TimeSformer's recipe and the Kinetics mean/std.
+    """
+    protocol = meta.get("protocol", {})
+    recipe = dict(_FALLBACK_RECIPE)
+    recipe.update({k: meta[k] for k in ("num_frames", "mean", "std") if k in meta})
+    recipe.update({k: protocol[k] for k in ("stride", "crop_size") if k in protocol})
+    return {**recipe, "mean": list(recipe["mean"]), "std": list(recipe["std"])}
 
 
 def load_split(cfg, split: str) -> VideoList:
@@ -65,33 +64,18 @@ def load_split(cfg, split: str) -> VideoList:
     return load_dataset(cfg.data, Path(cfg.data_dir), split, **args)
 
 
-def resolve_data_args(cfg, train: Optional[VideoList] = None) -> None:
-    """Fill the defaults of ``cfg.model_args`` / ``cfg.data_args`` in place (idempotent).
-
-    Frames and crop size are shared by model and data; the class list and ``num_classes`` come from the training
-    split; ``hflip`` defaults to the synthetic dataset's marker (its classes are direction-sensitive) or ``True``.
-    """
-    ma, da = cfg.model_args, cfg.data_args
-    marker = Path(cfg.data_dir or ".") / SYNTH_MARKER
-    defaults = json.loads(marker.read_text()).get("data_args", {}) if marker.is_file() else {}
-    for key, value in defaults.items():
-        da.setdefault(key, value)
-    frames, stride = SAMPLING[_family(cfg.model)]
-    ma.setdefault("num_frames", da.get("num_frames", frames))
-    ma.setdefault("img_size", da.get("crop_size", 224))
-    da.setdefault("num_frames", ma["num_frames"])
-    da.setdefault("stride", stride)
-    da.setdefault("crop_size", ma["img_size"])
-    da.setdefault("hflip", True)
-    if "classes" not in da:
-        train = train if train is not None else load_split(cfg, "train")
-        da["classes"] = list(train.classes)
-    ma.setdefault("num_classes", len(da["classes"]))
-
-
 @dataclass
-class _Opts:
-    """Typed view of ``data_args``."""
+class VideoOptions:
+    """Typed view of the data side of a resolved config (``cfg.data_args``).
+
+    Attributes:
+        num_frames: Frames per clip.
+        stride: Frame step inside a clip (``0``: spread over the whole video).
+        crop_size: Square crop edge in pixels.
+        mean: Per-channel normalisation mean (RGB, in [0, 1]).
+        std: Per-channel normalisation std.
+        backend: Decoder backend (``auto``, ``decord``, ``pyav``).
+    """
 
     num_frames: int
     stride: int
@@ -100,11 +84,27 @@ class _Opts:
     std: Sequence[float]
     backend: str
 
-    @classmethod
-    def of(cls, cfg) -> "_Opts":
-        da = cfg.data_args
-        return cls(int(da["num_frames"]), int(da["stride"]), int(da["crop_size"]), da.get("mean", KINETICS_MEAN),
-                   da.get("std", KINETICS_STD), da.get("backend", "auto"))
+
+def video_options(cfg) -> VideoOptions:
+    """The :class:`VideoOptions` of a config resolved by :meth:`VideoTask.resolve_config`.
+
+    Runs saved before ``mean``/``std`` were recorded in ``data_args`` were trained with the Kinetics statistics,
+    which are the fallback here.
+    """
+    da = cfg.data_args
+    return VideoOptions(int(da["num_frames"]), int(da["stride"]), int(da["crop_size"]), da.get("mean", KINETICS_MEAN),
+                        da.get("std", KINETICS_STD), da.get("backend", "auto"))
+
+
+def _synth_defaults(data_dir: Path) -> Dict[str, Any]:
+    """The ``data_args`` defaults of a folder written by ``vtk data synth`` (its ``vtk_synth.json``), else ``{}``."""
+    marker = data_dir / SYNTH_MARKER
+    if not marker.is_file():
+        return {}
+    try:
+        return dict(json.loads(marker.read_text()).get("data_args", {}))
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{marker}: unreadable synthetic-set marker ({' '.join(str(e).split())})") from None
 
 
 class VideoTask:
@@ -122,8 +122,60 @@ class VideoTask:
         self.mixer: Optional[MixupCutmix] = None
         self.cfg = None
 
+    def resolve_config(self, cfg):
+        """Finalise ``cfg`` in place before the engine writes ``config.yaml`` (idempotent); returns it.
+
+        A family name (``--model mvit``) becomes its registry name. Frames, stride, crop size and mean/std come
+        from the model's registry recipe (``videovit.registry.metadata``: TimeSformer 8x32 with the Kinetics
+        mean/std, ViViT 32x2 with mean/std 0.5, ...) unless ``data_args`` / ``model_args`` give them; frames and
+        crop size are shared by model and data. The class list and ``num_classes`` come from the training split;
+        ``hflip`` defaults to the synthetic dataset's marker (its classes are direction-sensitive) or ``True``.
+
+        Raises:
+            UserError: No or unknown ``--data``, no ``--data-dir``, unknown ``--model``.
+        """
+        if not cfg.data:
+            raise UserError(f"--data is required ({', '.join(DATASETS)})")
+        check_choice("--data", cfg.data, DATASETS)
+        if not cfg.data_dir:
+            raise UserError("--data-dir is required")
+        cfg.model = self._registry_name(cfg.model)
+        recipe = model_recipe(self._metadata(cfg.model))
+        ma, da = cfg.model_args, cfg.data_args
+        if cfg.resume and "classes" in da and "mean" not in da:  # a run resolved before mean/std were recorded
+            recipe.update(mean=list(KINETICS_MEAN), std=list(KINETICS_STD))
+        for key, value in _synth_defaults(Path(cfg.data_dir)).items():
+            da.setdefault(key, value)
+        ma.setdefault("num_frames", da.get("num_frames", recipe["num_frames"]))
+        ma.setdefault("img_size", da.get("crop_size", recipe["crop_size"]))
+        da.setdefault("num_frames", ma["num_frames"])
+        da.setdefault("crop_size", ma["img_size"])
+        for key in ("stride", "mean", "std"):
+            da.setdefault(key, recipe[key])
+        da.setdefault("hflip", True)
+        if "classes" not in da:
+            da["classes"] = list(load_split(cfg, "train").classes)
+        ma.setdefault("num_classes", len(da["classes"]))
+        return cfg
+
+    def _registry_name(self, name: str) -> str:
+        import videovit
+
+        return videovit.registry.resolve(name)
+
+    def _metadata(self, name: str) -> Dict[str, Any]:
+        """The registry metadata of ``name``; empty for a custom ``model_factory``'s own names."""
+        import videovit
+
+        if self.model_factory is not None and not videovit.registry.is_model(name):
+            return {}
+        try:
+            return videovit.registry.metadata(name)
+        except ValueError as e:  # unknown model: a user error naming close registry names
+            raise UserError(f"--model {name}: {e}") from None
+
     def build_model(self, cfg) -> nn.Module:
-        resolve_data_args(cfg)
+        self.resolve_config(cfg)
         import videovit
 
         factory = videovit.create_model if self.model_factory is None else self.model_factory
@@ -133,10 +185,9 @@ class VideoTask:
             raise UserError(f"--model {cfg.model}: {e}") from e
 
     def build_datasets(self, cfg) -> Tuple[Dataset, Optional[Dataset]]:
-        self.cfg = cfg
+        self.cfg = self.resolve_config(cfg)
         train_list = load_split(cfg, "train")
-        resolve_data_args(cfg, train_list)
-        o, da = _Opts.of(cfg), cfg.data_args
+        o, da = video_options(cfg), cfg.data_args
         ra = da.get("randaugment")
         transform = train_transform(o.crop_size, da.get("short_side"), (float(da.get("min_scale", 0.4)), 1.0),
                                     bool(da["hflip"]), tuple(ra) if ra else None, o.mean, o.std)
@@ -223,26 +274,3 @@ def classification_metrics(probs: Tensor, labels: Tensor, num_classes: int) -> D
         "support": support.tolist(),
         "confusion": confusion.tolist(),
     }
-
-
-def predict_video(model: nn.Module, path: Path, cfg, views: Tuple[int, int], device: torch.device
-                  ) -> Tuple[Tensor, np.ndarray, np.ndarray]:
-    """Class probabilities of one video file (softmax averaged over ``views``) and the sampled frames.
-
-    Returns:
-        ``(probs (K,), frames, indices)`` with ``frames`` the uint8 ``(num_frames, H, W, 3)`` of the centre clip
-        and ``indices`` their frame numbers in the file (repeated when a short video is stretched).
-
-    Raises:
-        UserError: The file cannot be decoded (the message names it).
-    """
-    o = _Opts.of(cfg)
-    reader = VideoReader(path, backend=o.backend)
-    clips = uniform_clips(len(reader), o.num_frames, o.stride, views[0])
-    flat = reader.get_batch(np.concatenate(clips))  # (T*F, H, W, 3)
-    frames = flat.reshape(len(clips), o.num_frames, *flat.shape[1:])
-    transform = eval_transform(o.crop_size, views[1], o.mean, o.std)
-    batch = torch.cat([transform(f) for f in frames])  # (T*S, C, F, h, w)
-    with torch.no_grad():
-        probs = model(batch.to(device)).float().softmax(-1).mean(0).cpu()  # (K,)
-    return probs, frames[len(frames) // 2], clips[len(clips) // 2]

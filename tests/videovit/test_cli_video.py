@@ -98,6 +98,24 @@ def test_predict_dir_with_odd_files(run_dir, odd_videos, tmp_path, capsys):
     assert one == 2
 
 
+def test_predict_same_stem_keeps_every_contact_sheet(run_dir, odd_videos, tmp_path):
+    """Videos named alike (a/clip.mp4, b/clip.mp4, clip.mp4, clip.avi) each get their own contact sheet."""
+    folder = tmp_path / "in"
+    for rel, key in (("a/clip.mp4", "h264"), ("b/clip.mp4", "short"), ("clip.mp4", "vfr"), ("clip.avi", "msmpeg4")):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(odd_videos[key], folder / rel)
+    out = tmp_path / "pred"
+    assert main(["video", "predict", "--checkpoint", str(run_dir), "--input", str(folder), "--out", str(out),
+                 "--device", "cpu", "--top-k", "2"]) == 0
+    result = json.loads((out / "predictions.json").read_text())
+    sheets = result["contact_sheets"]
+    assert set(sheets) == set(result["predictions"]) and len(sheets) == 4
+    assert len(set(sheets.values())) == 4 and all(Path(p).is_file() for p in sheets.values())
+    assert (out / "a" / "clip.png").is_file() and (out / "b" / "clip.png").is_file()
+    assert len(list(out.glob("clip-*.png"))) == 2 and not (out / "clip.png").exists()
+    assert main(["video", "predict", "--checkpoint", str(run_dir), "--input", str(folder), "--top-k", "0"]) == 2
+
+
 def test_resume_continues(run_dir, synth_dir):
     rc = main(["video", "train", "--resume", str(run_dir), "--max-steps", "3", "--num-workers", "0", "--quiet"])
     assert rc == 0
@@ -123,9 +141,9 @@ def test_ucf101_synth_check_train(tmp_path):
 def test_every_family_trains_and_evaluates(family, synth_dir, tmp_path, capsys):
     """`vtk video train --model FAMILY` for each family (tiny registry overrides), then `vtk video eval` rebuilds it."""
     import videovit
-    from videovit.task import FAMILIES
 
-    tiny = videovit.registry.tiny_overrides(FAMILIES[family])
+    name = videovit.registry.resolve(family)  # family names are registry aliases
+    tiny = videovit.registry.tiny_overrides(name)
     frames, size = tiny.pop("num_frames"), tiny.pop("img_size")
     tiny.pop("num_classes")
     args = [a for k, v in tiny.items() for a in ("--model-arg", f"{k}={list(v) if isinstance(v, tuple) else v}")]
@@ -135,7 +153,7 @@ def test_every_family_trains_and_evaluates(family, synth_dir, tmp_path, capsys):
                "--num-workers", "0", "--device", "cpu", "--quiet", *args])
     assert rc == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["model"] == FAMILIES[family] and cfg["model_args"]["num_classes"] == 3
+    assert cfg["model"] == name and cfg["model_args"]["num_classes"] == 3
     out = tmp_path / f"{family}-eval"
     capsys.readouterr()
     assert main(["video", "eval", "--checkpoint", str(run), "--views", "1x1", "--out", str(out),

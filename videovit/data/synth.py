@@ -16,14 +16,15 @@ PySlowFast ``path label``), ``classids.json`` and, optionally, the official ``an
 from __future__ import annotations
 
 import csv
-import json
-import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from engine.choices import check_choice
+from engine.io import atomic_write, atomic_write_json, atomic_write_text
 
 __all__ = ["MOTIONS", "SynthSpec", "render_video", "write_video", "write_kinetics_synth", "write_ucf101_synth"]
 
@@ -136,29 +137,40 @@ def render_video(label: int, frames: int, size: int, rng: np.random.Generator) -
     return video
 
 
+# Container of each file suffix: PyAV writes into an open temporary file, so the format cannot come from its name.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".avi": "avi", ".mkv": "matroska", ".webm": "webm"}
+
+
 def write_video(path: Path, video: np.ndarray, fps: int = 25, codec: str = "libx264",
                 audio: bool = False) -> None:
-    """Encode ``video`` ``(T, H, W, 3)`` uint8 with PyAV, atomically (temp file + ``os.replace``).
+    """Encode ``video`` ``(T, H, W, 3)`` uint8 with PyAV, atomically (:func:`engine.io.atomic_write`).
 
     Args:
-        path: Output file; the container follows the suffix (``.mp4``, ``.avi``, ``.mkv``).
+        path: Output file; the container follows the suffix (``.mp4``, ``.avi``, ``.mkv``, ...: :data:`CONTAINERS`).
         video: Frames.
         fps: Frame rate.
         codec: Any encoder in PyAV's ffmpeg: ``libx264``, ``mpeg4``, ``msmpeg4``, ``msmpeg4v2``, ``cinepak``.
         audio: Also write a silent AAC (mp4) / MP3 (avi) audio stream.
+
+    Raises:
+        ValueError: A suffix without a known container.
     """
+    path = Path(path)
+    container = CONTAINERS[check_choice("write_video suffix", path.suffix.lower(), CONTAINERS, error=ValueError)]
+    atomic_write(path, lambda f: _encode(f, container, video, fps, codec, audio))
+
+
+def _encode(f, container: str, video: np.ndarray, fps: int, codec: str, audio: bool) -> None:
+    """Mux ``video`` into the open binary file ``f``."""
     import av
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    with av.open(str(tmp), mode="w") as out:
+    with av.open(f, mode="w", format=container) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "rgb24" if codec == "cinepak" else "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast"}
-        astream = _add_audio(out, path.suffix) if audio else None
+        astream = _add_audio(out, container) if audio else None
         for frame in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 out.mux(packet)
@@ -166,11 +178,10 @@ def write_video(path: Path, video: np.ndarray, fps: int = 25, codec: str = "libx
             out.mux(packet)
         if astream is not None:
             _write_silence(out, astream, seconds=len(video) / fps)
-    os.replace(tmp, path)
 
 
-def _add_audio(out, suffix: str):
-    stream = out.add_stream("aac" if suffix != ".avi" else "mp3", rate=44100)
+def _add_audio(out, container: str):
+    stream = out.add_stream("aac" if container != "avi" else "mp3", rate=44100)
     stream.layout = "mono"
     return stream
 
@@ -220,11 +231,11 @@ def write_kinetics_synth(out: Path, spec: SynthSpec, annotations: bool = True) -
             write_video(out / rel, render_video(label, spec.frames, spec.size, rng), fps=spec.fps)
             csv_lines.append(f"{rel.as_posix()} {label}\n")
             ann_rows.append([names[label], ytid, start, end, ann_split])
-        _atomic_text(out / f"{split}.csv", "".join(csv_lines))
+        atomic_write_text(out / f"{split}.csv", "".join(csv_lines))
         if annotations:
             _write_annotations(out / "annotations" / f"{ann_split}.csv", ann_rows)
         counts[split] = len(rows)
-    _atomic_text(out / "classids.json", json.dumps({n: i for i, n in enumerate(names)}, indent=1) + "\n")
+    atomic_write_json(out / "classids.json", {n: i for i, n in enumerate(names)})
     _write_marker(out, spec)
     return counts
 
@@ -233,7 +244,7 @@ def _write_marker(out: Path, spec: SynthSpec) -> None:
     """``vtk_synth.json``: how the set was made, and the data defaults it needs (no flips: motion is directional)."""
     info = {"generator": "vtk data synth", "spec": spec.__dict__,
             "data_args": {"hflip": False, "min_scale": 0.7, "stride": 1}}
-    _atomic_text(out / "vtk_synth.json", json.dumps(info, indent=1) + "\n")
+    atomic_write_json(out / "vtk_synth.json", info)
 
 
 def _write_annotations(path: Path, rows: Sequence[Sequence]) -> None:
@@ -244,7 +255,7 @@ def _write_annotations(path: Path, rows: Sequence[Sequence]) -> None:
     buf.write("label,youtube_id,time_start,time_end,split,is_cc\n")
     for row in rows:
         writer.writerow(list(row) + [0])
-    _atomic_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_ucf101_synth(out: Path, spec: SynthSpec, codec: str = "msmpeg4v2") -> Dict[str, int]:
@@ -259,15 +270,8 @@ def write_ucf101_synth(out: Path, spec: SynthSpec, codec: str = "msmpeg4v2") -> 
             write_video(out / "UCF-101" / rel, render_video(label, spec.frames, spec.size, rng), spec.fps, codec)
             (train if g <= spec.videos_per_class else test).append((rel, label))
     lists = out / "ucfTrainTestlist"
-    _atomic_text(lists / "classInd.txt", "".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
-    _atomic_text(lists / "trainlist01.txt", "".join(f"{r} {lab + 1}\n" for r, lab in train))
-    _atomic_text(lists / "testlist01.txt", "".join(f"{r}\n" for r, _ in test))
+    atomic_write_text(lists / "classInd.txt", "".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
+    atomic_write_text(lists / "trainlist01.txt", "".join(f"{r} {lab + 1}\n" for r, lab in train))
+    atomic_write_text(lists / "testlist01.txt", "".join(f"{r}\n" for r, _ in test))
     _write_marker(out, spec)
     return {"train": len(train), "val": len(test)}
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
