@@ -99,9 +99,9 @@ def test_eval_split_and_mode_are_checked_before_loading(tmp_path):
     from medvit.evaluate import evaluate_checkpoint
 
     missing = tmp_path / "no-such-run"
-    with pytest.raises(UserError, match="--split: unknown value 'valid'.*did you mean validation"):
+    with pytest.raises(UserError, match="--split: 'valid' is not one of.*did you mean validation"):
         evaluate_checkpoint(missing, split="valid")
-    with pytest.raises(UserError, match="--mode: unknown value 'gausian'.*did you mean gaussian"):
+    with pytest.raises(UserError, match="--mode: 'gausian' is not one of.*did you mean gaussian"):
         evaluate_checkpoint(missing, mode="gausian")
 
 
