@@ -1,11 +1,11 @@
 """Checkpoint reading and pretrained-weight loading shared by every vtk model.
 
 The pipeline follows timm's ``build_model_with_cfg`` / ``load_pretrained`` (Wightman, pytorch-image-models),
-with the per-source ``if/elif`` chain replaced by registered converters (:mod:`backbones.convert`):
+with the per-source ``if/elif`` chain replaced by the model's tuple of converters (:mod:`backbones.convert`):
 
 1. :func:`read_checkpoint` turns a path (``.pth/.pt/.bin/.ckpt`` via ``torch.load(weights_only=True)``,
    ``.safetensors``, ``.npz``) or a mapping into a flat ``dict[str, Tensor]``.
-2. The converter registered for the model's family whose marker keys match maps it onto our key names.
+2. The first of the model's converters whose marker keys match maps it onto our key names.
 3. Generic adaptation: ``in_chans`` (3 -> 1 sums the RGB filters of ``pretrained_cfg['first_conv']``, other
    counts repeat and rescale them), the model hook ``model.adapt_state_dict(sd)`` (position-embedding grids,
    2D -> 3D inflation), and the classifier (``pretrained_cfg['classifier']``) is dropped when its shape differs.
@@ -15,7 +15,7 @@ with the per-source ``if/elif`` chain replaced by registered converters (:mod:`b
 Example::
 
     >>> model = VisionTransformer(img_size=96, in_chans=1, num_classes=14)
-    >>> report = load_pretrained(model, "ViT-B_16.npz", family="vit")
+    >>> report = load_pretrained(model, "ViT-B_16.npz", VIT_CONVERTERS)
     >>> print(report)
 """
 
@@ -33,7 +33,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from backbones.convert import Converter, StateDict, converters_for, find_converter
+from backbones.convert import Converter, StateDict, converter_label, find_converter
 from engine.errors import UserError
 
 __all__ = [
@@ -212,17 +212,17 @@ def _run_hook(model: nn.Module, sd: StateDict, report: LoadReport) -> StateDict:
 
 
 # ----------------------------------------------------------------------------------------------------- loading
-def _select_converter(sd: StateDict, model_sd: StateDict, family: Union[str, Sequence[str]],
+def _select_converter(sd: StateDict, model: nn.Module, model_sd: StateDict, converters: Sequence[Converter],
                       name: str) -> Optional[Converter]:
-    conv = find_converter(sd, family)
+    conv = find_converter(sd, converters)
     if conv is not None:
         return conv
     if len(set(sd) & set(model_sd)) >= max(1, len(model_sd) // 2):
         return None  # our own key names
-    known = ", ".join(c.name for c in converters_for(family)) or "none"
+    known = ", ".join(dict.fromkeys(c.name for c in converters)) or "none"
     sample = ", ".join(list(sd)[:3])
-    raise UserError(f"{name}: unrecognised checkpoint for a {family} model (known formats: {known}; "
-                    f"first keys: {sample})")
+    raise UserError(f"{name}: unrecognised checkpoint for a {converter_label(converters, type(model).__name__)} "
+                    f"model (known formats: {known}; first keys: {sample})")
 
 
 def _check_keys(sd: StateDict, model_sd: StateDict, ignore: Sequence[str], keep_init: List[str],
@@ -252,7 +252,7 @@ def _strip_module_prefix(sd: StateDict) -> StateDict:
 
 
 def load_pretrained(model: nn.Module, src: Union[str, os.PathLike, Mapping[str, Any]],
-                    family: Union[str, Sequence[str]]) -> LoadReport:
+                    converters: Sequence[Converter]) -> LoadReport:
     """Load foreign or native weights into ``model`` in place.
 
     Args:
@@ -260,7 +260,8 @@ def load_pretrained(model: nn.Module, src: Union[str, os.PathLike, Mapping[str, 
             ``adapt_state_dict(sd) -> sd`` and ``pretrained_ignore_keys`` (fnmatch patterns of model keys that
             may be absent from checkpoints).
         src: Checkpoint path or state dict (see :func:`read_checkpoint`).
-        family: Converter family (or families, tried in order) to detect the format with.
+        converters: The model's converters (e.g. ``backbones.convert.VIT_CONVERTERS``), tried in order; the
+            first whose ``detect`` accepts the checkpoint converts it. ``()`` accepts only the model's own keys.
 
     Returns:
         A :class:`LoadReport`, also logged at INFO level on the ``backbones`` logger.
@@ -271,7 +272,7 @@ def load_pretrained(model: nn.Module, src: Union[str, os.PathLike, Mapping[str, 
     name = "<state dict>" if isinstance(src, Mapping) else str(src)
     sd = _strip_module_prefix(read_checkpoint(src))
     model_sd = model.state_dict()
-    conv = _select_converter(sd, model_sd, family, name)
+    conv = _select_converter(sd, model, model_sd, converters, name)
     report = LoadReport(source=name, converter="native" if conv is None else conv.name)
     if conv is not None:
         n_in = len(sd)
@@ -295,7 +296,7 @@ def load_pretrained(model: nn.Module, src: Union[str, os.PathLike, Mapping[str, 
     return report
 
 
-def build_model(model_cls: Callable[..., nn.Module], pretrained: Optional[Any], family: Union[str, Sequence[str]],
+def build_model(model_cls: Callable[..., nn.Module], pretrained: Optional[Any], converters: Sequence[Converter],
                 **kwargs: Any) -> nn.Module:
     """Build ``model_cls(**kwargs)`` and load ``pretrained`` into it when given (entry-point helper).
 
@@ -303,14 +304,14 @@ def build_model(model_cls: Callable[..., nn.Module], pretrained: Optional[Any], 
         model_cls: Model class or factory.
         pretrained: ``None``/``False`` for random init, else a checkpoint path or state dict. ``True`` is
             rejected: vtk never downloads weights.
-        family: Converter family for :func:`load_pretrained`.
+        converters: The model's converters for :func:`load_pretrained`.
         **kwargs: Constructor arguments.
     """
     if pretrained is True:
         raise UserError("pretrained=True: vtk does not download weights; pass a checkpoint path or state dict")
     model = model_cls(**kwargs)
     if pretrained is not None and pretrained is not False:
-        load_pretrained(model, pretrained, family)
+        load_pretrained(model, pretrained, converters)
     return model
 
 

@@ -15,9 +15,9 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert._base import Converter, StateDict
 
-__all__ = ["convert_google_npz", "is_google_npz", "GOOGLE_PREFIXES"]
+__all__ = ["CONVERTERS", "convert_google_npz", "is_google_npz", "GOOGLE_PREFIXES"]
 
 GOOGLE_PREFIXES = ("opt/target/", "params/", "")
 _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/(.+)$")
@@ -132,4 +132,4 @@ def convert_google_npz(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Stat
     return out
 
 
-register_converter(Converter("google-npz", "vit", detect=is_google_npz, convert=convert_google_npz))
+CONVERTERS = (Converter("google-npz", "vit", detect=is_google_npz, convert=convert_google_npz),)

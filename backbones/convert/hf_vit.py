@@ -16,9 +16,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert._base import Converter, StateDict
 
-__all__ = ["convert_hf_vit", "is_hf_vit"]
+__all__ = ["CONVERTERS", "convert_hf_vit", "is_hf_vit"]
 
 _LAYER = r"(?:encoder\.layer|layers)\.(\d+)\."
 _RENAMES = (
@@ -72,4 +72,4 @@ def convert_hf_vit(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDic
     return out
 
 
-register_converter(Converter("hf", "vit", detect=is_hf_vit, convert=convert_hf_vit))
+CONVERTERS = (Converter("hf", "vit", detect=is_hf_vit, convert=convert_hf_vit),)

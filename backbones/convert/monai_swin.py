@@ -1,9 +1,9 @@
-"""MONAI Swin-UNETR weights -> vtk Swin (encoder) and vtk ``swin_unetr`` (whole network).
+"""MONAI Swin weights -> vtk Swin encoder (``SwinTransformer(downsample_last=True)``, e.g. ``swin3d_*``).
 
 Hatamizadeh et al., "Swin UNETR", arXiv:2201.01266; Tang et al., "Self-Supervised Pre-Training of Swin
 Transformers for 3D Medical Image Analysis", arXiv:2111.14791 (the ``model_swinvit.pt`` SSL weights).
 
-Three sources, one key mapping (MONAI ``SwinTransformer`` -> vtk ``SwinTransformer(downsample_last=True)``):
+One key mapping (MONAI ``SwinTransformer`` -> vtk ``SwinTransformer(downsample_last=True)``):
 
 =============================================  ==========================================
 MONAI / SSL key                                vtk key
@@ -17,12 +17,11 @@ MONAI / SSL key                                vtk key
 ``*.relative_position_index``                   dropped (a non-persistent buffer here)
 =============================================  ==========================================
 
-* ``swin`` family, converter ``monai``: a MONAI ``SwinUNETR`` state dict (``swinViT.`` prefix), a bare MONAI
-  ``SwinTransformer``, or the SSL file ``{"state_dict": {"module.patch_embed...", "module.layers1.0..."}}``.
-  Keys outside the encoder (decoder, SSL heads) are dropped; a checkpoint with no encoder key is an error, never
-  a silent no-op (unlike MONAI's ``load_from`` callers that wrap it in ``try/except``).
-* ``swin_unetr`` family, converter ``monai``: a full MONAI ``SwinUNETR`` state dict; ``swinViT.*`` goes through
-  the table above and the decoder keys (``encoder1..10``, ``decoder1..5``, ``out``) are kept as they are.
+Converter ``monai`` (family ``swin``) takes a bare MONAI ``SwinTransformer``, the SSL file
+``{"state_dict": {"module.patch_embed...", "module.layers1.0..."}}``, or any state dict holding those keys under
+one prefix (a whole segmentation network's encoder). Keys outside the encoder (a decoder, SSL heads) are dropped;
+a checkpoint with no encoder key is an error, never a silent no-op (unlike MONAI's ``load_from`` callers that wrap
+it in ``try/except``). :func:`monai_swin_key` is public for converters of whole networks built on this encoder.
 """
 
 from __future__ import annotations
@@ -33,17 +32,18 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert._base import Converter, StateDict
 
-__all__ = ["convert_monai_swin", "convert_monai_swin_unetr", "is_monai_swin", "is_monai_swin_unetr",
-           "monai_swin_key"]
+__all__ = ["CONVERTERS", "convert_monai_swin", "has_final_norm", "is_monai_swin", "monai_swin_key",
+           "monai_swin_prefix"]
 
 _MARKERS = ("layers1.0.blocks.0.attn.qkv.weight", "layers1.0.downsample.reduction.weight")
 _LAYER = re.compile(r"^layers(\d+)(c?)\.0\.(.+)$")
 
 
-def _encoder_prefix(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The prefix in front of MONAI's encoder keys (``""``, ``"swinViT."``, ``"module."``, ...), else ``None``."""
+def monai_swin_prefix(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The prefix in front of MONAI's encoder keys (``""``, ``"module."``, a network's encoder attribute + ``"."``,
+    ...), else ``None``."""
     for k in sd:
         for m in _MARKERS:
             if k == m or k.endswith("." + m):
@@ -53,7 +53,7 @@ def _encoder_prefix(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
 
 def is_monai_swin(sd: Mapping[str, torch.Tensor]) -> bool:
     """Marker: a ``layers1.0.blocks.0.attn.qkv.weight`` key under any prefix."""
-    return _encoder_prefix(sd) is not None
+    return monai_swin_prefix(sd) is not None
 
 
 def monai_swin_key(key: str, keep_norm: bool = False) -> Optional[str]:
@@ -74,12 +74,13 @@ def monai_swin_key(key: str, keep_norm: bool = False) -> Optional[str]:
     return f"layers.{stage}.{rest}"
 
 
-def _has_final_norm(model: nn.Module) -> bool:
+def has_final_norm(model: nn.Module) -> bool:
+    """True when ``model`` (a Swin encoder) has a final LayerNorm whose MONAI ``norm.*`` keys are kept."""
     return isinstance(getattr(model, "norm", None), nn.LayerNorm)
 
 
 def convert_monai_swin(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
-    """MONAI ``SwinViT`` / ``SwinUNETR`` / SSL weights -> a vtk Swin encoder state dict (pure).
+    """MONAI ``SwinTransformer`` / SSL weights (bare or under one prefix) -> a vtk Swin encoder state dict (pure).
 
     Args:
         sd: The foreign state dict.
@@ -90,10 +91,10 @@ def convert_monai_swin(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Stat
     """
     if not getattr(model, "downsample_last", False):
         raise ValueError("MONAI Swin weights need a MONAI-layout model (downsample_last=True), e.g. swin3d_*")
-    prefix = _encoder_prefix(sd)
+    prefix = monai_swin_prefix(sd)
     if prefix is None:
         raise ValueError("no MONAI Swin encoder keys (layers1.0.blocks.0...) in the checkpoint")
-    keep_norm = _has_final_norm(model)
+    keep_norm = has_final_norm(model)
     out: StateDict = {}
     for k, v in sd.items():
         new = monai_swin_key(k[len(prefix):], keep_norm) if k.startswith(prefix) else None
@@ -104,25 +105,4 @@ def convert_monai_swin(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Stat
     return out
 
 
-def is_monai_swin_unetr(sd: Mapping[str, torch.Tensor]) -> bool:
-    """Marker: ``swinViT.layers1...`` next to the decoder's ``encoder1``/``out`` keys."""
-    return _encoder_prefix(sd) == "swinViT." and any(k.startswith(("encoder1.", "out.")) for k in sd)
-
-
-def convert_monai_swin_unetr(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
-    """A MONAI ``SwinUNETR`` state dict -> vtk ``swin_unetr`` keys (pure): the encoder is renamed, the
-    decoder (``encoder1..10``, ``decoder1..5``, ``out``) keeps MONAI's names."""
-    keep_norm = _has_final_norm(getattr(model, "swinViT", model))
-    out: StateDict = {}
-    for k, v in sd.items():
-        if k.startswith("swinViT."):
-            new = monai_swin_key(k[len("swinViT."):], keep_norm)
-            if new is not None:
-                out["swinViT." + new] = v
-        elif not k.endswith("relative_position_index"):
-            out[k] = v
-    return out
-
-
-register_converter(Converter("monai", "swin", detect=is_monai_swin, convert=convert_monai_swin))
-register_converter(Converter("monai", "swin_unetr", detect=is_monai_swin_unetr, convert=convert_monai_swin_unetr))
+CONVERTERS = (Converter("monai", "swin", detect=is_monai_swin, convert=convert_monai_swin),)

@@ -21,9 +21,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert._base import Converter, StateDict
 
-__all__ = ["convert_monai_vit", "is_monai_vit"]
+__all__ = ["CONVERTERS", "convert_monai_vit", "is_monai_vit"]
 
 _RENAMES = (
     (re.compile(r"^patch_embedding\.position_embeddings$"), "pos_embed"),
@@ -96,4 +96,4 @@ def _convert(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
     return convert_monai_vit(sd, model, prefix="vit." if any(k.startswith("vit.") for k in sd) else "")
 
 
-register_converter(Converter("monai", "vit", detect=is_monai_vit, convert=_convert))
+CONVERTERS = (Converter("monai", "vit", detect=is_monai_vit, convert=_convert),)

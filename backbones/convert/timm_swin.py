@@ -17,9 +17,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert._base import Converter, StateDict
 
-__all__ = ["convert_timm_swin", "is_timm_swin"]
+__all__ = ["CONVERTERS", "convert_timm_swin", "is_timm_swin"]
 
 _PREFIXES = ("module.", "model.", "backbone.")
 _MARKER = "layers.0.blocks.0.attn.qkv.weight"
@@ -64,4 +64,4 @@ def convert_timm_swin(sd: Mapping[str, torch.Tensor], model: nn.Module) -> State
     return out
 
 
-register_converter(Converter("timm", "swin", detect=is_timm_swin, convert=convert_timm_swin))
+CONVERTERS = (Converter("timm", "swin", detect=is_timm_swin, convert=convert_timm_swin),)

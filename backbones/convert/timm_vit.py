@@ -2,8 +2,8 @@
 
 vtk's 2D ViT and hybrid use timm's key names (Wightman, pytorch-image-models), so the mapping is the identity
 apart from keys of timm options vtk does not build (an Identity ``norm_pre``, the removed ``pre_logits``
-representation layer). Video models that initialise from image ViT weights (TimeSformer, ViViT, STAM, VTN) call
-:func:`convert_timm_vit` and then inflate/add their temporal parts.
+representation layer). Models that initialise from image ViT weights (e.g. video transformers) list
+``VIT_CONVERTERS`` after their own converters and inflate/add their other parts in ``adapt_state_dict``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert._base import Converter, StateDict
 
-__all__ = ["convert_timm_vit", "is_timm_vit"]
+__all__ = ["CONVERTERS", "convert_timm_vit", "is_timm_vit"]
 
 _MODEL_PREFIXES = ("module.", "model.", "backbone.")
 
@@ -56,4 +56,4 @@ def _detect(sd: Mapping[str, torch.Tensor]) -> bool:
     return is_timm_vit(_strip_common_prefix(sd))
 
 
-register_converter(Converter("timm", "vit", detect=_detect, convert=convert_timm_vit))
+CONVERTERS = (Converter("timm", "vit", detect=_detect, convert=convert_timm_vit),)

@@ -231,7 +231,7 @@ class AxialEncoder(nn.Module):
 
 
 def _create(pretrained: Optional[Any], defaults: Dict[str, Any], overrides: Dict[str, Any]) -> AxialEncoder:
-    return build_model(AxialEncoder, pretrained, family="axial", **{**defaults, **overrides})
+    return build_model(AxialEncoder, pretrained, (), **{**defaults, **overrides})
 
 
 _TINY = dict(img_size=32, layers=(1, 1), width=0.125)

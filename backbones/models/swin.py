@@ -43,6 +43,7 @@ from torch import nn
 
 from backbones import register_model
 from backbones._builder import build_model, checkpoint_module, take_indices
+from backbones.convert import SWIN_CONVERTERS
 from backbones.layers import Block, Mlp, PatchEmbed, to_ntuple
 from backbones.layers.window_attention import CLIP_MODES, WindowAttention, resize_rel_pos_table, window_mask_for
 from backbones.models.vit import init_vit_weights
@@ -386,7 +387,7 @@ _SWIN3D = dict(spatial_dims=3, in_chans=1, img_size=96, patch_size=2, window_siz
 
 
 def _create_swin(pretrained: Optional[Any], base: Dict[str, Any], overrides: Dict[str, Any]) -> SwinTransformer:
-    return build_model(SwinTransformer, pretrained, family="swin", **{**base, **overrides})
+    return build_model(SwinTransformer, pretrained, SWIN_CONVERTERS, **{**base, **overrides})
 
 
 @register_model(tiny=_TINY_2D, meta=dict(input_size=(3, 224, 224), spatial_dims=2, mean=(0.485, 0.456, 0.406),

@@ -31,6 +31,7 @@ from torch import nn
 
 from backbones import register_model
 from backbones._builder import build_model, checkpoint_module, take_indices
+from backbones.convert import VIT_CONVERTERS
 from backbones.layers import Attention, Block, Mlp, PatchEmbed, grid_shape, resample_pos_embed, sincos_nd, to_ntuple
 
 __all__ = ["VisionTransformer", "init_vit_weights"]
@@ -334,7 +335,7 @@ class VisionTransformer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- entry points
 def _create_vit(pretrained: Optional[Any], base: Dict[str, Any], overrides: Dict[str, Any]) -> VisionTransformer:
-    return build_model(VisionTransformer, pretrained, family="vit", **{**base, **overrides})
+    return build_model(VisionTransformer, pretrained, VIT_CONVERTERS, **{**base, **overrides})
 
 
 _TINY_2D = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)

@@ -23,6 +23,7 @@ from torch import nn
 
 from backbones import register_model
 from backbones._builder import build_model, take_indices
+from backbones.convert import VIT_CONVERTERS
 from backbones.layers import to_ntuple
 from backbones.layers.std_conv import GroupNormAct, MaxPool2dSame, StdConv2dSame
 from backbones.models.vit import VisionTransformer
@@ -252,7 +253,7 @@ class VisionTransformerHybrid(VisionTransformer):
 
 
 def _create_hybrid(pretrained: Optional[Any], base: Dict[str, Any], overrides: Dict[str, Any]) -> nn.Module:
-    return build_model(VisionTransformerHybrid, pretrained, family="vit", **{**base, **overrides})
+    return build_model(VisionTransformerHybrid, pretrained, VIT_CONVERTERS, **{**base, **overrides})
 
 
 @register_model(tiny=dict(layers=(1, 1, 1), img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=10),

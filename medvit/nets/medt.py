@@ -37,6 +37,7 @@ from torch import nn
 from backbones._builder import build_model
 from backbones.models.axial import AxialEncoder
 from medvit import register_model
+from medvit.convert import MEDT_CONVERTERS
 
 __all__ = ["MedT", "SkipAddDecoder", "medt"]
 
@@ -174,4 +175,4 @@ class MedT(nn.Module):
                 spatial_dims=2, protocol=dict(dataset='glas', roi=(128, 128), num_classes=2)))
 def medt(pretrained: Optional[Any] = None, **overrides: Any) -> MedT:
     """MedT at the paper config (128 px, ``s = 0.125``, layers ``[1, 2, 4, 1]``, 4 x 4 local patches)."""
-    return build_model(MedT, pretrained, family="medt", **overrides)
+    return build_model(MedT, pretrained, MEDT_CONVERTERS, **overrides)

@@ -7,7 +7,7 @@ arXiv:2106.13230; SSL weights: Tang et al., arXiv:2111.14791.
 The encoder is :class:`backbones.models.swin.SwinTransformer` in MONAI's layout (``downsample_last=True``), read
 through ``forward_intermediates``. The decoder is MONAI's blocks with MONAI ``SwinUNETR``'s key names
 (``encoder1..4``, ``encoder10``, ``decoder1..5``, ``out``), so MONAI checkpoints load through
-:mod:`backbones.convert.monai_swin` and reproduce MONAI's outputs (window clipping included). The SSL encoder
+:mod:`medvit.convert.monai_swin_unetr` and reproduce MONAI's outputs (window clipping included). The SSL encoder
 weights (``model_swinvit.pt``) load into ``swinViT`` with a load report; unlike callers of MONAI's ``load_from``,
 a file with no matching key is an error.
 
@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 
-import backbones.convert.monai_swin  # noqa: F401  (registers the MONAI Swin converters)
 from backbones._builder import LoadReport, load_pretrained, read_checkpoint
 from backbones.layers import to_ntuple
 from backbones.models.swin import SwinTransformer
 from engine.errors import UserError
 from medvit import register_model
+from medvit.convert import SWIN_UNETR_CONVERTERS, SWIN_UNETR_ENCODER_CONVERTERS
 
 __all__ = ["SwinUNETR", "swin_unetr"]
 
@@ -145,8 +145,8 @@ class SwinUNETR(nn.Module):
         whole = any(k.startswith(_DECODER_KEYS) or k.startswith(tuple("module." + p for p in _DECODER_KEYS))
                     for k in sd)
         if whole:
-            return load_pretrained(self, src, family="swin_unetr")
-        report = load_pretrained(self.swinViT, src, family="swin")
+            return load_pretrained(self, src, SWIN_UNETR_CONVERTERS)
+        report = load_pretrained(self.swinViT, src, SWIN_UNETR_ENCODER_CONVERTERS)
         report.kept_init.append("decoder (encoder1..10, decoder1..5, out)")
         _logger.info("swin_unetr: %s", report)
         return report

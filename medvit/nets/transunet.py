@@ -34,7 +34,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +42,9 @@ from torch import nn
 
 import backbones
 from backbones._builder import build_model
-from backbones.convert import Converter, StateDict, converters_for, register_converter
 from backbones.layers import to_ntuple
 from medvit import register_model
+from medvit.convert import TRANSUNET_CONVERTERS
 
 __all__ = ["TransUNet", "DecoderCup", "transunet"]
 
@@ -199,28 +199,10 @@ class TransUNet(nn.Module):
         return self.forward_head(x)
 
 
-# --------------------------------------------------------------------------- encoder-only checkpoints (npz, timm)
-def _is_full(sd: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("decoder.", "segmentation_head.", "encoder.")) for k in sd)
-
-
-def _encoder_only(conv: Converter) -> Converter:
-    """Wrap a ViT-family converter so it fills ``encoder.*`` of a TransUNet (pure, like the wrapped one)."""
-    def convert(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
-        return {f"encoder.{k}": v for k, v in conv.convert(sd, model.encoder).items()}
-
-    return Converter(f"{conv.name} (encoder only)", "transunet",
-                     detect=lambda sd: not _is_full(sd) and conv.detect(sd), convert=convert)
-
-
-for _conv in converters_for("vit"):  # Google npz, timm, ... as registered by backbones.convert
-    register_converter(_encoder_only(_conv))
-
-
 @register_model(tiny=dict(img_size=32, layers=(1, 1, 1), embed_dim=32, depth=2, num_heads=2,
                           decoder_channels=(16, 8, 8, 4), head_channels=16), meta=dict(input_size=(1, 224, 224), spatial_dims=2, protocol=dict(dataset='synapse', roi=(224, 224), a_min=-125.0, a_max=275.0, num_classes=9)))
 def transunet(pretrained: Optional[Any] = None, **overrides: Any) -> TransUNet:
     """TransUNet at the paper config: R50+ViT-B/16, 224 px, CUP (256, 128, 64, 16) with 3 skips, 9 classes
     (about 105M parameters). ``pretrained``: ``R50+ViT-B_16.npz``, a timm ``vit_base_r50_s16_224`` state dict
     (encoder only) or a vtk TransUNet checkpoint."""
-    return build_model(TransUNet, pretrained, family="transunet", **overrides)
+    return build_model(TransUNet, pretrained, TRANSUNET_CONVERTERS, **overrides)

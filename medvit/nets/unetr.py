@@ -3,7 +3,7 @@
 Hatamizadeh et al., "UNETR: Transformers for 3D Medical Image Segmentation", arXiv:2103.10504. The decoder blocks
 are MONAI's (``UnetrBasicBlock``, ``UnetrPrUpBlock``, ``UnetrUpBlock``, ``UnetOutBlock``) with MONAI ``UNETR``'s
 key names (``encoder1..n``, ``decoder2..n+1``, ``out``), so MONAI and research-contributions checkpoints load
-through :mod:`backbones.convert.monai_unetr`. The encoder is :class:`backbones.models.vit.VisionTransformer` in 3D.
+through :mod:`medvit.convert.monai_unetr`. The encoder is :class:`backbones.models.vit.VisionTransformer` in 3D.
 
 Unlike MONAI's ``UNETR`` (12 blocks, 16^3 patches and taps ``[3, 6, 9]`` hard-coded), the taps and the number of
 stages are derived: a patch of ``2^n`` voxels gives ``n`` decoder stages and ``n - 1`` skip encoders fed by blocks
@@ -34,11 +34,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-import backbones.convert.monai_unetr  # noqa: F401  (registers the MONAI UNETR converter)
 from backbones._builder import build_model
 from backbones.layers import to_ntuple
 from backbones.models.vit import VisionTransformer
 from medvit import register_model
+from medvit.convert import UNETR_CONVERTERS
 
 __all__ = ["UNETR", "unetr", "unetr_taps"]
 
@@ -194,4 +194,4 @@ def unetr(pretrained: Optional[Any] = None, **overrides: Any) -> UNETR:
     """UNETR at the paper config: 96^3 ROI, 16^3 patches, ViT-B, feature size 16, instance norm, 14 BTCV classes
     (92.6M parameters). Loads MONAI ``UNETR`` / research-contributions checkpoints (``proj_type`` conv or
     perceptron, with or without the old ``cls_token``) and vtk checkpoints."""
-    return build_model(UNETR, pretrained, family="unetr", **overrides)
+    return build_model(UNETR, pretrained, UNETR_CONVERTERS, **overrides)

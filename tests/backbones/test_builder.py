@@ -10,7 +10,7 @@ import torch
 
 from backbones import create_model
 from backbones._builder import adapt_input_conv, load_pretrained, read_checkpoint, take_indices
-from backbones.convert import Converter, find_converter, register_converter
+from backbones.convert import VIT_CONVERTERS, Converter, find_converter
 from engine.errors import UserError
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=4)
@@ -62,7 +62,7 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path: Path) -> None:
 def test_module_prefix_in_chans_and_head_report() -> None:
     sd = {f"module.{k}": v for k, v in _src().items()}
     model = create_model("vit_tiny_patch16_224", **dict(TINY, in_chans=1, num_classes=7, img_size=48))
-    report = load_pretrained(model, sd, "vit")
+    report = load_pretrained(model, sd, VIT_CONVERTERS)
     assert report.converter == "timm"
     torch.testing.assert_close(model.patch_embed.proj.weight, sd["module.patch_embed.proj.weight"].sum(1, True))
     assert any("in_chans 3 -> 1" in a for a in report.adapted)
@@ -82,15 +82,15 @@ def test_shape_mismatch_and_unknown_format_are_user_errors() -> None:
     sd = _src()
     model = create_model("vit_tiny_patch16_224", **dict(TINY, embed_dim=64))
     with pytest.raises(UserError, match="blocks.0.norm1.weight has shape|cls_token has shape"):
-        load_pretrained(model, sd, "vit")
+        load_pretrained(model, sd, VIT_CONVERTERS)
     with pytest.raises(UserError, match="unrecognised checkpoint for a vit model"):
-        load_pretrained(model, {"foo.weight": torch.zeros(1)}, "vit")
+        load_pretrained(model, {"foo.weight": torch.zeros(1)}, VIT_CONVERTERS)
     missing = {k: v for k, v in sd.items() if not k.startswith("blocks.1.")}
     with pytest.raises(UserError, match="missing from the checkpoint"):
-        load_pretrained(create_model("vit_tiny_patch16_224", **TINY), missing, "vit")
+        load_pretrained(create_model("vit_tiny_patch16_224", **TINY), missing, VIT_CONVERTERS)
     odd = dict(sd, pos_embed=torch.zeros(1, 15, 32))  # 14 grid rows: no square grid to resample from
     with pytest.raises(UserError, match="cannot adapt the weights to this model"):
-        load_pretrained(create_model("vit_tiny_patch16_224", **dict(TINY, img_size=48)), odd, "vit")
+        load_pretrained(create_model("vit_tiny_patch16_224", **dict(TINY, img_size=48)), odd, VIT_CONVERTERS)
     with pytest.raises(UserError, match="does not download"):
         create_model("vit_tiny_patch16_224", pretrained=True)
 
@@ -102,12 +102,12 @@ def test_converter_registry_order_and_pure_convert() -> None:
         seen["n"] = len(sd)
         return {k[len("enc."):]: v for k, v in sd.items()}
 
-    register_converter(Converter("test-enc", "test-family", lambda sd: "enc.cls_token" in sd, convert))
+    enc = Converter("test-enc", "test-family", lambda sd: "enc.cls_token" in sd, convert)
     sd = {f"enc.{k}": v for k, v in _src().items()}
-    assert find_converter(sd, "test-family").name == "test-enc"
-    assert find_converter(sd, "vit") is None
+    assert find_converter(sd, (enc,)).name == "test-enc"
+    assert find_converter(sd, VIT_CONVERTERS) is None
     model = create_model("vit_tiny_patch16_224", **TINY)
-    report = load_pretrained(model, sd, ("test-family", "vit"))
+    report = load_pretrained(model, sd, (enc, *VIT_CONVERTERS))
     assert report.converter == "test-enc" and seen["n"] == len(sd)
     assert "enc.cls_token" in sd  # the caller's dict is untouched
 

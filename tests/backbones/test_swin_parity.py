@@ -17,7 +17,7 @@ import torch
 
 from backbones import create_model
 from backbones._builder import load_pretrained
-from backbones.convert import find_converter
+from backbones.convert import SWIN_CONVERTERS, find_converter
 from engine.errors import UserError
 
 __all__: list = []
@@ -118,7 +118,7 @@ def test_original_microsoft_layout_converts():
         k = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}" if m else k
         sd[k.replace("head.fc.", "head.")] = v
     sd["layers.0.blocks.1.attn_mask"] = torch.zeros(16, 16, 16)  # stored by old checkpoints
-    assert find_converter(sd, "swin").name == "timm"
+    assert find_converter(sd, SWIN_CONVERTERS).name == "timm"
     ours = create_model("swin_tiny_patch4_window7_224", pretrained={"model": sd}, num_classes=7, **cfg).eval()
     x = _input2d(cfg)
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_timm_in_chans_1_and_window_resize(tmp_path):
     with torch.no_grad():  # summed RGB filters on a grey image == the RGB model on the replicated image
         torch.testing.assert_close(gray(x), ref(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
     big = create_model("swin_tiny_patch4_window7_224", num_classes=7, **{**cfg, "window_size": 8})
-    report = load_pretrained(big, str(path), "swin")
+    report = load_pretrained(big, str(path), SWIN_CONVERTERS)
     assert any("relative_position_bias_table: (49, 2) -> (225, 2)" in a for a in report.adapted)
     assert report.converter == "timm"
 
@@ -174,10 +174,10 @@ def test_monai_weights_need_the_monai_layout_and_encoder_keys():
     timm_layout = create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, embed_dim=12,
                                depths=(2, 2, 2, 2), in_chans=1, num_classes=0)
     with pytest.raises(UserError, match="downsample_last"):
-        load_pretrained(timm_layout, sd, "swin")
+        load_pretrained(timm_layout, sd, SWIN_CONVERTERS)
     enc = create_model("swin3d_tiny_patch2_window7_96", embed_dim=12, depths=(2, 2, 2, 2))
     with pytest.raises(UserError, match="unrecognised checkpoint"):
-        load_pretrained(enc, {"encoder.weight": torch.zeros(1)}, "swin")
+        load_pretrained(enc, {"encoder.weight": torch.zeros(1)}, SWIN_CONVERTERS)
     missing = {k: v for k, v in sd.items() if "layers3.0.blocks.1.attn.proj" not in k}
     with pytest.raises(UserError, match="missing"):
-        load_pretrained(enc, missing, "swin")
+        load_pretrained(enc, missing, SWIN_CONVERTERS)

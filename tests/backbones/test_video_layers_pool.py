@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from backbones.convert.pytorchvideo_mvit import fuse_qkv
 from backbones.layers.pooling_attention import MultiScaleAttention, MultiScaleBlock, attention_pool
+from videovit.convert.pytorchvideo_mvit import fuse_qkv
 
 pv_attn = pytest.importorskip("pytorchvideo.layers.attention")
 

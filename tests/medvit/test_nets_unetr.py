@@ -11,8 +11,9 @@ from torch import nn
 
 import medvit
 from backbones._builder import load_pretrained
-from backbones.convert.monai_unetr import convert_monai_unetr, is_monai_unetr
 from engine.errors import UserError
+from medvit.convert import UNETR_CONVERTERS
+from medvit.convert.monai_unetr import convert_monai_unetr, is_monai_unetr
 from medvit.nets.unetr import UNETR, unetr_taps
 from vtk_testing import perturb_
 
@@ -111,7 +112,7 @@ def test_research_contributions_checkpoint(tmp_path: Path, monai_perceptron: nn.
     x, ref = x_ref
     path = _rc_file(tmp_path, monai_perceptron)
     ours = UNETR(**CFG)
-    report = load_pretrained(ours, path, family="unetr")
+    report = load_pretrained(ours, path, UNETR_CONVERTERS)
     dropped = " ".join(report.dropped)
     assert "vit.cls_token" in dropped and "encoder2.blocks.0.1.conv3.conv.weight" in dropped
     assert report.converter == "monai" and not report.kept_init

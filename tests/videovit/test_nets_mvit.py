@@ -7,8 +7,9 @@ import torch
 
 import videovit
 from backbones._builder import load_pretrained
-from backbones.convert.pytorchvideo_mvit import convert_pytorchvideo_mvit, fuse_qkv
 from engine.errors import UserError
+from videovit.convert import MVIT_CONVERTERS
+from videovit.convert.pytorchvideo_mvit import convert_pytorchvideo_mvit, fuse_qkv
 from videovit.nets.mvit import MViT, MViTStage
 
 pv_vit = pytest.importorskip("pytorchvideo.models.vision_transformers")
@@ -73,7 +74,7 @@ def test_pytorchvideo_parity_without_cls_or_sep_pos(cls, sep, clip):
     torch.manual_seed(0)
     ref = _randomise(pv_vit.create_multiscale_vision_transformers(**PV_TINY, cls_embed_on=cls, sep_pos_embed=sep))
     ours = MViT(**OURS_TINY, class_token=cls, sep_pos_embed=sep).eval()
-    load_pretrained(ours, ref.state_dict(), family="mvit")
+    load_pretrained(ours, ref.state_dict(), MVIT_CONVERTERS)
     with torch.no_grad():
         torch.testing.assert_close(ours(clip), ref(clip), atol=1e-4, rtol=1e-4)
 
@@ -86,7 +87,7 @@ def test_every_weight_reaches_the_output(pv_tiny, clip):
     constant, which softmax ignores (in pytorchvideo as in ours).
     """
     ours = MViT(**OURS_TINY).eval()
-    load_pretrained(ours, pv_tiny.state_dict(), family="mvit")
+    load_pretrained(ours, pv_tiny.state_dict(), MVIT_CONVERTERS)
     tokens = ours.forward_features(clip[:1])
     g = torch.Generator().manual_seed(2)
     loss = (tokens * torch.randn(tokens.shape, generator=g)).sum() + ours.forward_head(tokens).sum()
@@ -114,7 +115,7 @@ def test_pyslowfast_layout(pv_tiny, clip):
     native = convert_pytorchvideo_mvit(pv_tiny.state_dict(), ours)
     slowfast = {k.replace("head.", "head.projection."): v for k, v in native.items()}
     fresh = MViT(**OURS_TINY).eval()
-    report = load_pretrained(fresh, slowfast, family="mvit")
+    report = load_pretrained(fresh, slowfast, MVIT_CONVERTERS)
     assert report.converter == "pyslowfast_mvit"
     with torch.no_grad():
         torch.testing.assert_close(fresh(clip), pv_tiny(clip), atol=1e-4, rtol=1e-4)
@@ -164,7 +165,7 @@ def test_pos_embed_resampled_for_other_clip_size(pv_tiny):
 def test_bad_checkpoint_is_user_error():
     ours = MViT(**OURS_TINY)
     with pytest.raises(UserError):
-        load_pretrained(ours, {"foo.weight": torch.zeros(3)}, family="mvit")
+        load_pretrained(ours, {"foo.weight": torch.zeros(3)}, MVIT_CONVERTERS)
     with pytest.raises(ValueError, match="q/k/v"):
         fuse_qkv({"blocks.0.attn.q.weight": torch.zeros(2, 2)})
 

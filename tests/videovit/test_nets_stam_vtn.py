@@ -9,8 +9,10 @@ import torch.nn.functional as F
 import videovit
 from backbones._builder import load_pretrained
 from backbones.layers.local_global_attention import LocalGlobalAttention, local_global_mask
+from videovit.convert import VTN_CONVERTERS
+from videovit.convert.vtn_official import convert_vtn_official
 from videovit.nets.stam import STAM
-from videovit.nets.vtn import VTN, convert_vtn_official
+from videovit.nets.vtn import VTN
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -171,7 +173,7 @@ def vtn_pair():
     sd.update({k: torch.randn(v.shape, generator=_gen(6)) for k, v in vtn.state_dict().items()
                if k.startswith("mlp_head")})
     sd["cls_token"] = torch.randn(1, 1, 32, generator=_gen(7))
-    load_pretrained(vtn, sd, family=("vtn", "vit"))
+    load_pretrained(vtn, sd, VTN_CONVERTERS)
     return vtn, hf, sd
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import videovit
-from backbones.convert.hf_timesformer import convert_hf_timesformer
+from videovit.convert.hf_timesformer import convert_hf_timesformer
 from engine.errors import UserError
 
 NAME = "timesformer_base_patch16_224"
@@ -61,7 +61,7 @@ def test_hf_parity_detects_a_misplaced_weight() -> None:
 
 
 # Official names, read from facebookresearch/TimeSformer timesformer/models/vit.py (VisionTransformer / Block),
-# written independently of backbones.convert.hf_timesformer.
+# written independently of videovit.convert.hf_timesformer.
 _OFFICIAL_LAYER = {
     "layernorm_before": "norm1", "attention.attention.qkv": "attn.qkv", "attention.output.dense": "attn.proj",
     "temporal_layernorm": "temporal_norm1", "temporal_attention.attention.qkv": "temporal_attn.qkv",

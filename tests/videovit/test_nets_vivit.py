@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import videovit
-from backbones.convert.hf_vivit import convert_hf_vivit
+from videovit.convert.hf_vivit import convert_hf_vivit
 
 TINY = dict(img_size=32, patch_size=8, tubelet_size=2, num_frames=4, embed_dim=32, depth=2, num_heads=2,
             num_classes=5, mlp_ratio=2.0)

@@ -14,7 +14,7 @@ Dataflow::
 
 Key names follow PySlowFast (``patch_embed.proj``, ``cls_token``, ``pos_embed_{spatial,temporal,class}``,
 ``blocks.i.attn.qkv``, ``norm``); pytorchvideo and PySlowFast checkpoints load through
-``backbones/convert/pytorchvideo_mvit.py``.
+``videovit/convert/pytorchvideo_mvit.py``.
 
 Example::
 
@@ -33,11 +33,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-import backbones.convert.pytorchvideo_mvit  # noqa: F401  (registers the pytorchvideo/PySlowFast converters)
 from backbones._builder import build_model, checkpoint_module, take_indices
 from backbones.layers import PatchEmbed, resample_pos_embed, resample_time_embed, to_ntuple
 from backbones.layers.pooling_attention import MultiScaleBlock
 from videovit import register_model
+from videovit.convert import MVIT_CONVERTERS
 
 __all__ = ["MViT", "MViTStage", "MVIT_B_STAGES", "mvit_base_16x4", "mvit_base_32x3"]
 
@@ -313,7 +313,7 @@ def _stages_with_depths(depths: Optional[Sequence[int]], stages: Sequence[MViTSt
 
 def _create_mvit(pretrained: Optional[Any], depths: Optional[Sequence[int]] = None, **kwargs: Any) -> MViT:
     kwargs["stages"] = _stages_with_depths(depths, kwargs.get("stages", MVIT_B_STAGES))
-    return build_model(MViT, pretrained, family="mvit", **kwargs)
+    return build_model(MViT, pretrained, MVIT_CONVERTERS, **kwargs)
 
 
 _TINY = dict(img_size=32, num_frames=4, embed_dim=16, num_heads=1, depths=(1, 1, 1, 1), num_classes=10)

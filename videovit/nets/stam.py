@@ -36,6 +36,7 @@ from backbones._builder import build_model
 from backbones.layers import resample_time_embed
 from backbones.models.vit import VisionTransformer
 from videovit import register_model
+from videovit.convert import STAM_CONVERTERS
 
 __all__ = ["FrameViT", "STAM", "TemporalAggregate", "stam_16", "stam_64"]
 
@@ -209,11 +210,11 @@ _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_
                 aliases=('stam',))
 def stam_16(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
     """STAM-16 (K400 79.3 top-1, ~119M params): ViT-B/16 per frame + 6-layer temporal transformer, 16 frames."""
-    return build_model(STAM, pretrained, family="vit", **{**_VIT_B, "num_frames": 16, **overrides})
+    return build_model(STAM, pretrained, STAM_CONVERTERS, **{**_VIT_B, "num_frames": 16, **overrides})
 
 
 @register_model(tiny=_TINY, meta=dict(input_size=(3, 64, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                 num_frames=64, protocol=dict(stride=0, crop_size=224, short_side=256, views='1x1')))
 def stam_64(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
     """STAM-64 (K400 80.5 top-1): as STAM-16 with 64 frames per video."""
-    return build_model(STAM, pretrained, family="vit", **{**_VIT_B, "num_frames": 64, **overrides})
+    return build_model(STAM, pretrained, STAM_CONVERTERS, **{**_VIT_B, "num_frames": 64, **overrides})

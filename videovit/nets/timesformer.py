@@ -17,7 +17,7 @@ Dataflow::
 Tokens are ordered ``(t, h, w)``. Key names are the official repo's (timm's ViT names plus ``time_embed``,
 ``blocks.i.temporal_norm1``, ``blocks.i.temporal_attn.{qkv,proj}``, ``blocks.i.temporal_fc``), so official
 checkpoints, HF ``TimesformerForVideoClassification`` state dicts and timm ImageNet ViTs load through
-``backbones/convert`` (``timesformer_official.py``, ``hf_timesformer.py``, the timm ViT converter) plus
+``videovit/convert`` (``timesformer_official.py``, ``hf_timesformer.py``) or the timm ViT converter, plus
 :meth:`TimeSformer.adapt_state_dict` (temporal attention copied from the spatial one, ``temporal_fc`` zero, as the
 official ``helpers.load_pretrained``).
 
@@ -38,12 +38,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-import backbones.convert.hf_timesformer  # noqa: F401  (registers the HF converter)
-import backbones.convert.timesformer_official  # noqa: F401  (registers the official / vtk converters)
 from backbones._builder import load_pretrained
 from backbones.layers import PatchEmbed, grid_shape, resample_pos_embed, resample_time_embed, to_ntuple
 from backbones.layers.divided_st_attention import DividedSpaceTimeBlock, SpaceTimeBlock
 from videovit import register_model
+from videovit.convert import TIMESFORMER_CONVERTERS
 from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
 
 __all__ = ["TimeSformer", "ATTENTION_TYPES", "check_choice", "tokens_to_map",
@@ -248,7 +247,7 @@ class TimeSformer(VideoTokenMixin, nn.Module):
 def _create_timesformer(pretrained: Optional[Any], **kwargs: Any) -> TimeSformer:
     model = TimeSformer(**kwargs)
     if pretrained is not None:
-        load_pretrained(model, pretrained, family=("timesformer", "vit"))
+        load_pretrained(model, pretrained, TIMESFORMER_CONVERTERS)
     return model
 
 

@@ -42,13 +42,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-import backbones.convert.hf_vivit  # noqa: F401  (registers the HF / vtk ViViT converters)
 from backbones._builder import checkpoint_module, load_pretrained, take_indices
 from backbones.layers import (TubeletEmbed, grid_shape, inflate_conv2d_weight, resample_pos_embed,
                               resample_time_embed, to_ntuple)
 from backbones.layers.divided_st_attention import SpaceTimeBlock
 from backbones.layers.factorized_attention import FactorisedDotProductBlock, FactorisedSelfAttentionBlock
 from videovit import register_model
+from videovit.convert import VIVIT_CONVERTERS
 from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
 
 __all__ = ["ViViT", "ViViTFactorisedEncoder", "VIVIT_ATTENTION", "vivit_base_16x2_224", "vivit_base_fe_16x2_224",
@@ -379,7 +379,7 @@ class ViViTFactorisedEncoder(nn.Module):
 def _create(cls: Type[nn.Module], pretrained: Optional[Any], **kwargs: Any) -> nn.Module:
     model = cls(**kwargs)
     if pretrained is not None:
-        load_pretrained(model, pretrained, family=("vivit", "vit"))
+        load_pretrained(model, pretrained, VIVIT_CONVERTERS)
     return model
 
 

@@ -36,17 +36,17 @@ Example::
 
 from __future__ import annotations
 
-import re
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from backbones._builder import build_model
-from backbones.convert import Converter, StateDict, register_converter
 from backbones.layers.local_global_attention import LocalGlobalEncoder
 from videovit import register_model
+from videovit.convert import VTN_CONVERTERS
+from videovit.convert.vtn_official import convert_vtn_official  # re-exported (__all__)
 from videovit.nets.stam import FrameViT
 
 __all__ = ["VTN", "TemporalEmbedding", "convert_vtn_official", "vtn_vit_base"]
@@ -186,71 +186,6 @@ class VTN(FrameViT):
         return self.forward_head(x)
 
 
-# --------------------------------------------------------------------------------------- official checkpoints
-_HF_LAYER = [  # HF LongformerLayer submodule -> ours (query/key/value are fused separately)
-    (r"attention\.output\.dense\.", "attn.proj."),
-    (r"attention\.output\.LayerNorm\.", "norm1."),
-    (r"intermediate\.dense\.", "mlp.fc1."),
-    (r"output\.dense\.", "mlp.fc2."),
-    (r"output\.LayerNorm\.", "norm2."),
-]
-_LAYER = re.compile(r"^temporal_encoder\.encoder\.layer\.(\d+)\.(.*)$")
-
-
-def _fuse(parts: Dict[str, Dict[str, torch.Tensor]]) -> StateDict:
-    out = {}
-    for key, qkv in parts.items():
-        if set(qkv) != {"query", "key", "value"}:
-            raise ValueError(f"{key}: found only {sorted(qkv)} of query/key/value")
-        out[key] = torch.cat([qkv["query"], qkv["key"], qkv["value"]], dim=0)
-    return out
-
-
-def _map_layer(i: str, rest: str, parts: Dict[str, Dict[str, torch.Tensor]], v: torch.Tensor) -> Optional[str]:
-    m = re.match(r"attention\.self\.(query|key|value)(_global)?\.(weight|bias)$", rest)
-    if m is not None:
-        name = "qkv_global" if m.group(2) else "qkv"
-        parts.setdefault(f"temporal_encoder.blocks.{i}.attn.{name}.{m.group(3)}", {})[m.group(1)] = v
-        return None
-    for pat, new in _HF_LAYER:
-        if re.match(pat, rest):
-            return f"temporal_encoder.blocks.{i}.{new}{re.sub(pat, '', rest, count=1)}"
-    raise ValueError(f"unexpected Longformer key temporal_encoder.encoder.layer.{i}.{rest}")
-
-
-def convert_vtn_official(sd: StateDict, model: nn.Module) -> StateDict:
-    """Official VTN (bomri/SlowFast: ``backbone.*`` timm ViT, ``cls_token``, HF ``temporal_encoder``,
-    ``mlp_head``) -> our VTN. Pure: ``model`` is unused."""
-    out, parts = {}, {}
-    emb = {"temporal_encoder.embeddings.position_embeddings.": "temporal_embed.position_embeddings.",
-           "temporal_encoder.embeddings.token_type_embeddings.": "temporal_embed.token_type_embeddings.",
-           "temporal_encoder.embeddings.LayerNorm.": "temporal_embed.norm."}
-    for k, v in sd.items():
-        m = _LAYER.match(k)
-        if k.startswith("backbone."):
-            out[k[len("backbone."):]] = v
-        elif k == "cls_token":
-            out["temporal_cls_token"] = v
-        elif m is not None:
-            new = _map_layer(m.group(1), m.group(2), parts, v)
-            if new is not None:
-                out[new] = v
-        elif any(k.startswith(p) for p in emb):
-            p = next(p for p in emb if k.startswith(p))
-            out[emb[p] + k[len(p):]] = v
-        elif k.startswith("mlp_head."):
-            out[k] = v
-        # other keys (position_ids buffers, the unused word embeddings) are dropped
-    out.update(_fuse(parts))
-    return out
-
-
-def _is_vtn_official(sd: StateDict) -> bool:
-    return any(k.startswith("temporal_encoder.encoder.layer.") for k in sd) and "cls_token" in sd
-
-
-register_converter(Converter("vtn_official", "vtn", _is_vtn_official, convert_vtn_official))
-
 _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_frames=4, temporal_depth=1,
              temporal_heads=2, temporal_mlp_dim=64, attention_window=4, max_positions=40, num_classes=10)
 
@@ -261,4 +196,4 @@ _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_
 def vtn_vit_base(pretrained: Optional[Any] = None, **overrides: Any) -> VTN:
     """ViT-B-VTN (114.0M params, K400 78.6 top-1 on full videos): ViT-B/16 per frame + 3-layer Longformer."""
     base = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_frames=16)
-    return build_model(VTN, pretrained, family=("vtn", "vit"), **{**base, **overrides})
+    return build_model(VTN, pretrained, VTN_CONVERTERS, **{**base, **overrides})

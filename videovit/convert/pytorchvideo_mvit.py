@@ -23,9 +23,9 @@ from typing import Dict
 import torch
 from torch import nn
 
-from backbones.convert import Converter, register_converter
+from backbones.convert import Converter
 
-__all__ = ["convert_pytorchvideo_mvit", "convert_pyslowfast_mvit", "fuse_qkv", "is_pytorchvideo_mvit",
+__all__ = ["CONVERTERS", "convert_pytorchvideo_mvit", "convert_pyslowfast_mvit", "fuse_qkv", "is_pytorchvideo_mvit",
            "is_pyslowfast_mvit"]
 
 StateDict = Dict[str, torch.Tensor]
@@ -78,5 +78,5 @@ def convert_pyslowfast_mvit(sd: StateDict, model: nn.Module) -> StateDict:
     return fuse_qkv(out)
 
 
-register_converter(Converter("pytorchvideo_mvit", "mvit", is_pytorchvideo_mvit, convert_pytorchvideo_mvit))
-register_converter(Converter("pyslowfast_mvit", "mvit", is_pyslowfast_mvit, convert_pyslowfast_mvit))
+CONVERTERS = (Converter("pytorchvideo_mvit", "mvit", is_pytorchvideo_mvit, convert_pytorchvideo_mvit),
+              Converter("pyslowfast_mvit", "mvit", is_pyslowfast_mvit, convert_pyslowfast_mvit))

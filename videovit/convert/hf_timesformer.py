@@ -14,9 +14,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert import Converter, StateDict
 
-__all__ = ["convert_hf_timesformer", "detect_hf_timesformer", "HF_TIMESFORMER_TOP", "HF_TIMESFORMER_LAYER"]
+__all__ = ["CONVERTERS", "convert_hf_timesformer", "detect_hf_timesformer", "HF_TIMESFORMER_TOP",
+           "HF_TIMESFORMER_LAYER"]
 
 HF_TIMESFORMER_TOP = {
     "embeddings.cls_token": "cls_token",
@@ -72,4 +73,4 @@ def convert_hf_timesformer(sd: Mapping[str, torch.Tensor], model: nn.Module) -> 
     return out
 
 
-register_converter(Converter("hf", "timesformer", detect=detect_hf_timesformer, convert=convert_hf_timesformer))
+CONVERTERS = (Converter("hf", "timesformer", detect=detect_hf_timesformer, convert=convert_hf_timesformer),)

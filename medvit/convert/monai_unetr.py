@@ -29,10 +29,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, has_any, register_converter
+from backbones.convert import Converter, StateDict, has_any
 from backbones.convert.monai_vit import convert_monai_vit
 
-__all__ = ["convert_monai_unetr", "is_monai_unetr"]
+__all__ = ["CONVERTERS", "convert_monai_unetr", "is_monai_unetr"]
 
 
 def is_monai_unetr(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -53,4 +53,4 @@ def convert_monai_unetr(sd: Mapping[str, torch.Tensor], model: nn.Module) -> Sta
     return out
 
 
-register_converter(Converter("monai", "unetr", detect=is_monai_unetr, convert=convert_monai_unetr))
+CONVERTERS = (Converter("monai", "unetr", detect=is_monai_unetr, convert=convert_monai_unetr),)

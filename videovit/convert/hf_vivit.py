@@ -18,9 +18,10 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter
+from backbones.convert import Converter, StateDict
 
-__all__ = ["convert_hf_vivit", "detect_hf_vivit", "detect_vtk_vivit", "HF_VIVIT_LAYER", "HF_VIVIT_TOP"]
+__all__ = ["CONVERTERS", "convert_hf_vivit", "detect_hf_vivit", "detect_vtk_vivit", "HF_VIVIT_LAYER",
+           "HF_VIVIT_TOP"]
 
 HF_VIVIT_TOP = {
     "embeddings.cls_token": "cls_token",
@@ -91,5 +92,5 @@ def convert_hf_vivit(sd: Mapping[str, torch.Tensor], model: nn.Module) -> StateD
     return out
 
 
-register_converter(Converter("hf", "vivit", detect=detect_hf_vivit, convert=convert_hf_vivit))
-register_converter(Converter("vtk", "vivit", detect=detect_vtk_vivit, convert=lambda sd, model: dict(sd)))
+CONVERTERS = (Converter("hf", "vivit", detect=detect_hf_vivit, convert=convert_hf_vivit),
+              Converter("vtk", "vivit", detect=detect_vtk_vivit, convert=lambda sd, model: dict(sd)))

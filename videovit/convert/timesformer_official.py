@@ -18,9 +18,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from backbones.convert import Converter, StateDict, register_converter, strip_prefix
+from backbones.convert import Converter, StateDict, strip_prefix
 
-__all__ = ["convert_official_timesformer", "detect_official_timesformer", "detect_vtk_timesformer"]
+__all__ = ["CONVERTERS", "convert_official_timesformer", "detect_official_timesformer", "detect_vtk_timesformer"]
 
 _MARKERS = ("cls_token", "pos_embed", "patch_embed.proj.weight")
 
@@ -41,6 +41,6 @@ def detect_vtk_timesformer(sd: Mapping[str, torch.Tensor]) -> bool:
     return "time_embed" in sd or "blocks.0.temporal_fc.weight" in sd
 
 
-register_converter(Converter("official", "timesformer", detect=detect_official_timesformer,
-                             convert=convert_official_timesformer))
-register_converter(Converter("vtk", "timesformer", detect=detect_vtk_timesformer, convert=lambda sd, model: dict(sd)))
+CONVERTERS = (Converter("official", "timesformer", detect=detect_official_timesformer,
+                         convert=convert_official_timesformer),
+              Converter("vtk", "timesformer", detect=detect_vtk_timesformer, convert=lambda sd, model: dict(sd)))
