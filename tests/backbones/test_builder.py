@@ -95,6 +95,7 @@ def test_shape_mismatch_and_unknown_format_are_user_errors() -> None:
         create_model("vit_tiny_patch16_224", pretrained=True)
 
 
+@pytest.mark.usefixtures("restore_converters")  # tests/conftest.py
 def test_converter_registry_order_and_pure_convert() -> None:
     seen = {}
 
