@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+import contextlib
+import sys
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 import torch
 from torch import nn
 
-__all__ = ["perturb_", "one_thread"]
+__all__ = ["perturb_", "randomize_", "one_thread", "registered",
+           "foreign_registry_entries"]
+
+# Packages whose modules may register models and converters; an entry defined anywhere else came from a test.
+PROJECT_PACKAGES = ("backbones", "medvit", "videovit", "engine", "cli")
 
 
-def perturb_(module: nn.Module, scale: float = 0.05, seed: int = 1) -> nn.Module:
-    """Add ``scale * N(0, 1)`` (seeded) to every parameter, in place, and return the module in eval mode.
+def perturb_(module: nn.Module, scale: float = 0.05, seed: Optional[int] = 1) -> nn.Module:
+    """Add ``scale * N(0, 1)`` to every parameter, in place, and return the module in eval mode.
 
     Moves every tensor off its init (norm affines are 1/0 there), so a parity test fails if a converter swaps or
     drops one.
+
+    Args:
+        seed: Seed of a private generator; ``None`` draws from (and advances) torch's global generator instead.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = None if seed is None else torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
     return module.eval()
+
+
+def randomize_(module: nn.Module, std: float) -> nn.Module:
+    """Replace every parameter by ``N(0, std)`` draws from torch's global generator, in place (mode unchanged).
+
+    For references that zero-init tables and biases (HF, timm at std 0.02): every tensor gets non-trivial values.
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, std)
+    return module
 
 
 @pytest.fixture
@@ -31,3 +51,42 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def registered(registry, *entry_points: Callable[..., nn.Module], **options) -> Iterator[None]:
+    """Register throw-away entry points in ``registry`` for the block; they are unregistered even when it fails.
+
+    Args:
+        registry: A :class:`backbones._registry.Registry` (``medvit.registry``, ...).
+        *entry_points: Functions registered under their ``__name__``.
+        **options: ``tiny``/``meta``/``aliases`` for every entry, as ``register_model`` takes them.
+    """
+    names: List[str] = []
+    try:
+        for fn in entry_points:
+            registry.register_model(fn, **options)
+            names.append(fn.__name__)
+        yield
+    finally:
+        for name in names:
+            registry.unregister(name)
+
+
+def _foreign(fn: object) -> bool:
+    module = getattr(fn, "__module__", None) or ""
+    return module.split(".")[0] not in PROJECT_PACKAGES
+
+
+def foreign_registry_entries() -> List[str]:
+    """Models registered from outside the project packages (i.e. by tests) that are still there.
+
+    Only registries already imported are inspected, so the check imports nothing.
+    """
+    found = []
+    for pkg in ("backbones", "medvit", "videovit"):
+        registry = getattr(sys.modules.get(pkg), "registry", None)
+        if registry is not None:
+            found += [f"{pkg} model {name!r} (from {registry.entrypoint(name).__module__})"
+                      for name in registry.list_models() if _foreign(registry.entrypoint(name))]
+    return found

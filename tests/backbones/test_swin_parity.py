@@ -7,10 +7,6 @@ so (with the parity itself) a single wrongly mapped or swapped weight would fail
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, ahead of a stale editable install
 
 import pytest
 import torch
@@ -19,6 +15,7 @@ from backbones import create_model
 from backbones._builder import load_pretrained
 from backbones.convert import SWIN_CONVERTERS, find_converter
 from engine.errors import UserError
+from vtk_testing import perturb_
 
 __all__: list = []
 
@@ -38,10 +35,7 @@ def _seed():
 
 def _randomize(model):
     """Spread the weights (timm's std-0.02 init makes attention nearly inert, hiding mapping errors)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturb_(model, 0.1, seed=None)
 
 
 def _kinds(keys):

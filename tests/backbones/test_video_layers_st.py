@@ -13,6 +13,7 @@ from backbones.layers import Attention
 from backbones.layers.divided_st_attention import DividedSpaceTimeBlock, SpaceTimeBlock, fold_time, unfold_time
 from backbones.layers.factorized_attention import (FactorisedDotProductAttention, FactorisedDotProductBlock,
                                                    FactorisedSelfAttentionBlock)
+from vtk_testing import randomize_
 
 THW = (3, 2, 2)  # T, H, W
 T, N = THW[0], THW[1] * THW[2]
@@ -28,9 +29,7 @@ def _masks() -> tuple:
 
 def _randomise(module: torch.nn.Module) -> None:
     torch.manual_seed(3)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.3)
+    randomize_(module, 0.3)
 
 
 def test_fold_unfold_roundtrip() -> None:

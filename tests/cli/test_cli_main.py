@@ -1,17 +1,12 @@
 """``vtk`` entry point: info, help, and the error-to-exit-code mapping of cli.main."""
 
-import sys
-from pathlib import Path
+import pytest
+import torch
+import typer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, ahead of a stale editable install
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import typer  # noqa: E402
-
-from cli.apps import app  # noqa: E402
-from cli.main import main  # noqa: E402
-from engine.errors import RunError, UserError  # noqa: E402
+from cli.apps import app
+from cli.main import main
+from engine.errors import RunError, UserError
 
 __all__: list = []
 

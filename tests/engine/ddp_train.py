@@ -1,17 +1,14 @@
 """torchrun entry for the DDP tests: ``ddp_train.py JSON`` trains the toy task once per ``[out, overrides, stop_at]``
-entry of the JSON list (several runs share one torchrun start-up); ``stop_at`` (or null) stops after that step."""
+entry of the JSON list (several runs share one torchrun start-up); ``stop_at`` (or null) stops after that step.
+The test puts the checkout and ``tests/`` (for ``engine_tasks``) on ``PYTHONPATH``."""
 
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
+import torch
 
-import torch  # noqa: E402
-
-from engine import fit  # noqa: E402
-from engine_tasks import ToyTask, base_config  # noqa: E402
+from engine import fit
+from engine_tasks import ToyTask, base_config
 
 __all__ = []
 

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
-
-from engine import fit, load_run  # noqa: E402
-from engine.metrics import read_metrics  # noqa: E402
-from engine_tasks import ToyTask, base_config, train_losses  # noqa: E402
+from engine import fit, load_run
+from engine.metrics import read_metrics
+from engine_tasks import ToyTask, base_config, train_losses
 
 __all__: list = []
 
@@ -25,7 +22,8 @@ OVERRIDES = {"model_args": {"dropout": 0.0}, "max_steps": 6, "val_every": 3, "ck
 
 
 def _torchrun(runs: list, nproc: int = 2) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])  # + engine_tasks
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(SCRIPT), json.dumps(runs)]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -151,7 +151,7 @@ def test_precision_auto_follows_the_hardware():
 
 @pytest.mark.parametrize("n_val", [1, 3])
 def test_torchrun_with_fewer_validation_samples_than_ranks_never_hangs(tmp_path, n_val):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "engine"),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"),
                                                         os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(Path(__file__).with_name("ddp_faults.py")), str(tmp_path / "run"), str(n_val)]

@@ -1,20 +1,15 @@
 """Precision, accumulation, clipping, schedules, config checks, sampler sharding and load_run."""
 
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
-
-from engine import TrainConfig, UserError, config_from_cli, fit, load_run, parse_key_values  # noqa: E402
-from engine.data import EpochBatchSampler  # noqa: E402
-from engine.metrics import read_metrics  # noqa: E402
-from engine.optim import build_optimizer, build_scheduler, lr_factor  # noqa: E402
-from engine_tasks import ToyTask, base_config, mlp, train_losses  # noqa: E402
+from engine import TrainConfig, UserError, config_from_cli, fit, load_run, parse_key_values
+from engine.data import EpochBatchSampler
+from engine.metrics import read_metrics
+from engine.optim import build_optimizer, build_scheduler, lr_factor
+from engine_tasks import ToyTask, base_config, mlp, train_losses
 
 __all__: list = []
 

@@ -2,18 +2,14 @@
 
 import os
 import signal
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # checkout
-
-from engine import RunError, TrainConfig, config_from_cli, fit, load_run  # noqa: E402
-from engine import checkpoint as ckpt  # noqa: E402
-from engine.metrics import read_metrics  # noqa: E402
-from engine_tasks import ToyTask, base_config, train_losses  # noqa: E402
+from engine import RunError, TrainConfig, config_from_cli, fit, load_run
+from engine import checkpoint as ckpt
+from engine.metrics import read_metrics
+from engine_tasks import ToyTask, base_config, train_losses
 
 __all__: list = []
 

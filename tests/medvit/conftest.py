@@ -1,16 +1,15 @@
-"""Shared fixtures: tiny stand-in models registered in medvit's registry, and a tiny synthetic BTCV folder."""
+"""Shared fixtures: tiny stand-in models in medvit's registry (for one test at a time), and a tiny synthetic BTCV
+folder."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, ahead of a stale editable install
+from typing import Iterator
 
 import pytest
 from torch import nn
 
-import medvit  # noqa: E402
+import medvit
+from vtk_testing import registered
 
 
 class TinySeg3d(nn.Module):
@@ -39,19 +38,20 @@ class TinySeg2d(nn.Module):
         return self.net(x)
 
 
-def _register() -> None:
-    if not medvit.registry.is_model("tiny_seg3d"):
-        def tiny_seg3d(pretrained=None, **kw):
-            return TinySeg3d(**kw)
-
-        def tiny_seg2d(pretrained=None, **kw):
-            return TinySeg2d(**kw)
-
-        medvit.register_model(tiny_seg3d, meta=dict(spatial_dims=3))
-        medvit.register_model(tiny_seg2d, meta=dict(spatial_dims=2))
+def tiny_seg3d(pretrained=None, **kw):
+    return TinySeg3d(**kw)
 
 
-_register()
+def tiny_seg2d(pretrained=None, **kw):
+    return TinySeg2d(**kw)
+
+
+@pytest.fixture
+def tiny_seg_models() -> Iterator[None]:
+    """``tiny_seg3d`` and ``tiny_seg2d`` in medvit's registry for one test; unregistered after it, even if it fails."""
+    with registered(medvit.registry, tiny_seg3d, meta=dict(spatial_dims=3)), \
+            registered(medvit.registry, tiny_seg2d, meta=dict(spatial_dims=2)):
+        yield
 
 
 @pytest.fixture(scope="session")

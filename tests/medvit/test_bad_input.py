@@ -9,6 +9,8 @@ import pytest
 
 from cli.main import main
 
+pytestmark = pytest.mark.usefixtures("tiny_seg_models")  # tests/medvit/conftest.py
+
 
 def _copy(src, dst):
     shutil.copytree(src, dst)

@@ -10,6 +10,8 @@ from PIL import Image
 
 from cli.main import main
 
+pytestmark = pytest.mark.usefixtures("tiny_seg_models")  # tests/medvit/conftest.py
+
 _TRAIN = ["--max-steps", "2", "--val-every", "2", "--device", "cpu", "--num-workers", "0", "--quiet"]
 
 

@@ -3,11 +3,6 @@ against MONAI's ``load_from``, shapes and argument checks."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, ahead of a stale editable install
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +10,7 @@ import torch.nn.functional as F
 import medvit
 from engine.errors import UserError
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
+from vtk_testing import perturb_
 
 __all__: list = []
 
@@ -27,10 +23,7 @@ def _seed():
 
 
 def _randomize(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturb_(model, 0.1, seed=None)
 
 
 def _pair(size, depths, norm_name="instance", use_v2=False, sd_edit=None):

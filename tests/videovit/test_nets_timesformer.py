@@ -8,6 +8,7 @@ import torch
 import videovit
 from videovit.convert.hf_timesformer import convert_hf_timesformer
 from engine.errors import UserError
+from vtk_testing import randomize_
 
 NAME = "timesformer_base_patch16_224"
 TINY = dict(img_size=32, patch_size=8, num_frames=4, embed_dim=32, depth=2, num_heads=2, num_classes=5, mlp_ratio=2.0)
@@ -20,10 +21,7 @@ def _hf(attention_type: str = "divided_space_time"):
                                          num_labels=5, attention_type=attention_type)
     torch.manual_seed(0)
     hf = transformers.TimesformerForVideoClassification(cfg).eval()
-    with torch.no_grad():  # non-trivial values everywhere (HF zero-inits some tables and biases)
-        for p in hf.parameters():
-            p.normal_(0, 0.2)
-    return hf
+    return randomize_(hf, 0.2)  # non-trivial values everywhere (HF zero-inits some tables and biases)
 
 
 def _clip() -> torch.Tensor:
@@ -114,10 +112,7 @@ def _timm_vit():
     torch.manual_seed(0)
     vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
                                                            num_heads=2, mlp_ratio=2.0, num_classes=7).eval()
-    with torch.no_grad():
-        for p in vit.parameters():
-            p.normal_(0, 0.2)
-    return vit
+    return randomize_(vit, 0.2)
 
 
 @pytest.mark.parametrize("attention_type", ["divided_space_time", "space_only"])

@@ -9,6 +9,7 @@ import torch
 
 import videovit
 from videovit.convert.hf_vivit import convert_hf_vivit
+from vtk_testing import randomize_
 
 TINY = dict(img_size=32, patch_size=8, tubelet_size=2, num_frames=4, embed_dim=32, depth=2, num_heads=2,
             num_classes=5, mlp_ratio=2.0)
@@ -21,10 +22,7 @@ def _hf():
                                    num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=5)
     torch.manual_seed(0)
     hf = transformers.VivitForVideoClassification(cfg).eval()
-    with torch.no_grad():  # HF zero-inits cls/pos tables: give every tensor non-trivial values
-        for p in hf.parameters():
-            p.normal_(0, 0.2)
-    return hf
+    return randomize_(hf, 0.2)  # HF zero-inits cls/pos tables: give every tensor non-trivial values
 
 
 def _clip(t: int = 4) -> torch.Tensor:
@@ -83,10 +81,7 @@ def _timm_vit(class_token: bool = True):
     kw = {} if class_token else dict(class_token=False, global_pool="avg", fc_norm=False)
     vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
                                                            num_heads=2, mlp_ratio=2.0, num_classes=7, **kw).eval()
-    with torch.no_grad():
-        for p in vit.parameters():
-            p.normal_(0, 0.2)
-    return vit
+    return randomize_(vit, 0.2)
 
 
 def _tanh_gelu_vit(vit):
