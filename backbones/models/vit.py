@@ -15,7 +15,7 @@ Example::
 
     >>> from backbones import create_model
     >>> vit = create_model("vit3d_base_patch16_96", in_chans=1)
-    >>> feats = vit.forward_intermediates(torch.randn(1, 1, 96, 96, 96), indices=[2, 5, 8, 11], output_fmt="NCDHW")
+    >>> final, feats = vit.forward_intermediates(torch.randn(1, 1, 96, 96, 96), indices=[2, 5, 8, 11])
     >>> [f.shape for f in feats][0]
     torch.Size([1, 768, 6, 6, 6])
 """

@@ -240,7 +240,9 @@ for _conv in converters_for("vit"):  # Google npz, timm, ... as registered by ba
 
 
 @register_model(tiny=dict(img_size=32, layers=(1, 1, 1), embed_dim=32, depth=2, num_heads=2,
-                          decoder_channels=(16, 8, 8, 4), head_channels=16), meta=dict(input_size=(1, 224, 224), spatial_dims=2, protocol=dict(dataset='synapse', roi=(224, 224), a_min=-125.0, a_max=275.0, num_classes=9)))
+                          decoder_channels=(16, 8, 8, 4), head_channels=16),
+                meta=dict(input_size=(1, 224, 224), spatial_dims=2,
+                          protocol=dict(dataset='synapse', roi=(224, 224), a_min=-125.0, a_max=275.0, num_classes=9)))
 def transunet(pretrained: Optional[Any] = None, **overrides: Any) -> TransUNet:
     """TransUNet at the paper config: R50+ViT-B/16, 224 px, CUP (256, 128, 64, 16) with 3 skips, 9 classes
     (about 105M parameters). ``pretrained``: ``R50+ViT-B_16.npz``, a timm ``vit_base_r50_s16_224`` state dict
