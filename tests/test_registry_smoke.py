@@ -81,7 +81,7 @@ def test_backbone_intermediates(pkg: str, reg, name: str) -> None:
     model, x = _build(reg, name)
     model.eval()
     with torch.no_grad():
-        feats = model.forward_intermediates(x, indices=1)
+        feats = model.forward_intermediates(x, indices=1, intermediates_only=True)
     assert isinstance(feats, list) and len(feats) >= 1, f"{name}: forward_intermediates must return a list"
     for f in feats:
         t = f[0] if isinstance(f, tuple) else f

@@ -20,7 +20,7 @@ Example::
 
     >>> from backbones import create_model
     >>> enc = create_model("gated_axial_tiny", img_size=64, num_classes=2)
-    >>> feats = enc.forward_intermediates(torch.randn(1, 3, 64, 64), indices=2)  # last two stage maps
+    >>> feats = enc.forward_intermediates(torch.randn(1, 3, 64, 64), indices=2, intermediates_only=True)  # last 2
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from backbones import register_model
 from backbones._builder import build_model, checkpoint_module, take_indices
 from backbones.layers.axial_attention import AxialAttention
 from backbones.layers.drop import DropPath
+from engine.choices import check_choice
 
 __all__ = ["AxialBlock", "AxialEncoder", "gated_axial_tiny", "axial_tiny", "axial_nopos_tiny"]
 
@@ -185,33 +186,32 @@ class AxialEncoder(nn.Module):
         return x
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
-                              output_fmt: Optional[str] = None, norm: bool = False, stop_early: bool = False,
-                              return_final: bool = False) -> Any:
-        """Stage outputs, each ``(B, C_i, H_i, W_i)`` (same signature as the ViT's).
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> Any:
+        """Stage outputs, each ``(B, C_i, H_i, W_i)``; timm's signature.
 
         Args:
             x: ``(B, C_in, H, W)``.
             indices: Stage indices; int ``n`` = last ``n`` stages, ``None`` = all.
-            output_fmt: ``"NCHW"`` (default) or ``"NHWC"``.
-            norm: Unused (the encoder has no final norm); kept for the common signature.
-            stop_early: Skip the stages after the last requested one.
-            return_final: Also return the last stage map, as ``(final, intermediates)``.
+            norm: No effect (the encoder has no final norm); kept for the common signature.
+            stop_early: Skip the stages after the last requested one (with ``intermediates_only`` only).
+            output_fmt: ``"NCHW"`` or ``"NHWC"``.
+            intermediates_only: Return only the list.
 
         Returns:
-            A list with one map per requested stage (or ``(final, list)``).
+            A list with one map per requested stage, or ``(final, list)`` with ``final`` the output of
+            :meth:`forward_features` (the last stage map).
         """
-        output_fmt = output_fmt or "NCHW"
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        check_choice("output_fmt", output_fmt, ("NCHW", "NHWC"), error=ValueError)
         take, last = take_indices(len(self.stages), indices)
-        stages = self.stages[:last + 1] if stop_early and not return_final else self.stages
+        stages = self.stages[:last + 1] if stop_early and intermediates_only else self.stages
         x = self.stem(x)  # (B, 64s, H/2, W/2)
         feats = []
         for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)  # (B, C_i, H_i, W_i)
             if i in take:
                 feats.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
-        return (x, feats) if return_final else feats
+        return feats if intermediates_only else (x, feats)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` -> last stage map ``(B, C, H/2^n, W/2^n)``."""

@@ -27,7 +27,7 @@ Example::
     >>> from backbones import create_model
     >>> m = create_model("swin_tiny_patch4_window7_224", num_classes=10)
     >>> enc = create_model("swin3d_tiny_patch2_window7_96", num_classes=0)
-    >>> feats = enc.forward_intermediates(torch.randn(1, 1, 64, 64, 64))   # 5 maps, strides 2..32
+    >>> feats = enc.forward_intermediates(torch.randn(1, 1, 64, 64, 64), intermediates_only=True)  # 5 maps
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from backbones.convert import SWIN_CONVERTERS
 from backbones.layers import Block, Mlp, PatchEmbed, to_ntuple
 from backbones.layers.window_attention import CLIP_MODES, WindowAttention, resize_rel_pos_table, window_mask_for
 from backbones.models.vit import init_vit_weights
+from engine.choices import check_choice
 
 __all__ = ["SwinTransformer", "SwinStage", "PatchMerging", "SwinHead", "MERGE_OFFSETS"]
 
@@ -77,8 +78,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, out_dim: Optional[int] = None, norm_layer: Type[nn.Module] = nn.LayerNorm,
                  spatial_dims: int = 2, offsets: Optional[Sequence[Sequence[int]]] = None) -> None:
         super().__init__()
-        if spatial_dims not in MERGE_OFFSETS:
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_choice("spatial_dims", spatial_dims, tuple(MERGE_OFFSETS), error=ValueError)
         self.offsets = tuple(tuple(o) for o in (offsets or MERGE_OFFSETS[spatial_dims]))
         n = 2 ** spatial_dims
         self.out_dim = out_dim or 2 * dim
@@ -138,8 +138,7 @@ class SwinStage(nn.Module):
                  merge_layer: Callable[..., nn.Module] = PatchMerging,
                  pre_layer: Optional[Callable[[int], nn.Module]] = None, clip_mode: str = "relative") -> None:
         super().__init__()
-        if downsample not in ("first", "last", None):
-            raise ValueError(f"downsample must be 'first', 'last' or None, got {downsample!r}")
+        check_choice("downsample", downsample, ("first", "last", None), error=ValueError)
         norm_layer = block_kwargs.get("norm_layer", nn.LayerNorm)
         self.downsample_first = downsample == "first"
         self.grad_checkpointing = False
@@ -247,8 +246,7 @@ class SwinTransformer(nn.Module):
     @staticmethod
     def _check_args(spatial_dims: int, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
                     clip_mode: str, drop_path_rate: float) -> None:
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_choice("spatial_dims", spatial_dims, (2, 3), error=ValueError)
         if len(depths) != len(num_heads) or not depths:
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage")
         if any(d < 1 for d in depths):
@@ -257,8 +255,7 @@ class SwinTransformer(nn.Module):
             if (embed_dim * 2 ** i) % h:
                 raise ValueError(f"stage {i} width {embed_dim * 2 ** i} (embed_dim {embed_dim} * 2**{i}) is not "
                                  f"divisible by num_heads {h}")
-        if clip_mode not in CLIP_MODES:
-            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+        check_choice("clip_mode", clip_mode, CLIP_MODES, error=ValueError)
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
 
@@ -339,9 +336,9 @@ class SwinTransformer(nn.Module):
         return self.forward_head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
-                              output_fmt: Optional[str] = None, norm: bool = False, stop_early: bool = False,
-                              return_final: bool = False) -> Any:
-        """Feature maps of selected levels, for dense decoders (Swin-UNETR, UPerNet, ...).
+                              norm: bool = False, stop_early: bool = False, output_fmt: Optional[str] = None,
+                              intermediates_only: bool = False) -> Any:
+        """Feature maps of selected levels, for dense decoders (Swin-UNETR, UPerNet, ...); timm's signature.
 
         Level 0 is the patch embedding, level ``i + 1`` the output of stage ``i`` (see ``feature_info`` for
         channels and strides); a timm-layout Swin-T has 5 levels at strides 4, 4, 8, 16, 32, a MONAI-layout one
@@ -350,27 +347,38 @@ class SwinTransformer(nn.Module):
         Args:
             x: ``(B, C_in, *S)``.
             indices: ``None`` = every level, int ``n`` = the last ``n``, or a list of level indices.
-            output_fmt: ``"NCHW"``/``"NCDHW"`` (channels first, default), ``"NHWC"``/``"NDHWC"`` (channels last)
-                or ``"NLC"`` (tokens ``(B, N, C)``).
-            norm: Apply the final norm to the last level.
-            stop_early: Skip stages after the last requested level.
-            return_final: Also return the final normalised grid, as ``(final, intermediates)``.
+            norm: Apply the final norm to the last level (the only one of its width, as timm).
+            stop_early: Skip stages after the last requested level (with ``intermediates_only`` only, so the final
+                features stay those of :meth:`forward_features`).
+            output_fmt: ``"NCHW"``/``"NCDHW"`` (channels first; ``None`` = this default), ``"NHWC"``/``"NDHWC"``
+                (channels last) or ``"NLC"`` (tokens ``(B, N, C)``).
+            intermediates_only: Return only the list.
+
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the output of :meth:`forward_features` (normalised
+            channels-last grid), so ``forward_head(final) == forward(x)``.
         """
-        if output_fmt is not None and output_fmt not in _FMTS:
-            raise ValueError(f"output_fmt must be one of {tuple(_FMTS)}, got {output_fmt!r}")
-        fmt = _FMTS[output_fmt or "NCHW"]
         take, last = take_indices(len(self.feature_info), indices)
+        levels = self.forward_levels(x, stop=last if stop_early and intermediates_only else None)
+        inter = self.format_levels(levels, take, norm, output_fmt)
+        return inter if intermediates_only else (self.norm(levels[-1]), inter)
+
+    def forward_levels(self, x: torch.Tensor, stop: Optional[int] = None) -> List[torch.Tensor]:
+        """Every level up to ``stop`` (all by default) as raw channels-last grids ``(B, *grid_i, C_i)``."""
         x = self.pos_drop(self.patch_embed(x))  # (B, *grid, C)
-        out = [x] if 0 in take else []
-        stages = self.layers[:last] if stop_early else self.layers
-        for i, stage in enumerate(stages):
+        levels = [x]
+        for stage in self.layers if stop is None else self.layers[:stop]:
             x = stage(x)
-            if i + 1 in take:
-                out.append(self.norm(x) if norm and i == len(self.layers) - 1 else x)
-        out = [self._format(f, fmt) for f in out]
-        if not return_final:
-            return out
-        return (self.norm(x) if len(stages) == len(self.layers) else x), out
+            levels.append(x)
+        return levels
+
+    def format_levels(self, levels: Sequence[torch.Tensor], take: Sequence[int], norm: bool,
+                      output_fmt: Optional[str]) -> List[torch.Tensor]:
+        """Levels ``take`` (absolute indices) of :meth:`forward_levels` in ``output_fmt`` (see
+        :meth:`forward_intermediates`); ``norm`` applies the final norm to the last level."""
+        fmt = _FMTS[check_choice("output_fmt", output_fmt or "NCHW", tuple(_FMTS), error=ValueError)]
+        last = len(self.layers)
+        return [self._format(self.norm(levels[i]) if norm and i == last else levels[i], fmt) for i in take]
 
     @staticmethod
     def _format(x: torch.Tensor, fmt: str) -> torch.Tensor:

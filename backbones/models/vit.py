@@ -15,7 +15,7 @@ Example::
 
     >>> from backbones import create_model
     >>> vit = create_model("vit3d_base_patch16_96", in_chans=1)
-    >>> feats = vit.forward_intermediates(torch.randn(1, 1, 96, 96, 96), indices=[2, 5, 8, 11], output_fmt="NCDHW")
+    >>> final, feats = vit.forward_intermediates(torch.randn(1, 1, 96, 96, 96), indices=[2, 5, 8, 11])
     >>> [f.shape for f in feats][0]
     torch.Size([1, 768, 6, 6, 6])
 """
@@ -33,6 +33,7 @@ from backbones import register_model
 from backbones._builder import build_model, checkpoint_module, take_indices
 from backbones.convert import VIT_CONVERTERS
 from backbones.layers import Attention, Block, Mlp, PatchEmbed, grid_shape, resample_pos_embed, sincos_nd, to_ntuple
+from engine.choices import check_choice
 
 __all__ = ["VisionTransformer", "init_vit_weights"]
 
@@ -130,14 +131,11 @@ class VisionTransformer(nn.Module):
     @staticmethod
     def _check_args(global_pool: str, class_token: bool, pos_embed: str, spatial_dims: int, embed_dim: int,
                     num_heads: int, depth: int) -> None:
-        if global_pool not in _POOLS:
-            raise ValueError(f"global_pool must be one of {_POOLS}, got {global_pool!r}")
+        check_choice("global_pool", global_pool, _POOLS, error=ValueError)
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
-        if pos_embed not in _POS_EMBEDS:
-            raise ValueError(f"pos_embed must be one of {_POS_EMBEDS}, got {pos_embed!r}")
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_choice("pos_embed", pos_embed, _POS_EMBEDS, error=ValueError)
+        check_choice("spatial_dims", spatial_dims, (2, 3), error=ValueError)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} should be divisible by num_heads {num_heads}")
         if depth < 1:
@@ -283,54 +281,59 @@ class VisionTransformer(nn.Module):
         return self.forward_head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
-                              output_fmt: Optional[str] = None, norm: bool = False, return_prefix_tokens: bool = False,
-                              stop_early: bool = False, return_final: bool = False) -> Any:
-        """Outputs of selected blocks, for dense decoders (UNETR, TransUNet, ...).
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: Optional[str] = None, intermediates_only: bool = False) -> Any:
+        """Outputs of selected blocks, for dense decoders (UNETR, TransUNet, ...); timm's signature.
 
         Args:
             x: ``(B, C_in, *S)``.
-            indices: ``None`` = every block, int ``n`` = the last ``n`` blocks, or a list of block indices.
+            indices: ``None`` = every block, int ``n`` = the last ``n`` blocks, or a list of block indices
+                (negative from the end).
+            return_prefix_tokens: Return ``(features, prefix tokens (B, P, C))`` pairs.
+            norm: Apply the final norm to each intermediate.
+            stop_early: Skip the blocks after the last requested one (with ``intermediates_only`` only, so the
+                final features stay those of :meth:`forward_features`).
             output_fmt: ``"NLC"`` for patch tokens ``(B, N, C)``; ``"NCHW"`` (2D) / ``"NCDHW"`` (3D) for feature
                 maps ``(B, C, *grid)``; ``None`` = the feature-map format of this model.
-            norm: Apply the final norm to each intermediate.
-            return_prefix_tokens: Return ``(features, prefix tokens (B, P, C))`` pairs.
-            stop_early: Skip the blocks after the last requested one.
-            return_final: Also return the final normalised tokens ``(B, P+N, C)`` as ``(final, intermediates)``.
+            intermediates_only: Return only the list.
 
         Returns:
-            A list with one entry per requested block (or ``(final, list)``).
+            The list, one entry per requested block, or ``(final, list)`` where ``final`` is the output of
+            :meth:`forward_features` (normalised tokens ``(B, P+N, C)``), so ``forward_head(final) == forward(x)``.
         """
-        output_fmt = self._check_fmt(output_fmt)
+        fmt = self._check_fmt(output_fmt)
         take, last = take_indices(len(self.blocks), indices)
         x, grid = self._embed(x)
-        return self._intermediates(x, grid, take, last, output_fmt, norm, return_prefix_tokens, stop_early,
-                                   return_final)
+        x, raw = self._run_blocks(x, take, last if stop_early and intermediates_only else None)
+        inter = [self._format_tokens(y, grid, fmt, norm, return_prefix_tokens) for y in raw]
+        return inter if intermediates_only else (self.norm(x), inter)
 
-    def _intermediates(self, x: torch.Tensor, grid: Tuple[int, ...], take: List[int], last: int, output_fmt: str,
-                       norm: bool, return_prefix_tokens: bool, stop_early: bool, return_final: bool) -> Any:
-        """Run the blocks on tokens ``(B, P+N, C)`` and collect the outputs of blocks ``take``."""
-        B, _, C = x.shape
-        P = self.num_prefix_tokens
+    def _run_blocks(self, x: torch.Tensor, take: Sequence[int],
+                    stop: Optional[int] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Run the blocks (up to block ``stop``) on tokens ``(B, P+N, C)``: last tokens and raw outputs of
+        blocks ``take``."""
         out = []
-        blocks = self.blocks[:last + 1] if stop_early else self.blocks
-        for i, blk in enumerate(blocks):
+        for i, blk in enumerate(self.blocks if stop is None else self.blocks[:stop + 1]):
             x = checkpoint_module(blk, x, enabled=self.grad_checkpointing)
             if i in take:
-                y = self.norm(x) if norm else x
-                feat = y[:, P:]  # (B, N, C)
-                if output_fmt != "NLC":
-                    feat = feat.transpose(1, 2).reshape(B, C, *grid)  # (B, C, *grid)
-                out.append((feat, y[:, :P]) if return_prefix_tokens else feat)
-        return (self.norm(x), out) if return_final else out
+                out.append(x)
+        return x, out
+
+    def _format_tokens(self, y: torch.Tensor, grid: Tuple[int, ...], output_fmt: str, norm: bool,
+                       return_prefix_tokens: bool) -> Any:
+        """Block output ``(B, P+N, C)`` -> ``(B, N, C)`` or ``(B, C, *grid)`` [with the prefix ``(B, P, C)``]."""
+        y = self.norm(y) if norm else y
+        P = self.num_prefix_tokens
+        feat = y[:, P:]  # (B, N, C)
+        if output_fmt != "NLC":
+            feat = feat.transpose(1, 2).reshape(y.shape[0], y.shape[-1], *grid)  # (B, C, *grid)
+        return (feat, y[:, :P]) if return_prefix_tokens else feat
 
     def _check_fmt(self, output_fmt: Optional[str]) -> str:
         grid_fmt = "NCHW" if self.spatial_dims == 2 else "NCDHW"
         if output_fmt is None:
             return grid_fmt
-        if output_fmt not in ("NLC", grid_fmt):
-            raise ValueError(f"output_fmt must be 'NLC' or {grid_fmt!r} for a {self.spatial_dims}D model, "
-                             f"got {output_fmt!r}")
-        return output_fmt
+        return check_choice("output_fmt", output_fmt, ("NLC", grid_fmt), error=ValueError)
 
 
 # ----------------------------------------------------------------------------------------------- entry points

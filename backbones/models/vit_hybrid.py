@@ -4,7 +4,9 @@ Dosovitskiy et al., "An Image is Worth 16x16 Words", arXiv:2010.11929, Sec. 3.1 
 the BiT ResNet (Kolesnikov et al., "Big Transfer (BiT)", arXiv:1912.11370) in its *non*-pre-activation form with
 weight-standardised convolutions and GroupNorm(32), units (3, 4, 9) and no fourth stage. TransUNet (Chen et al.,
 arXiv:2102.04306) uses this encoder with skip connections from the stride-2/4/8 CNN features, which
-:meth:`VisionTransformerHybrid.forward_intermediates` returns. Key names match timm's ``vit_base_r50_s16_224``.
+:meth:`VisionTransformerHybrid.forward_intermediates_with_skips` returns with the block outputs (the inherited
+``forward_intermediates`` has timm's signature and returns the block outputs only). Key names match timm's
+``vit_base_r50_s16_224``.
 
 Dataflow::
 
@@ -206,8 +208,8 @@ class VisionTransformerHybrid(VisionTransformer):
     Example::
 
         >>> model = create_model("vit_base_r50_s16_224", num_classes=0)
-        >>> feats = model.forward_intermediates(torch.randn(1, 3, 224, 224), indices=1)
-        >>> [tuple(f.shape) for f in feats]
+        >>> skips, final, feats = model.forward_intermediates_with_skips(torch.randn(1, 3, 224, 224), indices=1)
+        >>> [tuple(f.shape) for f in skips + feats]
         [(1, 64, 112, 112), (1, 256, 56, 56), (1, 512, 28, 28), (1, 768, 14, 14)]
     """
 
@@ -222,34 +224,28 @@ class VisionTransformerHybrid(VisionTransformer):
         self.cnn_feature_info = backbone.feature_info[:-1]
         self.pretrained_cfg["first_conv"] = "patch_embed.backbone.stem.conv"
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
-                              output_fmt: Optional[str] = None, norm: bool = False,
-                              return_prefix_tokens: bool = False, stop_early: bool = False,
-                              return_final: bool = False, cnn_features: bool = True) -> Any:
-        """CNN skip features followed by the selected transformer block outputs.
+    def forward_intermediates_with_skips(
+            self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None, return_prefix_tokens: bool = False,
+            norm: bool = False, output_fmt: Optional[str] = None,
+    ) -> Tuple[List[torch.Tensor], torch.Tensor, List[Any]]:
+        """One pass returning the CNN skip features as well as :meth:`forward_intermediates`'s outputs (TransUNet).
 
         Args:
             x: ``(B, C_in, H, W)``.
-            indices: Transformer blocks as in :meth:`VisionTransformer.forward_intermediates`.
-            output_fmt: ``"NCHW"`` (default) or ``"NLC"`` for the transformer outputs (CNN maps are always NCHW).
-            norm: Apply the final norm to the transformer outputs.
-            return_prefix_tokens: Return ``(tokens, prefix)`` pairs for the transformer outputs.
-            stop_early: Skip blocks after the last requested one.
-            return_final: Also return the final normalised tokens, as ``(final, list)``.
-            cnn_features: Prepend the CNN features listed in ``cnn_feature_info`` (strides 2, 4, 8 for R50:
-                ``(B, 64, H/2, W/2)``, ``(B, 256, H/4, W/4)``, ``(B, 512, H/8, W/8)``).
+            indices, return_prefix_tokens, norm, output_fmt: As :meth:`VisionTransformer.forward_intermediates`
+                (transformer blocks only).
 
         Returns:
-            ``[*cnn features, *block outputs]`` (or ``(final, list)``).
+            ``(skips, final, intermediates)``: the CNN features listed in ``cnn_feature_info`` (strides 2, 4, 8
+            for R50: ``(B, 64, H/2, W/2)``, ``(B, 256, H/4, W/4)``, ``(B, 512, H/8, W/8)``, always NCHW), the
+            output of :meth:`forward_features` ``(B, P+N, C)`` and the selected block outputs.
         """
-        output_fmt = self._check_fmt(output_fmt)
-        take, last = take_indices(len(self.blocks), indices)
-        grid_x, feats = self.patch_embed.forward_features(x)  # (B, H', W', C), CNN skips
-        tokens, grid = self._add_tokens(grid_x)
-        out = self._intermediates(tokens, grid, take, last, output_fmt, norm, return_prefix_tokens, stop_early,
-                                  return_final)
-        skips = feats if cnn_features else []
-        return (out[0], skips + out[1]) if return_final else skips + out
+        fmt = self._check_fmt(output_fmt)
+        take, _ = take_indices(len(self.blocks), indices)
+        grid_x, skips = self.patch_embed.forward_features(x)  # (B, H', W', C), CNN skips
+        tokens, grid = self._add_tokens(grid_x)  # (B, P+N, C)
+        tokens, raw = self._run_blocks(tokens, take)
+        return skips, self.norm(tokens), [self._format_tokens(y, grid, fmt, norm, return_prefix_tokens) for y in raw]
 
 
 def _create_hybrid(pretrained: Optional[Any], base: Dict[str, Any], overrides: Dict[str, Any]) -> nn.Module:

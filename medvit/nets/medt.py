@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbones._builder import build_model
+from backbones._builder import build_model, take_indices
 from backbones.models.axial import AxialEncoder
+from engine.choices import check_choice
 from medvit import register_model
 from medvit.convert import MEDT_CONVERTERS
 
@@ -136,7 +137,7 @@ class MedT(nn.Module):
         n = self.local_patches
         p, q = H // n, W // n
         x = x.reshape(B, C, n, p, n, q).permute(0, 2, 4, 1, 3, 5).reshape(B * n * n, C, p, q)  # (B*n*n, C, p, q)
-        feats = self.local_branch.forward_intermediates(x)
+        feats = self.local_branch.forward_intermediates(x, intermediates_only=True)
         x = self.local_decoder(feats, (p, q))  # (B*n*n, F, p, q)
         F_ = x.shape[1]
         return x.reshape(B, n, n, F_, p, q).permute(0, 3, 1, 4, 2, 5).reshape(B, F_, H, W)  # (B, F, H, W)
@@ -147,19 +148,33 @@ class MedT(nn.Module):
         self.local_branch.set_grad_checkpointing(enable)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, Sequence[int]]] = None,
-                              output_fmt: Optional[str] = None, stop_early: bool = False,
-                              return_final: bool = False) -> Any:
-        """Global-branch stage maps ``(B, C_i, H_i, W_i)`` (see :meth:`AxialEncoder.forward_intermediates`)."""
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> Any:
+        """Global-branch stage maps ``(B, C_i, H_i, W_i)``; timm's signature, arguments as
+        :meth:`AxialEncoder.forward_intermediates`.
+
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the fused features of :meth:`forward_features` (one
+            global-branch pass for both), so ``forward_head(final) == forward(x)``.
+        """
         self._check(x)
-        return self.global_branch.forward_intermediates(x, indices, output_fmt=output_fmt, stop_early=stop_early,
-                                                        return_final=return_final)
+        if intermediates_only:
+            return self.global_branch.forward_intermediates(x, indices, norm=norm, stop_early=stop_early,
+                                                            output_fmt=output_fmt, intermediates_only=True)
+        check_choice("output_fmt", output_fmt, ("NCHW", "NHWC"), error=ValueError)
+        take, _ = take_indices(len(self.global_branch.stages), indices)
+        feats = self.global_branch.forward_intermediates(x, intermediates_only=True)  # every stage (B, C_i, H_i, W_i)
+        inter = [feats[i] if output_fmt == "NCHW" else feats[i].permute(0, 2, 3, 1) for i in take]
+        return self._fuse(x, feats), inter
+
+    def _fuse(self, x: torch.Tensor, feats: List[torch.Tensor]) -> torch.Tensor:
+        """Input and all global-branch stage maps -> fused decoder features ``(B, F, H, W)``."""
+        return self.global_decoder(feats, x.shape[2:]) + self._local(x)  # (B, F, H, W)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> fused decoder features ``(B, F, H, W)`` (``F = 16`` at ``s = 0.125``)."""
         self._check(x)
-        feats = self.global_branch.forward_intermediates(x)
-        x_glob = self.global_decoder(feats, x.shape[2:])  # (B, F, H, W)
-        return x_glob + self._local(x)
+        return self._fuse(x, self.global_branch.forward_intermediates(x, intermediates_only=True))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, F, H, W)`` -> logits ``(B, num_classes, H, W)``."""

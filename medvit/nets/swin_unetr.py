@@ -5,7 +5,7 @@ arXiv:2201.01266; encoder: Liu et al., "Swin Transformer", arXiv:2103.14030 / "V
 arXiv:2106.13230; SSL weights: Tang et al., arXiv:2111.14791.
 
 The encoder is :class:`backbones.models.swin.SwinTransformer` in MONAI's layout (``downsample_last=True``), read
-through ``forward_intermediates``. The decoder is MONAI's blocks with MONAI ``SwinUNETR``'s key names
+through ``forward_levels``. The decoder is MONAI's blocks with MONAI ``SwinUNETR``'s key names
 (``encoder1..4``, ``encoder10``, ``decoder1..5``, ``out``), so MONAI checkpoints load through
 :mod:`medvit.convert.monai_swin_unetr` and reproduce MONAI's outputs (window clipping included). The SSL encoder
 weights (``model_swinvit.pt``) load into ``swinViT`` with a load report; unlike callers of MONAI's ``load_from``,
@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from torch import nn
 
-from backbones._builder import LoadReport, load_pretrained, read_checkpoint
+from backbones._builder import LoadReport, load_pretrained, read_checkpoint, take_indices
 from backbones.layers import to_ntuple
 from backbones.models.swin import SwinTransformer
 from engine.errors import UserError
 from medvit import register_model
 from medvit.convert import SWIN_UNETR_CONVERTERS, SWIN_UNETR_ENCODER_CONVERTERS
+from medvit.nets._common import check_norm_name
 
 __all__ = ["SwinUNETR", "swin_unetr"]
 
@@ -87,6 +88,7 @@ class SwinUNETR(nn.Module):
         for name, rate in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {rate}")
+        check_norm_name(norm_name)
         if len(depths) < 2:
             raise ValueError(f"Swin-UNETR needs at least 2 stages, got depths {tuple(depths)}")
         self.img_size = to_ntuple(img_size, 3, "img_size")
@@ -163,29 +165,46 @@ class SwinUNETR(nn.Module):
         """Recompute each Swin block in the backward pass."""
         self.swinViT.set_grad_checkpointing(enable)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[IntOrSeq] = None,
-                              output_fmt: Optional[str] = None, **kwargs: Any) -> Any:
-        """Encoder levels ``(B, C, d, h, w)`` (see :meth:`SwinTransformer.forward_intermediates`)."""
-        return self.swinViT.forward_intermediates(x, indices=indices, output_fmt=output_fmt, **kwargs)
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[IntOrSeq] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCDHW",
+                              intermediates_only: bool = False) -> Any:
+        """Encoder levels ``(B, C, d, h, w)``; timm's signature, arguments as
+        :meth:`SwinTransformer.forward_intermediates` (``norm`` is the encoder's final norm, an identity here:
+        MONAI's ``normalize`` belongs to the decoder input).
 
-    def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """All ``n + 1`` encoder levels as ``(B, C, d, h, w)``, LayerNorm-ed over channels when ``normalize``."""
-        feats = self.swinViT.forward_intermediates(x, indices=None, output_fmt="NDHWC")  # (B, d, h, w, C) each
-        if self.normalize:
-            feats = [F.layer_norm(f, f.shape[-1:]) for f in feats]
-        return [f.movedim(-1, 1).contiguous() for f in feats]  # (B, C, d, h, w)
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the decoder features of :meth:`forward_features` (one
+            encoder pass for both), so ``forward_head(final) == forward(x)``.
+        """
+        if intermediates_only:
+            return self.swinViT.forward_intermediates(x, indices, norm=norm, stop_early=stop_early,
+                                                      output_fmt=output_fmt, intermediates_only=True)
+        take, _ = take_indices(len(self.swinViT.feature_info), indices)
+        self._check_input(x)
+        levels = self.swinViT.forward_levels(x)  # n + 1 levels (B, d, h, w, C)
+        return self._decode(x, levels), self.swinViT.format_levels(levels, take, norm, output_fmt)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, D, H, W)`` -> decoder features ``(B, feature_size, D, H, W)``."""
+    def _check_input(self, x: torch.Tensor) -> None:
         if any(s % self.divisor for s in x.shape[2:]):
             raise ValueError(f"input spatial size {tuple(x.shape[2:])} must be divisible by {self.divisor}")
+
+    def _decode(self, x: torch.Tensor, levels: List[torch.Tensor]) -> torch.Tensor:
+        """Input and the ``n + 1`` raw encoder levels ``(B, d, h, w, C)`` -> ``(B, feature_size, D, H, W)``;
+        the levels are LayerNorm-ed over channels first when ``normalize``."""
+        if self.normalize:
+            levels = [F.layer_norm(f, f.shape[-1:]) for f in levels]
+        feats = [f.movedim(-1, 1).contiguous() for f in levels]  # (B, C, d, h, w)
         n = self.num_stages
-        feats = self._encode(x)
         skips = [self.encoder1(x)] + [getattr(self, f"encoder{k + 2}")(feats[k]) for k in range(n - 1)] + [feats[n - 1]]
         y = getattr(self, _BOTTLENECK)(feats[n])
         for k in range(n, -1, -1):
             y = getattr(self, f"decoder{k + 1}")(y, skips[k])  # (B, f * 2^(k-1), ...) at stride 2^k
         return y
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, D, H, W)`` -> decoder features ``(B, feature_size, D, H, W)``."""
+        self._check_input(x)
+        return self._decode(x, self.swinViT.forward_levels(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, f, D, H, W)`` -> logits ``(B, num_classes, D, H, W)``."""

@@ -2,8 +2,8 @@
 
 Chen et al., "TransUNet: Transformers Make Strong Encoders for Medical Image Segmentation", arXiv:2102.04306.
 The encoder is the backbones R50+ViT hybrid ``vit_base_r50_s16_224`` (Dosovitskiy et al., arXiv:2010.11929), read
-through ``forward_intermediates``; the decoder keeps the key names of the official code (``decoder.conv_more``,
-``decoder.blocks.{i}.conv{1,2}``, ``segmentation_head.0``).
+through ``forward_intermediates_with_skips``; the decoder keeps the key names of the official code
+(``decoder.conv_more``, ``decoder.blocks.{i}.conv{1,2}``, ``segmentation_head.0``).
 
 Dataflow (paper config: 224 px, 9 classes)::
 
@@ -180,15 +180,37 @@ class TransUNet(nn.Module):
             raise ValueError(f"TransUNet expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         return x.expand(-1, 3, -1, -1) if self.in_chans == 1 else x  # (B, 3, H, W)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[IntOrSeq] = None, **kwargs: Any) -> Any:
-        """CNN skips then ViT block maps (see ``VisionTransformerHybrid.forward_intermediates``)."""
-        return self.encoder.forward_intermediates(self._rgb(x), indices=indices, **kwargs)
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[IntOrSeq] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> Any:
+        """ViT block maps ``(B, C, H/16, W/16)`` (or ``"NLC"`` tokens); timm's signature, arguments as
+        :meth:`VisionTransformer.forward_intermediates` (the R50 skips come from
+        ``encoder.forward_intermediates_with_skips``).
+
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the decoder features of :meth:`forward_features` (one
+            encoder pass for both), so ``forward_head(final) == forward(x)``.
+        """
+        x = self._rgb(x)
+        if intermediates_only:
+            return self.encoder.forward_intermediates(x, indices, norm=norm, stop_early=stop_early,
+                                                      output_fmt=output_fmt, intermediates_only=True)
+        cnn, final, inter = self.encoder.forward_intermediates_with_skips(x, indices, norm=norm, output_fmt=output_fmt)
+        return self._decode(cnn, final), inter
+
+    def _decode(self, cnn: List[torch.Tensor], final: torch.Tensor) -> torch.Tensor:
+        """CNN skips (strides 2, 4, 8) and the encoder's final normalised tokens ``(B, N, C)`` -> decoder
+        features ``(B, 16, H, W)``."""
+        grid = self.encoder.patch_embed.grid_size  # the hybrid embedding only takes img_size inputs
+        final = final[:, self.encoder.num_prefix_tokens:]  # (B, N, C)
+        tokens = final.transpose(1, 2).reshape(final.shape[0], final.shape[-1], *grid)  # (B, C, H/16, W/16)
+        return self.decoder(tokens, cnn[::-1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` -> decoder features ``(B, 16, H, W)``."""
-        feats = self.encoder.forward_intermediates(self._rgb(x), indices=1, norm=True, output_fmt="NCHW")
-        *cnn, tokens = feats  # CNN maps at strides 2, 4, 8; normalised last-block map (B, C, H/16, W/16)
-        return self.decoder(tokens, cnn[::-1])
+        x = self._rgb(x)
+        cnn, final, _ = self.encoder.forward_intermediates_with_skips(x, indices=1)
+        return self._decode(cnn, final)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, 16, H, W)`` -> logits ``(B, num_classes, H, W)``."""
@@ -200,7 +222,9 @@ class TransUNet(nn.Module):
 
 
 @register_model(tiny=dict(img_size=32, layers=(1, 1, 1), embed_dim=32, depth=2, num_heads=2,
-                          decoder_channels=(16, 8, 8, 4), head_channels=16), meta=dict(input_size=(1, 224, 224), spatial_dims=2, protocol=dict(dataset='synapse', roi=(224, 224), a_min=-125.0, a_max=275.0, num_classes=9)))
+                          decoder_channels=(16, 8, 8, 4), head_channels=16),
+                meta=dict(input_size=(1, 224, 224), spatial_dims=2,
+                          protocol=dict(dataset='synapse', roi=(224, 224), a_min=-125.0, a_max=275.0, num_classes=9)))
 def transunet(pretrained: Optional[Any] = None, **overrides: Any) -> TransUNet:
     """TransUNet at the paper config: R50+ViT-B/16, 224 px, CUP (256, 128, 64, 16) with 3 skips, 9 classes
     (about 105M parameters). ``pretrained``: ``R50+ViT-B_16.npz``, a timm ``vit_base_r50_s16_224`` state dict

@@ -34,11 +34,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from backbones._builder import build_model
+from backbones._builder import build_model, take_indices
 from backbones.layers import to_ntuple
 from backbones.models.vit import VisionTransformer
+from engine.choices import check_choice
 from medvit import register_model
 from medvit.convert import UNETR_CONVERTERS
+from medvit.nets._common import check_norm_name
 
 __all__ = ["UNETR", "unetr", "unetr_taps"]
 
@@ -52,6 +54,12 @@ def unetr_taps(depth: int, num_stages: int) -> List[int]:
     ``unetr_taps(12, 4) == [3, 6, 9]`` (MONAI's ``hidden_states_out[3], [6], [9]``).
     """
     return [depth * k // num_stages for k in range(1, num_stages)]
+
+
+def _to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Tokens ``(B, N, C)`` in grid order -> map ``(B, C, *grid)``."""
+    B, N, C = tokens.shape
+    return tokens.transpose(1, 2).reshape(B, C, *grid)
 
 
 def _num_stages(patch_size: Tuple[int, ...]) -> int:
@@ -95,8 +103,8 @@ class UNETR(nn.Module):
                  conv_block: bool = True, res_block: bool = True, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, qkv_bias: bool = False, norm_eps: float = 1e-5) -> None:
         super().__init__()
-        if proj_type not in _PROJ_TYPES:
-            raise ValueError(f"proj_type must be one of {_PROJ_TYPES}, got {proj_type!r}")
+        check_choice("proj_type", proj_type, _PROJ_TYPES, error=ValueError)
+        check_norm_name(norm_name)
         if not 0.0 <= drop_rate <= 1.0:
             raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
         self.img_size = to_ntuple(img_size, 3, "img_size")
@@ -154,29 +162,53 @@ class UNETR(nn.Module):
         legacy = (".conv3.conv.weight", ".norm3.weight", ".norm3.bias")
         return {k: v for k, v in out.items() if k in own or not k.endswith(legacy)}
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[IntOrSeq] = None,
-                              output_fmt: Optional[str] = None, **kwargs: Any) -> Any:
-        """ViT block outputs ``(B, C, d, h, w)`` (see :meth:`VisionTransformer.forward_intermediates`)."""
-        return self.vit.forward_intermediates(x, indices=indices, output_fmt=output_fmt, **kwargs)
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[IntOrSeq] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCDHW",
+                              intermediates_only: bool = False) -> Any:
+        """ViT block outputs ``(B, C, d, h, w)`` (or ``"NLC"`` tokens); timm's signature, arguments as
+        :meth:`VisionTransformer.forward_intermediates`.
 
-    def _encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Final normalised token map ``(B, C, d, h, w)`` and one tap map per skip encoder (shallow first)."""
-        final, feats = self.vit.forward_intermediates(x, indices=self.taps, output_fmt="NCDHW", return_final=True)
-        order = sorted(set(self.taps))  # forward_intermediates returns unique indices in order
-        taps = [feats[order.index(t)] for t in self.taps]
-        B, N, C = final.shape
-        grid = [s // p for s, p in zip(x.shape[2:], self.patch_size)]
-        return final.transpose(1, 2).reshape(B, C, *grid), taps  # (B, C, d, h, w)
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the decoder features of :meth:`forward_features` (one
+            ViT pass for both), so ``forward_head(final) == forward(x)``.
+        """
+        if intermediates_only:
+            return self.vit.forward_intermediates(x, indices, norm=norm, stop_early=stop_early,
+                                                  output_fmt=output_fmt, intermediates_only=True)
+        check_choice("output_fmt", output_fmt, ("NCDHW", "NLC"), error=ValueError)
+        take, _ = take_indices(len(self.vit.blocks), indices)
+        deepest, taps, tokens = self._encode(x, take)
+        grid = self._grid(x)
+        inter = [self.vit.norm(t) if norm else t for t in tokens]  # (B, N, C)
+        return self._decode(x, deepest, taps), [t if output_fmt == "NLC" else _to_map(t, grid) for t in inter]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, D, H, W)`` -> decoder features ``(B, feature_size, D, H, W)``."""
+    def _grid(self, x: torch.Tensor) -> List[int]:
+        return [s // p for s, p in zip(x.shape[2:], self.patch_size)]
+
+    def _encode(self, x: torch.Tensor,
+                extra: Sequence[int] = ()) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """One ViT pass: the final normalised token map ``(B, C, d, h, w)``, one tap map per skip encoder
+        (shallow first) and the raw tokens ``(B, N, C)`` of blocks ``extra``."""
+        want = sorted(set(self.taps) | set(extra))
+        final, feats = self.vit.forward_intermediates(x, indices=want, output_fmt="NLC")  # (B, N, C) each
+        by_block = dict(zip(want, feats))
+        grid = self._grid(x)
+        taps = [_to_map(by_block[t], grid) for t in self.taps]
+        return _to_map(final, grid), taps, [by_block[i] for i in extra]
+
+    def _decode(self, x: torch.Tensor, deepest: torch.Tensor, taps: List[torch.Tensor]) -> torch.Tensor:
+        """Input, deepest map and tap maps -> decoder features ``(B, feature_size, D, H, W)``."""
         n = self.num_stages
-        deepest, taps = self._encode(x)
         skips = [self.encoder1(x)] + [getattr(self, f"encoder{k}")(t) for k, t in zip(range(2, n + 1), taps)]
         y = deepest
         for k in range(n + 1, 1, -1):  # decoder{k} joins the skip of encoder{k-1}
             y = getattr(self, f"decoder{k}")(y, skips[k - 2])  # (B, f * 2^(k-2), D / 2^(k-2), ...)
         return y
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, D, H, W)`` -> decoder features ``(B, feature_size, D, H, W)``."""
+        deepest, taps, _ = self._encode(x)
+        return self._decode(x, deepest, taps)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, f, D, H, W)`` -> logits ``(B, num_classes, D, H, W)``."""

@@ -109,11 +109,12 @@ def test_encoder_intermediates_and_other_sizes() -> None:
     assert [f["num_chs"] for f in enc.feature_info] == [32, 64, 128]
     with torch.no_grad():
         for size in (32, 16, 48):  # built for 32: shorter axes slice the tables, longer ones resample them
-            final, feats = enc.forward_intermediates(torch.randn(1, 3, size, size), return_final=True)
+            final, feats = enc.forward_intermediates(torch.randn(1, 3, size, size))
             assert [tuple(f.shape[1:]) for f in feats] == [(32, size // 2, size // 2), (64, size // 4, size // 4),
                                                            (128, size // 8, size // 8)]
             assert final is feats[-1]
-        last = enc.forward_intermediates(torch.randn(2, 3, 32, 32), indices=1, output_fmt="NHWC")
+        last = enc.forward_intermediates(torch.randn(2, 3, 32, 32), indices=1, output_fmt="NHWC",
+                                         intermediates_only=True)
         assert len(last) == 1 and last[0].shape == (2, 4, 4, 128)
         assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 

@@ -151,27 +151,27 @@ def test_swin2d_shapes_and_levels():
     assert m(x).shape == (2, 5)
     assert m.forward_features(x).shape == (2, 4, 4, 32)  # channels last
     assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, 32)
-    feats = m.forward_intermediates(x)
+    feats = m.forward_intermediates(x, intermediates_only=True)
     assert [f.shape for f in feats] == [(2, 16, 8, 8), (2, 16, 8, 8), (2, 32, 4, 4)]
     assert [i["num_chs"] for i in m.feature_info] == [16, 16, 32]
     assert [i["reduction"] for i in m.feature_info] == [4, 4, 8]
-    final, last = m.forward_intermediates(x, indices=1, output_fmt="NLC", norm=True, return_final=True)
+    final, last = m.forward_intermediates(x, indices=1, output_fmt="NLC", norm=True)
     torch.testing.assert_close(last[0], final.flatten(1, 2))
-    early = m.forward_intermediates(x, indices=[1], stop_early=True, output_fmt="NHWC")
+    early = m.forward_intermediates(x, indices=[1], stop_early=True, output_fmt="NHWC", intermediates_only=True)
     torch.testing.assert_close(early[0], feats[1].permute(0, 2, 3, 1))
     with pytest.raises(ValueError, match="output_fmt"):
-        m.forward_intermediates(x, output_fmt="CHW")
+        m.forward_intermediates(x, output_fmt="CHW", intermediates_only=True)
 
 
 def test_swin3d_shapes_levels_and_odd_input():
     m = create_model("swin3d_tiny_patch2_window7_96", **_T3D).eval()
     assert m.downsample_last and m.num_classes == 0
     x = torch.randn(1, 1, 16, 16, 16)
-    feats = m.forward_intermediates(x, output_fmt="NCDHW")
+    feats = m.forward_intermediates(x, output_fmt="NCDHW", intermediates_only=True)
     assert [tuple(f.shape[1:]) for f in feats] == [(12, 8, 8, 8), (24, 4, 4, 4), (48, 2, 2, 2)]
     assert m(x).shape == (1, 48)
     # sizes that are not multiples of the window or of 2 at every stage still run (padding)
-    feats = m.forward_intermediates(torch.randn(1, 1, 14, 22, 10))
+    feats = m.forward_intermediates(torch.randn(1, 1, 14, 22, 10), intermediates_only=True)
     assert [tuple(f.shape[2:]) for f in feats] == [(7, 11, 5), (4, 6, 3), (2, 3, 2)]
 
 

@@ -83,7 +83,7 @@ def test_timm_parity(cfg):
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
         ref_feats = ref.forward_intermediates(x, intermediates_only=True)
-        ours_feats = ours.forward_intermediates(x, indices=len(ref_feats))
+        ours_feats = ours.forward_intermediates(x, indices=len(ref_feats), intermediates_only=True)
     for a, b in zip(ours_feats, ref_feats):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
@@ -152,15 +152,15 @@ def test_monai_swinvit_encoder_parity():
     x = torch.randn(1, 1, *_MONAI_SIZE)
     with torch.no_grad():
         hs = ref(x, normalize=False)
-        feats = ours.forward_intermediates(x)
+        feats = ours.forward_intermediates(x, intermediates_only=True)
     assert len(feats) == len(hs) == 5
     for a, b in zip(feats, hs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # every encoder tensor is used: a single wrong mapping would break the parity above
     keys = _kinds(k for k, _ in ours.named_parameters() if not k.startswith(("norm.", "head.")))
     small = torch.randn(1, 1, 8, 16, 8)  # still pads (8 -> 14) and clips (4, 7, 4)
-    assert _sensitivity(ours, small, keys, out_fn=lambda t: torch.cat([f.flatten() for f in
-                                                                         ours.forward_intermediates(t)])) == []
+    assert _sensitivity(ours, small, keys, out_fn=lambda t: torch.cat([
+        f.flatten() for f in ours.forward_intermediates(t, intermediates_only=True)])) == []
 
 
 def test_monai_weights_need_the_monai_layout_and_encoder_keys():

@@ -33,33 +33,35 @@ def test_2d_forward_and_pooling() -> None:
 def test_3d_intermediates_formats() -> None:
     m = create_model("vit3d_small_patch16_96", **T3).eval()
     x = torch.randn(2, 1, 16, 24, 32)
-    maps = m.forward_intermediates(x, indices=[0, -1])
+    maps = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
     assert [tuple(f.shape) for f in maps] == [(2, 32, 2, 3, 4)] * 2
-    tokens = m.forward_intermediates(x, indices=2, output_fmt="NLC", norm=True)
+    tokens = m.forward_intermediates(x, indices=2, output_fmt="NLC", norm=True, intermediates_only=True)
     assert [tuple(f.shape) for f in tokens] == [(2, 24, 32)] * 2
-    final, inter = m.forward_intermediates(x, indices=1, return_final=True)
+    final, inter = m.forward_intermediates(x, indices=1)
     torch.testing.assert_close(final, m.forward_features(x))
     # grid layout: token n of the NLC output is voxel (d, h, w) of the map, row-major
-    torch.testing.assert_close(maps[1].flatten(2).transpose(1, 2), m.forward_intermediates(x, [2], "NLC")[0])
-    with pytest.raises(ValueError, match="output_fmt must be 'NLC' or 'NCDHW'"):
+    torch.testing.assert_close(maps[1].flatten(2).transpose(1, 2), m.forward_intermediates(x, [2], output_fmt="NLC",
+                                                                                 intermediates_only=True)[0])
+    with pytest.raises(ValueError, match="output_fmt: unknown value 'NCHW'.*choices: NLC, NCDHW"):
         m.forward_intermediates(x, output_fmt="NCHW")
 
 
 def test_intermediates_prefix_tokens_and_stop_early() -> None:
     m = create_model("vit_small_patch16_224", **T2).eval()
     x = torch.randn(1, 3, 32, 32)
-    (feat, prefix), = m.forward_intermediates(x, indices=[1], return_prefix_tokens=True, stop_early=True)
+    (feat, prefix), = m.forward_intermediates(x, indices=[1], return_prefix_tokens=True, stop_early=True,
+                                              intermediates_only=True)
     assert feat.shape == (1, 32, 4, 4) and prefix.shape == (1, 1, 32)
-    full = m.forward_intermediates(x, indices=[1])[0]
+    full = m.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
     torch.testing.assert_close(feat, full)
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(global_pool="token", class_token=False), "needs class_token=True"),
-    (dict(global_pool="max"), "global_pool must be one of"),
+    (dict(global_pool="max"), "global_pool: unknown value 'max'.*choices: token, avg, "),
     (dict(embed_dim=30, num_heads=4), "embed_dim 30 should be divisible by num_heads 4"),
-    (dict(pos_embed="rope"), "pos_embed must be one of"),
-    (dict(spatial_dims=4), "spatial_dims must be 2 or 3"),
+    (dict(pos_embed="rope"), "pos_embed: unknown value 'rope'.*choices: learn, sincos, none"),
+    (dict(spatial_dims=4), "spatial_dims: unknown value 4 .choices: 2, 3."),
     (dict(img_size=30), "img_size .* must be divisible by patch_size"),
 ])
 def test_ill_args(kwargs: dict, match: str) -> None:
@@ -76,7 +78,7 @@ def test_wrong_input_size_and_dynamic_size() -> None:
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(d(x), m(x))
     y = torch.randn(1, 3, 48, 40)
-    assert d.forward_intermediates(y, indices=1)[0].shape == (1, 32, 6, 5)
+    assert d.forward_intermediates(y, indices=1, intermediates_only=True)[0].shape == (1, 32, 6, 5)
     big = create_model("vit_small_patch16_224", **dict(T2, img_size=(48, 40)), pretrained=m.state_dict()).eval()
     torch.testing.assert_close(d(y), big(y))  # on-the-fly resampling == resampling at load time
 
@@ -109,11 +111,12 @@ def test_reset_classifier() -> None:
 def test_hybrid_intermediates_and_feature_info() -> None:
     m = create_model("vit_base_r50_s16_224", layers=(1, 1, 1), img_size=64, embed_dim=32, depth=2, num_heads=2)
     x = torch.randn(1, 3, 64, 64)
-    feats = m.forward_intermediates(x, indices=[0, 1])
-    assert [tuple(f.shape) for f in feats] == [(1, 64, 32, 32), (1, 256, 16, 16), (1, 512, 8, 8),
-                                                (1, 32, 4, 4), (1, 32, 4, 4)]
+    skips, final, feats = m.forward_intermediates_with_skips(x, indices=[0, 1])
+    assert [tuple(f.shape) for f in skips + feats] == [(1, 64, 32, 32), (1, 256, 16, 16), (1, 512, 8, 8),
+                                                       (1, 32, 4, 4), (1, 32, 4, 4)]
+    torch.testing.assert_close(final, m.forward_features(x))
     assert [(i["num_chs"], i["reduction"]) for i in m.cnn_feature_info] == [(64, 2), (256, 4), (512, 8)]
-    assert len(m.forward_intermediates(x, indices=1, cnn_features=False)) == 1
+    assert len(m.forward_intermediates(x, indices=1, intermediates_only=True)) == 1
     assert m.pretrained_cfg["first_conv"] == "patch_embed.backbone.stem.conv"
 
 

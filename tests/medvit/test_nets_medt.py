@@ -59,7 +59,7 @@ def test_local_branch_equals_per_patch_loop() -> None:
         for i in range(n):
             for j in range(n):
                 patch = x[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p]
-                feats = net.local_branch.forward_intermediates(patch)
+                feats = net.local_branch.forward_intermediates(patch, intermediates_only=True)
                 ref = net.local_decoder(feats, (p, p))
                 torch.testing.assert_close(batched[:, :, i * p:(i + 1) * p, j * p:(j + 1) * p], ref)
 

@@ -42,7 +42,7 @@ def _check_parity(ref, ours, x):
     """Logits and every encoder level (the decoder's instance/batch norms damp encoder errors in the logits)."""
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
-        for a, b in zip(ours.forward_intermediates(x), ref.swinViT(x, normalize=False)):
+        for a, b in zip(ours.forward_intermediates(x, intermediates_only=True), ref.swinViT(x, normalize=False)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -97,7 +97,7 @@ def test_ssl_weights_load_like_monai_load_from(tmp_path):
     with torch.no_grad():
         hs = ref.swinViT(x, normalize=True)
         feats = [F.layer_norm(f, f.shape[-1:]).movedim(-1, 1)
-                 for f in ours.forward_intermediates(x, output_fmt="NDHWC")]
+                 for f in ours.forward_intermediates(x, output_fmt="NDHWC", intermediates_only=True)]
     for a, b in zip(feats, hs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
@@ -123,8 +123,10 @@ def test_shapes_levels_and_ill_args():
     assert net.spatial_dims == 3
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        assert net(x).shape == (1, 3, 32, 32, 32)
-        feats = net.forward_intermediates(x)
+        out = net(x)
+        assert out.shape == (1, 3, 32, 32, 32)
+        final, feats = net.forward_intermediates(x)
+        torch.testing.assert_close(net.forward_head(final), out)
     assert [tuple(f.shape[1:]) for f in feats] == [(12, 16, 16, 16), (24, 8, 8, 8), (48, 4, 4, 4), (96, 2, 2, 2)]
     with pytest.raises(ValueError, match="divisible by 16"):
         net(torch.randn(1, 1, 32, 24, 32))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import partial
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -45,7 +45,8 @@ def hybrid() -> nn.Module:
 
 def _tokens(net: TransUNet, x: torch.Tensor) -> torch.Tensor:
     """The normalised token map TransUNet decodes, as tokens ``(B, N, C)``."""
-    return net.encoder.forward_intermediates(x, indices=1, norm=True)[-1].flatten(2).transpose(1, 2)
+    last, = net.encoder.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
+    return last.flatten(2).transpose(1, 2)
 
 
 def test_shapes_grayscale_and_skips() -> None:
@@ -61,11 +62,11 @@ def test_shapes_grayscale_and_skips() -> None:
     net.eval()
     with torch.no_grad():  # grayscale is repeated to RGB, as in the official code
         torch.testing.assert_close(net(x), net.forward_head(net.decoder(
-            *_split(net.encoder.forward_intermediates(x.repeat(1, 3, 1, 1), indices=1, norm=True)))))
+            *_split(net.encoder.forward_intermediates_with_skips(x.repeat(1, 3, 1, 1), indices=1, norm=True)))))
 
 
-def _split(feats: List[torch.Tensor]):
-    *cnn, tokens = feats
+def _split(out: Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]):
+    cnn, _, (tokens,) = out  # skips at strides 2, 4, 8; the normalised last-block map
     return tokens, cnn[::-1]
 
 

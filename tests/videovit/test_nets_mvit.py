@@ -176,14 +176,14 @@ def test_interface_and_intermediates(clip):
     feats = m.forward_features(clip)
     assert feats.shape == (2, 1 + 2 * 1 * 1, 128)
     assert m.forward_head(feats, pre_logits=True).shape == (2, 128)
-    maps = m.forward_intermediates(clip, indices=[0, -1])
+    maps = m.forward_intermediates(clip, indices=[0, -1], intermediates_only=True)
     assert [tuple(t.shape) for t in maps] == [(2, 32, 2, 8, 8), (2, 128, 2, 1, 1)]  # block 0 widens 16->32
-    toks = m.forward_intermediates(clip, indices=2, output_fmt="NLC")
+    toks = m.forward_intermediates(clip, indices=2, output_fmt="NLC", intermediates_only=True)
     assert [t.shape[-1] for t in toks] == [128, 128]  # block 2 widens 64 -> 128
-    final, _ = m.forward_intermediates(clip, indices=1, return_final=True)
+    final, _ = m.forward_intermediates(clip, indices=1)
     torch.testing.assert_close(final, feats)
     with pytest.raises(ValueError):
-        m.forward_intermediates(clip, indices=[9])
+        m.forward_intermediates(clip, indices=[9], intermediates_only=True)
 
 
 def test_grad_checkpointing_equivalent(clip):

@@ -164,10 +164,10 @@ def test_shapes_intermediates_and_checkpointing(attention_type: str) -> None:
     x = torch.randn(2, 3, 4, 32, 32)
     out = model(x)
     assert out.shape == (2, 10)
-    maps = model.forward_intermediates(x, indices=[0, -1])
+    maps = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
     assert [m.shape for m in maps] == [(2, 32, 4, 4, 4)] * 2
-    final, toks = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=False)
-    assert toks[0].shape == (2, 1 + 4 * 16, 32)
+    final, [(toks, prefix)] = model.forward_intermediates(x, indices=1, output_fmt="NLC", return_prefix_tokens=True)
+    assert toks.shape == (2, 4 * 16, 32) and prefix.shape == (2, 1, 32)  # 1 + 4 * 16 tokens in all
     torch.testing.assert_close(model.forward_head(final), out)
     model.set_grad_checkpointing(True)
     torch.testing.assert_close(model(x), out)
@@ -180,7 +180,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path) -> None:
     again = videovit.create_model(NAME, pretrained=model.state_dict(), **videovit.registry.tiny_overrides(NAME))
     x = torch.randn(1, 3, 4, 32, 32)
     torch.testing.assert_close(again.eval()(x), model(x))
-    with pytest.raises(ValueError, match="did you mean 'space_only'"):
+    with pytest.raises(ValueError, match="attention_type: unknown value 'spaceonly'; did you mean space_only"):
         videovit.create_model(NAME, attention_type="spaceonly")
     with pytest.raises(UserError, match="no such checkpoint"):
         videovit.create_model(NAME, pretrained=str(tmp_path / "missing.pyth"), **videovit.registry.tiny_overrides(NAME))

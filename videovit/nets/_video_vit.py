@@ -8,25 +8,22 @@ class tokens). :class:`VideoTokenMixin` holds the rest once: the block loop, the
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Sequence, Tuple, Union
 
 import torch
 
 from backbones._builder import checkpoint_module, take_indices
+from engine.choices import check_choice as _check_choice
 
 __all__ = ["VideoTokenMixin", "check_choice", "tokens_to_map"]
 
 Thw = Tuple[int, int, int]
 
 
-def check_choice(value: str, choices: Sequence[str], name: str) -> str:
-    """Return ``value`` if it is one of ``choices``; otherwise a ``ValueError`` that suggests close names."""
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}{hint}")
-    return value
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
+    """Compatibility shim (``value, choices, name`` order) for code not yet on the shared checker: delegates to
+    :func:`engine.choices.check_choice` with ``error=ValueError``. New code calls that one directly."""
+    return _check_choice(name, value, choices, error=ValueError)
 
 
 def tokens_to_map(x: torch.Tensor, thw: Sequence[int], num_prefix_tokens: int) -> torch.Tensor:
@@ -63,33 +60,42 @@ class VideoTokenMixin:
         return x if pre_logits else self.head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
-                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
-                              return_prefix_tokens: bool = False) -> Any:
-        """Outputs of selected blocks.
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCTHW", intermediates_only: bool = False) -> Any:
+        """Outputs of selected blocks; timm's signature and semantics.
 
         Args:
             x: Video ``(B, C, T, H, W)``.
-            indices: Int ``n`` for the last ``n`` blocks, or a list of block indices.
+            indices: ``None`` = every block, int ``n`` = the last ``n`` blocks, or a list of block indices
+                (negative from the end).
+            return_prefix_tokens: Return ``(features, prefix tokens (B, P, D))`` pairs.
             norm: Apply the final norm to every intermediate.
-            output_fmt: ``"NCTHW"`` feature maps ``(B, D, T', H', W')`` (prefix tokens dropped) or ``"NLC"``
-                tokens ``(B, P + T'*H'*W', D)``.
-            intermediates_only: Return only the list; otherwise ``(final_features, list)``.
-            return_prefix_tokens: With ``NCTHW``, return ``(map, prefix tokens (B, P, D))`` pairs.
+            stop_early: Skip the blocks after the last requested one (with ``intermediates_only`` only).
+            output_fmt: ``"NCTHW"`` feature maps ``(B, D, T', H', W')`` or ``"NLC"`` grid tokens
+                ``(B, T'*H'*W', D)``; prefix tokens are left out of both (see ``return_prefix_tokens``).
+            intermediates_only: Return only the list.
+
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the output of :meth:`forward_features`, so
+            ``forward_head(final) == forward(x)``.
         """
-        check_choice(output_fmt, ("NCTHW", "NLC"), "output_fmt")
+        _check_choice("output_fmt", output_fmt, ("NCTHW", "NLC"), error=ValueError)
         take, last = take_indices(len(self.blocks), indices)
         x, thw = self._embed(x)
-        P, out = self.num_prefix_tokens, []
-        for i, blk in enumerate(self.blocks):
+        out = []
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early and intermediates_only else self.blocks):
             x = self._run_block(blk, x, thw)
             if i in take:
-                y = self._to_clip(x, thw)
-                y = self.norm(y) if norm else y
-                fmap = tokens_to_map(y, thw, P)
-                out.append(y if output_fmt == "NLC" else (fmap, y[:, :P]) if return_prefix_tokens else fmap)
-            if intermediates_only and i >= last:
-                break
+                out.append(self._format_tokens(self._to_clip(x, thw), thw, output_fmt, norm, return_prefix_tokens))
         return out if intermediates_only else (self.norm(self._to_clip(x, thw)), out)
+
+    def _format_tokens(self, y: torch.Tensor, thw: Thw, output_fmt: str, norm: bool,
+                       return_prefix_tokens: bool) -> Any:
+        """Clip tokens ``(B, P + T'*N, D)`` -> ``(B, T'*N, D)`` or ``(B, D, T', H', W')`` [with ``(B, P, D)``]."""
+        y = self.norm(y) if norm else y
+        P = self.num_prefix_tokens
+        feat = y[:, P:] if output_fmt == "NLC" else tokens_to_map(y, thw, P)
+        return (feat, y[:, :P]) if return_prefix_tokens else feat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

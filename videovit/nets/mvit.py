@@ -35,7 +35,8 @@ from torch import nn
 
 from backbones._builder import build_model, checkpoint_module, take_indices
 from backbones.layers import PatchEmbed, resample_pos_embed, resample_time_embed, to_ntuple
-from backbones.layers.pooling_attention import MultiScaleBlock
+from backbones.layers.pooling_attention import POOL_MODES, MultiScaleBlock
+from engine.choices import check_choice
 from videovit import register_model
 from videovit.convert import MVIT_CONVERTERS
 
@@ -156,6 +157,7 @@ class MViT(nn.Module):
         super().__init__()
         if not stages or any(st.depth < 1 for st in stages):
             raise ValueError(f"stages must be non-empty with depth >= 1 each, got {stages}")
+        check_choice("pool_mode", pool_mode, POOL_MODES, error=ValueError)
         img = to_ntuple(img_size, 2, "img_size")
         self.num_classes = num_classes
         self.num_prefix_tokens = 1 if class_token else 0
@@ -265,38 +267,41 @@ class MViT(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
-                              output_fmt: Optional[str] = None, norm: bool = False, return_prefix_tokens: bool = False,
-                              stop_early: bool = False, return_final: bool = False) -> Any:
-        """Outputs of selected blocks (same arguments as the backbones ViT's).
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCTHW", intermediates_only: bool = False) -> Any:
+        """Outputs of selected blocks; timm's signature and semantics.
 
         Args:
             x: Video ``(B, C, T, H, W)``.
             indices: ``None`` = every block, int ``n`` = the last ``n`` blocks, or a list of block indices.
-            output_fmt: ``"NCTHW"`` (default) feature maps ``(B, C, T', H', W')`` (prefix tokens dropped) or
-                ``"NLC"`` tokens ``(B, P + T'*H'*W', C)``.
+            return_prefix_tokens: Return ``(features, prefix (B, P, C))`` pairs.
             norm: Apply the final norm to every intermediate whose width matches it.
-            return_prefix_tokens: With ``NCTHW``, return ``(map, prefix (B, P, C))`` pairs.
-            stop_early: Skip the blocks after the last requested one.
-            return_final: Also return the final normalised tokens, as ``(final, intermediates)``.
+            stop_early: Skip the blocks after the last requested one (with ``intermediates_only`` only).
+            output_fmt: ``"NCTHW"`` feature maps ``(B, C, T', H', W')`` or ``"NLC"`` grid tokens
+                ``(B, T'*H'*W', C)``; prefix tokens are left out of both (see ``return_prefix_tokens``).
+            intermediates_only: Return only the list.
+
+        Returns:
+            The list, or ``(final, list)`` with ``final`` the output of :meth:`forward_features`, so
+            ``forward_head(final) == forward(x)``.
         """
-        output_fmt = output_fmt or "NCTHW"
-        if output_fmt not in ("NCTHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {output_fmt!r}")
+        check_choice("output_fmt", output_fmt, ("NCTHW", "NLC"), error=ValueError)
         take, last = take_indices(len(self.blocks), indices)
         x, thw = self._embed(x)
         out = []
-        for i, blk in enumerate(self.blocks[:last + 1] if stop_early and not return_final else self.blocks):
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early and intermediates_only else self.blocks):
             x, thw = self._run_block(blk, x, thw)
             if i in take:
                 y = self.norm(x) if norm and x.shape[-1] == self.num_features else x
-                out.append(y if output_fmt == "NLC" else self._to_map(y, thw, return_prefix_tokens))
-        return (self.norm(x), out) if return_final else out
+                out.append(self._format_tokens(y, thw, output_fmt, return_prefix_tokens))
+        return out if intermediates_only else (self.norm(x), out)
 
-    def _to_map(self, y: torch.Tensor, thw: Thw, with_prefix: bool) -> Any:
+    def _format_tokens(self, y: torch.Tensor, thw: Thw, output_fmt: str, with_prefix: bool) -> Any:
+        """Tokens ``(B, P + T'*H'*W', C)`` -> ``(B, T'*H'*W', C)`` or ``(B, C, T', H', W')`` [with ``(B, P, C)``]."""
         B, N, C = y.shape
         prefix, grid = y[:, :self.num_prefix_tokens], y[:, self.num_prefix_tokens:]
-        fmap = grid.transpose(1, 2).reshape(B, C, *thw)  # (B, C, T', H', W')
-        return (fmap, prefix) if with_prefix else fmap
+        feat = grid if output_fmt == "NLC" else grid.transpose(1, 2).reshape(B, C, *thw)  # (B, C, T', H', W')
+        return (feat, prefix) if with_prefix else feat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)

@@ -98,8 +98,8 @@ class FrameViT(VisionTransformer):
         if fmt not in ("NCTHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCTHW' or 'NLC', got {fmt!r}")
         B, T = x.shape[0], x.shape[2]
-        outs = super().forward_intermediates(self._frames(x), indices, "NLC", norm, return_prefix_tokens,
-                                             stop_early)  # each (B*T, N, D)
+        outs = super().forward_intermediates(self._frames(x), indices, return_prefix_tokens, norm, stop_early,
+                                             "NLC", intermediates_only=True)  # each (B*T, N, D)
         res = [self._to_video(o, B, T, fmt, return_prefix_tokens) for o in outs]
         return (self.forward_features(x), res) if return_final else res
 

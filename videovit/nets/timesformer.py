@@ -41,11 +41,12 @@ from torch import nn
 from backbones._builder import load_pretrained
 from backbones.layers import PatchEmbed, grid_shape, resample_pos_embed, resample_time_embed, to_ntuple
 from backbones.layers.divided_st_attention import DividedSpaceTimeBlock, SpaceTimeBlock
+from engine.choices import check_choice
 from videovit import register_model
 from videovit.convert import TIMESFORMER_CONVERTERS
-from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
+from videovit.nets._video_vit import VideoTokenMixin, tokens_to_map
 
-__all__ = ["TimeSformer", "ATTENTION_TYPES", "check_choice", "tokens_to_map",
+__all__ = ["TimeSformer", "ATTENTION_TYPES", "tokens_to_map",
            "timesformer_base_patch16_224", "timesformer_hr_patch16_448", "timesformer_l_patch16_224"]
 
 Thw = Tuple[int, int, int]
@@ -103,9 +104,9 @@ class TimeSformer(VideoTokenMixin, nn.Module):
         if time_init_std < 0:
             raise ValueError(f"time_init_std ({time_init_std}) must be >= 0")
         self.time_init_std = time_init_std
-        self.weight_init = check_choice(weight_init, ("jax", "timm"), "weight_init")
-        self.attention_type = check_choice(attention_type, ATTENTION_TYPES, "attention_type")
-        self.global_pool = check_choice(global_pool, ("token", "avg"), "global_pool")
+        self.weight_init = check_choice("weight_init", weight_init, ("jax", "timm"), error=ValueError)
+        self.attention_type = check_choice("attention_type", attention_type, ATTENTION_TYPES, error=ValueError)
+        self.global_pool = check_choice("global_pool", global_pool, ("token", "avg"), error=ValueError)
         if num_frames < 1 or depth < 1:
             raise ValueError(f"num_frames ({num_frames}) and depth ({depth}) must be >= 1")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)

@@ -47,6 +47,7 @@ from backbones.layers import (TubeletEmbed, grid_shape, inflate_conv2d_weight, r
                               resample_time_embed, to_ntuple)
 from backbones.layers.divided_st_attention import SpaceTimeBlock
 from backbones.layers.factorized_attention import FactorisedDotProductBlock, FactorisedSelfAttentionBlock
+from engine import choices
 from videovit import register_model
 from videovit.convert import VIVIT_CONVERTERS
 from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
@@ -161,12 +162,15 @@ class ViViT(VideoTokenMixin, nn.Module):
                  norm_layer: Optional[Type[nn.Module]] = None, act_layer: Optional[Type[nn.Module]] = None,
                  block_fn: Optional[Type[nn.Module]] = None) -> None:
         super().__init__()
-        self.attention_type = check_choice(attention_type, tuple(VIVIT_ATTENTION), "attention_type")
-        self.global_pool = check_choice(global_pool or ("token" if attention_type == "joint" else "avg"),
-                                        ("token", "avg"), "global_pool")
+        self.attention_type = choices.check_choice("attention_type", attention_type, tuple(VIVIT_ATTENTION),
+                                                   error=ValueError)
+        self.global_pool = choices.check_choice(
+            "global_pool", global_pool or ("token" if attention_type == "joint" else "avg"), ("token", "avg"),
+            error=ValueError)
         if self.global_pool == "token" and attention_type != "joint":
             raise ValueError(f"attention_type={attention_type!r} has no class token; use global_pool='avg'")
-        self.tubelet_init = check_choice(tubelet_init, ("central", "average"), "tubelet_init")
+        self.tubelet_init = choices.check_choice("tubelet_init", tubelet_init, ("central", "average"),
+                                                 error=ValueError)
         if num_frames % tubelet_size:
             raise ValueError(f"num_frames {num_frames} must be divisible by tubelet_size {tubelet_size}")
         norm_layer = norm_layer or _ln
