@@ -190,7 +190,7 @@ class FactorisedVideoEncoder(nn.Module):
         """The spatial encoder (its weights are this module's top-level entries)."""
         return self._spatial
 
-    def temporal_encoder_module(self) -> nn.Module:
+    def get_temporal_encoder(self) -> nn.Module:
         """The temporal encoder (attribute ``temporal_name``)."""
         return getattr(self, self.temporal_name)
 
@@ -214,7 +214,7 @@ class FactorisedVideoEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint the spatial and the temporal encoder, where each supports it."""
         self.grad_checkpointing = enable
-        for m in (self._spatial, self.temporal_encoder_module()):
+        for m in (self._spatial, self.get_temporal_encoder()):
             if callable(getattr(m, "set_grad_checkpointing", None)):
                 m.set_grad_checkpointing(enable)
             elif hasattr(m, "grad_checkpointing"):
@@ -278,7 +278,7 @@ class FactorisedVideoEncoder(nn.Module):
     def forward_temporal(self, x: torch.Tensor) -> torch.Tensor:
         """Per-frame embeddings ``(B, T', D)`` -> temporal tokens ``(B, L, D)``."""
         x = self.temporal_embed(self._add_temporal_tokens(x))  # (B, P + T', D)
-        return self.temporal_norm(self.temporal_encoder_module()(x))
+        return self.temporal_norm(self.get_temporal_encoder()(x))
 
     def forward_features(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Video ``(B, C, T, H, W)`` -> temporal tokens ``(B, L, D)``; extra arguments go to

@@ -260,6 +260,16 @@ class TubeletClipEmbed(PatchEmbed):
         return super().forward(x)[:, 0]  # (b, 1, H', W', D) -> (b, H', W', D)
 
 
+class _TubeletViT(VisionTransformer):
+    """The backbones ViT as ViViT FE's spatial encoder: its position table is resampled for other frame sizes with
+    plain bicubic interpolation, as ViViT's other models (the backbones ViT antialiases, as timm)."""
+
+    def _pos_table(self, grid: Tuple[int, ...]) -> Optional[torch.Tensor]:
+        if grid == self.grid_size:
+            return self.pos_embed
+        return resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
+
+
 class ViViTFactorisedEncoder(FactorisedVideoEncoder):
     """ViViT model 2: a spatial transformer per temporal index, then a temporal transformer (input ``(B,C,T,H,W)``).
 
@@ -302,7 +312,7 @@ class ViViTFactorisedEncoder(FactorisedVideoEncoder):
         tubelet_init = check_choice(tubelet_init, ("central", "average"), "tubelet_init")
         norm_layer, act_layer = norm_layer or _ln, act_layer or _gelu_tanh
         img = to_ntuple(img_size, 2, "img_size")
-        spatial = VisionTransformer(
+        spatial = _TubeletViT(
             img_size=img, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="token",
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             dynamic_img_size=True, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
