@@ -101,7 +101,7 @@ def test_stam_spatial_part_matches_timm_vit():
                                  temporal_heads=2, temporal_mlp_dim=64, num_classes=7, **VIT_TINY).eval()
     x = torch.randn(2, 3, 3, 32, 32, generator=_gen(3))
     with torch.no_grad():
-        frames = stam.encode_frames(x)  # (B, T, D)
+        frames = stam.forward_spatial(x)  # (B, T, D)
         for t in range(3):
             torch.testing.assert_close(frames[:, t], ref.forward_features(x[:, :, t])[:, 0], atol=1e-5, rtol=1e-5)
         assert stam(x).shape == (2, 7)
@@ -144,7 +144,7 @@ VTN_TINY = dict(VIT_TINY, temporal_depth=2, temporal_heads=2, temporal_mlp_dim=6
 
 def _official_vtn_forward(vtn, hf, cls_token, x, window, max_pos):
     """bomri/SlowFast VTN.forward with HF LongformerModel (padding to the window, token types, position ids)."""
-    f = vtn.encode_frames(x)
+    f = vtn.forward_spatial(x)
     B, T, _ = f.shape
     f = torch.cat([cls_token.expand(B, -1, -1), f], 1)
     am = torch.ones(B, T + 1, dtype=torch.long)
@@ -223,7 +223,7 @@ def test_vtn_timm_init_and_interface():
     vtn = videovit.create_model("vtn_vit_base", pretrained=ref.state_dict(), **VTN_TINY).eval()
     x = torch.randn(2, 3, 5, 32, 32, generator=_gen(11))
     with torch.no_grad():
-        torch.testing.assert_close(vtn.encode_frames(x)[:, 2], ref.forward_features(x[:, :, 2])[:, 0])
+        torch.testing.assert_close(vtn.forward_spatial(x)[:, 2], ref.forward_features(x[:, :, 2])[:, 0])
         assert vtn(x).shape == (2, 6)
         assert vtn.forward_head(vtn.forward_features(x), pre_logits=True).shape == (2, 32)
     assert vtn.forward_intermediates(x, indices=1)[0].shape == (2, 32, 5, 4, 4)

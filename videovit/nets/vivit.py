@@ -42,15 +42,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-from backbones._builder import checkpoint_module, load_pretrained, take_indices
-from backbones.layers import (TubeletEmbed, grid_shape, inflate_conv2d_weight, resample_pos_embed,
-                              resample_time_embed, to_ntuple)
+from backbones._builder import load_pretrained
+from backbones.layers import PatchEmbed, TubeletEmbed, grid_shape, inflate_conv2d_weight, resample_pos_embed, to_ntuple
 from backbones.layers.divided_st_attention import SpaceTimeBlock
 from backbones.layers.factorized_attention import FactorisedDotProductBlock, FactorisedSelfAttentionBlock
+from backbones.models.vit import VisionTransformer
 from engine import choices
 from videovit import register_model
 from videovit.convert import VIVIT_CONVERTERS
-from videovit.nets._video_vit import VideoTokenMixin, check_choice, tokens_to_map
+from videovit.nets._video_vit import VideoTokenMixin, check_choice
+from videovit.nets.factorised import FactorisedVideoEncoder, TemporalBlocks, fit_time_table
 
 __all__ = ["ViViT", "ViViTFactorisedEncoder", "VIVIT_ATTENTION", "vivit_base_16x2_224", "vivit_base_fe_16x2_224",
            "vivit_base_fsa_16x2_224", "vivit_base_fdp_16x2_224", "vivit_large_16x2_224",
@@ -237,25 +238,67 @@ class ViViT(VideoTokenMixin, nn.Module):
         return self.pos_drop(x + pos), thw
 
 
-class ViViTFactorisedEncoder(nn.Module):
+class TubeletClipEmbed(PatchEmbed):
+    """ViViT's tubelet embedding on one clip of ``t`` frames ``(b, C, t, H, W)`` -> a 2D grid ``(b, H', W', D)``.
+
+    The ``embed_layer`` of ViViT FE's spatial ViT: a Conv3d with kernel and stride ``(t, p, p)`` (key
+    ``proj``), i.e. ``TubeletEmbed`` on the video with its temporal indices folded into the batch.
+
+    Args:
+        img_size, patch_size, in_chans, embed_dim, strict_img_size: As the backbones ViT passes them (2D).
+        spatial_dims, flatten: Accepted for the ViT's ``embed_layer`` call; the grid is always 2D channels-last.
+        tubelet_size: Frames per tubelet ``t``.
+    """
+
+    def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: Union[int, Sequence[int]] = 16,
+                 in_chans: int = 3, embed_dim: int = 768, spatial_dims: int = 2, flatten: bool = False,
+                 strict_img_size: bool = False, tubelet_size: int = 2) -> None:
+        super().__init__((tubelet_size,) + to_ntuple(img_size, 2, "img_size"),
+                         (tubelet_size,) + to_ntuple(patch_size, 2, "patch_size"), in_chans, embed_dim, 3,
+                         flatten=False, strict_img_size=strict_img_size)
+        self.tubelet_size = tubelet_size
+        self.grid_size = self.grid_size[1:]  # (H', W')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, C, t, H, W)`` -> ``(b, H', W', D)``."""
+        return super().forward(x)[:, 0]  # (b, 1, H', W', D) -> (b, H', W', D)
+
+
+class _TubeletViT(VisionTransformer):
+    """The backbones ViT as ViViT FE's spatial encoder: its position table is resampled for other frame sizes with
+    plain bicubic interpolation, as ViViT's other models (the backbones ViT antialiases, as timm)."""
+
+    def _pos_table(self, grid: Tuple[int, ...]) -> Optional[torch.Tensor]:
+        if grid == self.grid_size:
+            return self.pos_embed
+        return resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
+
+
+class ViViTFactorisedEncoder(FactorisedVideoEncoder):
     """ViViT model 2: a spatial transformer per temporal index, then a temporal transformer (input ``(B,C,T,H,W)``).
+
+    A :class:`~videovit.nets.factorised.FactorisedVideoEncoder` of the backbones ViT on tubelet clips (spatial,
+    flattened: ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm`` at the top level) and
+    :class:`~videovit.nets.factorised.TemporalBlocks` (``temporal_blocks``) with ``temporal_cls_token``,
+    ``temporal_pos_embed`` and ``temporal_norm``.
 
     Dataflow::
 
-        video -> TubeletEmbed                                          (B, T', N, D)
-          -> per temporal index: [cls_token; tokens] + pos_embed       (B*T', 1 + N, D)
+        video -> clips of t frames                                     (B*T', C, t, H, W)
+          -> TubeletClipEmbed -> [cls_token; tokens] + pos_embed       (B*T', 1 + N, D)
           -> blocks (spatial, ``depth``) -> norm -> class tokens       (B, T', D)
           -> [temporal_cls_token; .] + temporal_pos_embed              (B, 1 + T', D)
           -> temporal_blocks (``temporal_depth``) -> temporal_norm -> class token -> head
 
-    The spatial part uses timm ViT key names (``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``,
-    ``norm``), so an image ViT initialises it; the temporal part (``temporal_*``) then keeps its random init
-    (scenic initialises only the ``SpatialTransformer`` from an image model).
+    An image ViT initialises the spatial part (timm key names); the temporal part (``temporal_*``) then keeps
+    its random init (scenic initialises only the ``SpatialTransformer`` from an image model).
 
     Args:
         temporal_depth: Layers of the temporal transformer (4 for ViViT-B FE).
         temporal_num_heads: Heads of the temporal transformer (default ``num_heads``).
         temporal_mlp_ratio: Its MLP ratio (default ``mlp_ratio``).
+        block_fn: Block class of both transformers, called as the backbones ViT calls its ``block_fn`` and
+            ``blk(x)``.
         Others: as :class:`ViViT` (the spatial transformer's ``depth``/``num_heads``/``mlp_ratio``).
     """
 
@@ -267,44 +310,29 @@ class ViViTFactorisedEncoder(nn.Module):
                  drop_path_rate: float = 0.0, tubelet_init: str = "central",
                  norm_layer: Optional[Type[nn.Module]] = None, act_layer: Optional[Type[nn.Module]] = None,
                  block_fn: Type[nn.Module] = SpaceTimeBlock) -> None:
-        super().__init__()
         if num_frames % tubelet_size or temporal_depth < 1:
             raise ValueError(f"num_frames {num_frames} must be divisible by tubelet_size {tubelet_size} and "
                              f"temporal_depth ({temporal_depth}) >= 1")
-        self.tubelet_init = check_choice(tubelet_init, ("central", "average"), "tubelet_init")
+        tubelet_init = check_choice(tubelet_init, ("central", "average"), "tubelet_init")
         norm_layer, act_layer = norm_layer or _ln, act_layer or _gelu_tanh
         img = to_ntuple(img_size, 2, "img_size")
-        self.num_classes, self.num_frames, self.tubelet_size = num_classes, num_frames, tubelet_size
-        self.num_features = self.embed_dim = embed_dim
-        self.num_prefix_tokens, self.global_pool = 1, "token"
-        self.grad_checkpointing = False
-        self.patch_embed = TubeletEmbed(img, patch_size, tubelet_size, num_frames, in_chans, embed_dim, flatten=False)
-        self.grid_size: Thw = self.patch_embed.grid_size
-        T, H, W = self.grid_size
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + H * W, embed_dim))
-        self.pos_drop = nn.Dropout(drop_rate)
-        self.blocks = _make_blocks(block_fn, depth, embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate,
-                                   attn_drop_rate, drop_path_rate, norm_layer, act_layer)
-        self.norm = norm_layer(embed_dim)
-        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.temporal_pos_embed = nn.Parameter(torch.zeros(1, 1 + T, embed_dim))
-        self.temporal_blocks = _make_blocks(block_fn, temporal_depth, embed_dim, temporal_num_heads or num_heads,
-                                            temporal_mlp_ratio or mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-                                            drop_path_rate, norm_layer, act_layer)
-        self.temporal_norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        spatial = _TubeletViT(
+            img_size=img, patch_size=patch_size, in_chans=in_chans, num_classes=0, global_pool="token",
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            dynamic_img_size=True, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, act_layer=act_layer, norm_layer=norm_layer,
+            embed_layer=partial(TubeletClipEmbed, tubelet_size=tubelet_size), block_fn=block_fn)
+        temporal = TemporalBlocks(*_make_blocks(block_fn, temporal_depth, embed_dim, temporal_num_heads or num_heads,
+                                                temporal_mlp_ratio or mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
+                                                drop_path_rate, norm_layer, act_layer))
+        super().__init__(spatial, temporal, num_frames=num_frames, num_classes=num_classes, tubelet_size=tubelet_size,
+                         temporal_name="temporal_blocks", class_token=True, pos_embed=True,
+                         temporal_norm=norm_layer(embed_dim), drop_rate=drop_rate)
+        self.tubelet_init = tubelet_init
+        self.grid_size: Thw = (num_frames // tubelet_size,) + tuple(spatial.grid_size)
         self.pretrained_cfg = _pretrained_cfg(in_chans, num_frames, img)
         self.pretrained_ignore_keys: Tuple[str, ...] = ()
         _init_vit_weights(self, (self.cls_token, self.pos_embed, self.temporal_cls_token, self.temporal_pos_embed))
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {"pos_embed", "cls_token", "temporal_pos_embed", "temporal_cls_token"}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
     def adapt_state_dict(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Inflate an image ViT's patch kernel (its temporal transformer keeps its init); resample tables."""
@@ -314,70 +342,9 @@ class ViViTFactorisedEncoder(nn.Module):
             _keep_init(self, sd, ("temporal_*",))
         if "pos_embed" in sd and sd["pos_embed"].shape[1] != 1 + H * W:
             sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], (H, W), grid_shape(sd["pos_embed"].shape[1] - 1, 2))
-        tp = sd.get("temporal_pos_embed")
-        if tp is not None and tp.shape[1] != 1 + T:
-            sd["temporal_pos_embed"] = torch.cat([tp[:, :1], resample_time_embed(tp[:, 1:], T)], dim=1)
+        if "temporal_pos_embed" in sd:
+            sd["temporal_pos_embed"] = fit_time_table(sd["temporal_pos_embed"], T, 1)
         return sd
-
-    def _spatial(self, x: torch.Tensor, indices: Sequence[int] = (), norm: bool = False) -> Tuple[torch.Tensor, list]:
-        """Video -> per-frame class tokens ``(B, T', D)`` and the selected spatial-block outputs."""
-        if x.ndim != 5:
-            raise ValueError(f"expected video (B, C, T, H, W), got shape {tuple(x.shape)}")
-        x = self.patch_embed(x)  # (B, T', H', W', D)
-        B, T, H, W, D = x.shape
-        pos = self.pos_embed
-        if (H, W) != self.grid_size[1:]:
-            pos = resample_pos_embed(pos, (H, W), self.grid_size[1:], 1)
-        x = torch.cat([self.cls_token.expand(B * T, -1, -1), x.reshape(B * T, H * W, D)], dim=1)  # (B*T', 1+N, D)
-        x, outs = self.pos_drop(x + pos), []
-        for i, blk in enumerate(self.blocks):
-            x = checkpoint_module(blk, x, (1, H, W), enabled=self.grad_checkpointing)
-            if i in indices:
-                y = (self.norm(x) if norm else x).reshape(B, T, 1 + H * W, D)
-                outs.append((y[:, :, 1:].reshape(B, T * H * W, D), y[:, :, 0], (T, H, W)))
-        return self.norm(x)[:, 0].reshape(B, T, D), outs
-
-    def _temporal(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-frame class tokens ``(B, T', D)`` -> normalised temporal tokens ``(B, 1 + T', D)``."""
-        B, T, D = x.shape
-        pos = self.temporal_pos_embed
-        if T != pos.shape[1] - 1:
-            pos = torch.cat([pos[:, :1], resample_time_embed(pos[:, 1:], T)], dim=1)
-        x = torch.cat([self.temporal_cls_token.expand(B, -1, -1), x], dim=1) + pos  # (B, 1 + T', D)
-        for blk in self.temporal_blocks:
-            x = checkpoint_module(blk, x, (T, 1, 1), enabled=self.grad_checkpointing)
-        return self.temporal_norm(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, T, H, W)`` -> normalised temporal tokens ``(B, 1 + T', D)``."""
-        return self._temporal(self._spatial(x)[0])
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Temporal tokens -> class token -> dropout -> head; ``pre_logits`` stops before the head."""
-        x = self.head_drop(x[:, 0])  # (B, D)
-        return x if pre_logits else self.head(x)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Union[int, Sequence[int], None] = None,
-                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
-                              return_prefix_tokens: bool = False) -> Any:
-        """Outputs of selected *spatial* blocks (indices count ``blocks``; the temporal stage has no grid).
-
-        Returns maps ``(B, D, T', H', W')`` (``"NCTHW"``) or grid tokens ``(B, T'*N, D)`` (``"NLC"``, per-frame
-        class tokens left out); ``return_prefix_tokens`` pairs each map with the class tokens ``(B, T', D)``.
-        ``norm`` applies the spatial ``norm``; otherwise arguments as :meth:`ViViT.forward_intermediates`.
-        """
-        check_choice(output_fmt, ("NCTHW", "NLC"), "output_fmt")
-        take, _ = take_indices(len(self.blocks), indices)
-        cls, outs = self._spatial(x, take, norm)
-        res = []
-        for tok, prefix, thw in outs:
-            fmap = tokens_to_map(tok, thw, 0)
-            res.append(tok if output_fmt == "NLC" else (fmap, prefix) if return_prefix_tokens else fmap)
-        return res if intermediates_only else (self._temporal(cls), res)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 def _create(cls: Type[nn.Module], pretrained: Optional[Any], **kwargs: Any) -> nn.Module:

@@ -44,10 +44,11 @@ from torch import nn
 
 from backbones._builder import build_model
 from backbones.layers.local_global_attention import LocalGlobalEncoder
+from backbones.models.vit import VisionTransformer
 from videovit import register_model
 from videovit.convert import VTN_CONVERTERS
 from videovit.convert.vtn_official import convert_vtn_official  # re-exported (__all__)
-from videovit.nets.stam import FrameViT
+from videovit.nets.factorised import FactorisedVideoEncoder
 
 __all__ = ["VTN", "TemporalEmbedding", "convert_vtn_official", "vtn_vit_base"]
 
@@ -81,8 +82,13 @@ class TemporalEmbedding(nn.Module):
         return self.drop(self.norm(x))
 
 
-class VTN(FrameViT):
+class VTN(FactorisedVideoEncoder):
     """VTN video classifier (input ``(B, C, T, H, W)``, any ``T`` up to ``max_positions - 2``).
+
+    A :class:`~videovit.nets.factorised.FactorisedVideoEncoder` of the backbones ViT (per frame, flattened: timm
+    keys at the top level), ``temporal_cls_token``, :class:`TemporalEmbedding` (``temporal_embed``), a
+    :class:`~backbones.layers.local_global_attention.LocalGlobalEncoder` (``temporal_encoder``) and the MLP head
+    (``mlp_head``; ``pre_logits`` gives its hidden features).
 
     Args:
         num_classes: Classes of the MLP head (0: ``forward`` returns the CLS features).
@@ -97,7 +103,7 @@ class VTN(FrameViT):
         head_dropout: Dropout in the MLP head (0.5).
         temporal_norm_eps: LayerNorm eps of the temporal encoder (1e-12).
         attn_mode: ``"auto"``, ``"dense"`` or ``"chunked"`` local attention.
-        frame_chunk_size: Frames per spatial pass (see :class:`~videovit.nets.stam.FrameViT`).
+        frame_chunk_size: Frames per spatial pass (``None``: all at once with gradients, 32 under no_grad).
         **vit_kwargs: Spatial ViT arguments (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ...).
     """
 
@@ -106,26 +112,27 @@ class VTN(FrameViT):
                  max_positions: int = 288, pos_overflow: str = "error", temporal_dropout: float = 0.1,
                  head_dropout: float = 0.5, temporal_norm_eps: float = 1e-12, attn_mode: str = "auto",
                  frame_chunk_size: Optional[int] = None, **vit_kwargs: Any) -> None:
-        super().__init__(num_frames, frame_chunk_size, num_classes=0, global_pool="token", **vit_kwargs)
+        vit = VisionTransformer(num_classes=0, global_pool="token", **vit_kwargs)
         if pos_overflow not in POS_OVERFLOW or max_positions < 3:
             raise ValueError(f"pos_overflow must be one of {POS_OVERFLOW} and max_positions >= 3, got "
                              f"{pos_overflow!r}, {max_positions}")
-        D = self.embed_dim
-        self.max_positions, self.pos_overflow = max_positions, pos_overflow
-        self.temporal_cls_token = nn.Parameter(torch.randn(1, 1, D))
-        self.temporal_embed = TemporalEmbedding(D, max_positions, temporal_norm_eps, temporal_dropout)
-        self.temporal_encoder = LocalGlobalEncoder(
+        D = vit.embed_dim
+        embed = TemporalEmbedding(D, max_positions, temporal_norm_eps, temporal_dropout)
+        encoder = LocalGlobalEncoder(
             D, temporal_depth, temporal_heads, attention_window, temporal_mlp_dim, num_global_tokens=1,
             proj_drop=temporal_dropout, attn_drop=temporal_dropout,
             norm_layer=partial(nn.LayerNorm, eps=temporal_norm_eps), attn_mode=attn_mode)
-        self.num_classes = num_classes
-        self.mlp_head = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, D), nn.GELU(), nn.Dropout(head_dropout),
-                                      nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity())
-        self.temporal_encoder.apply(self._init_linear)
-        self.mlp_head.apply(self._init_linear)
+        mlp_head = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, D), nn.GELU(), nn.Dropout(head_dropout),
+                                 nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity())
+        encoder.apply(self._init_linear)
+        mlp_head.apply(self._init_linear)
+        super().__init__(vit, encoder, num_frames=num_frames, num_classes=num_classes,
+                         temporal_name="temporal_encoder", class_token=True, temporal_embed=embed, head=mlp_head,
+                         head_name="mlp_head", frame_chunk_size=frame_chunk_size, eval_chunk_size=32)
+        nn.init.normal_(self.temporal_cls_token)  # official: torch.randn
+        self.max_positions, self.pos_overflow = max_positions, pos_overflow
         self.pretrained_cfg.update(classifier="mlp_head.4", num_classes=num_classes)
-        self.pretrained_ignore_keys = tuple(self.pretrained_ignore_keys) + (
-            "temporal_*", "mlp_head.*")  # an image ViT initialises the spatial part only
+        self.pretrained_ignore_keys += ("temporal_*", "mlp_head.*")  # an image ViT initialises the spatial part only
 
     @staticmethod
     def _init_linear(m: nn.Module) -> None:
@@ -133,9 +140,10 @@ class VTN(FrameViT):
             nn.init.normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        super().set_grad_checkpointing(enable)
-        self.temporal_encoder.grad_checkpointing = enable
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """The spatial ViT's tables only: VTN's temporal CLS token has always been decayed."""
+        return set(self.spatial_encoder.no_weight_decay())
 
     def _position_ids(self, position_ids: Optional[torch.Tensor], B: int, T: int, device: torch.device) -> torch.Tensor:
         """Frame indices ``(B, T)`` -> ``(B, 1 + T)`` table rows with the CLS row first."""
@@ -154,36 +162,28 @@ class VTN(FrameViT):
         cls = torch.full((B, 1), limit, dtype=torch.long, device=device)
         return torch.cat([cls, position_ids], dim=1)
 
-    def forward_features(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+    def forward_temporal(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                          frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Video -> temporal tokens ``(B, 1 + T, D)``.
+        """Frame embeddings ``(B, T, D)`` -> temporal tokens ``(B, 1 + T, D)``.
+
+        ``forward_features(x, position_ids, frame_mask)`` and ``forward(x, position_ids, frame_mask)`` pass the
+        two optional arguments here.
 
         Args:
-            x: Video ``(B, C, T, H, W)``.
+            x: Frame embeddings ``(B, T, D)``.
             position_ids: Optional frame indices ``(B, T)`` (default ``0..T-1``).
             frame_mask: Optional bool ``(B, T)``, True at padding frames: videos of different lengths padded to one
                 ``T`` in a batch; no token attends to them, so each video's CLS output equals its unpadded one.
         """
-        f = self.encode_frames(x)  # (B, T, D)
-        B, T, D = f.shape
+        B, T, D = x.shape
         pad = None
         if frame_mask is not None:
             if frame_mask.shape != (B, T):
                 raise ValueError(f"frame_mask must have shape {(B, T)}, got {tuple(frame_mask.shape)}")
             pad = torch.cat([frame_mask.new_zeros(B, 1), frame_mask], dim=1).bool()  # (B, 1 + T), CLS never padded
-        f = torch.cat([self.temporal_cls_token.expand(B, -1, -1), f], dim=1)  # (B, 1 + T, D)
-        f = self.temporal_embed(f, self._position_ids(position_ids, B, T, f.device))
-        return self.temporal_encoder(f, pad)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, 1 + T, D)`` -> logits from the CLS token (``pre_logits``: the MLP head's hidden features)."""
-        x = x[:, 0]
-        return self.mlp_head[:4](x) if pre_logits else self.mlp_head(x)
-
-    def forward(self, x: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.forward_features(x, position_ids, frame_mask)
-        return self.forward_head(x)
+        x = self._add_temporal_tokens(x)  # (B, 1 + T, D)
+        x = self.temporal_embed(x, self._position_ids(position_ids, B, T, x.device))
+        return self.temporal_encoder(x, pad)
 
 
 _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_frames=4, temporal_depth=1,
