@@ -9,7 +9,6 @@ output_fmt=<native>, intermediates_only=False)``: ``indices`` ``None`` = all blo
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import inspect
 from typing import Any, List, Tuple
@@ -22,9 +21,6 @@ TIMM_NAMES = ("x", "indices", "norm", "stop_early", "output_fmt", "intermediates
 TIMM_PREFIX_NAMES = ("x", "indices", "return_prefix_tokens", "norm", "stop_early", "output_fmt", "intermediates_only")
 
 # being moved onto a shared factorised encoder by another change, which gives them this signature
-_PENDING = ("stam_*", "vivit_*_fe_*", "vtn_*")
-
-
 def _cases() -> List[Any]:
     cases = []
     for pkg in ("backbones", "medvit", "videovit"):
@@ -32,9 +28,7 @@ def _cases() -> List[Any]:
         for name in reg.list_models():
             if not reg.entrypoint(name).__module__.startswith(pkg + "."):
                 continue  # stand-ins registered by test suites
-            marks = [pytest.mark.xfail(reason="factorised encoder helper", strict=False)] if any(
-                fnmatch.fnmatch(name, p) for p in _PENDING) else []
-            cases.append(pytest.param(reg, name, id=f"{pkg}:{name}", marks=marks))
+            cases.append(pytest.param(reg, name, id=f"{pkg}:{name}"))
     return cases
 
 

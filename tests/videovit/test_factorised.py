@@ -187,17 +187,17 @@ def test_forward_intermediates_contract(name: str):
     T = x.shape[2] // (model.tubelet_size or 1)
     depth = len(model.blocks)  # indices count the spatial blocks
     with torch.no_grad():
-        every = model.forward_intermediates(x, indices=None)
+        every = model.forward_intermediates(x, indices=None, intermediates_only=True)
         assert len(every) == depth == 2
-        assert len(model.forward_intermediates(x, indices=2)) == 2
-        pair = model.forward_intermediates(x, indices=[0, -1])
+        assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
+        pair = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
         assert len(pair) == 2 and all(torch.equal(p, e) for p, e in zip(pair, every))
         assert [tuple(m.shape) for m in every] == [(2, 32, T, 4, 4)] * 2
-        last = model.forward_intermediates(x, indices=1, output_fmt="NLC")
+        last = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=True)
         assert len(last) == 1 and last[0].shape == (2, T * 16, 32)
         torch.testing.assert_close(last[0], every[-1].flatten(2).transpose(1, 2))  # (t, h, w) token order
-        (fmap, cls), = model.forward_intermediates(x, indices=1, norm=True, return_prefix_tokens=True)
-        torch.testing.assert_close(cls, model.norm(model.forward_intermediates(x, indices=1, return_prefix_tokens=True)
+        (fmap, cls), = model.forward_intermediates(x, indices=1, norm=True, return_prefix_tokens=True, intermediates_only=True)
+        torch.testing.assert_close(cls, model.norm(model.forward_intermediates(x, indices=1, return_prefix_tokens=True, intermediates_only=True)
                                                    [0][1]))
         assert cls.shape == (2, T, 32)
         torch.testing.assert_close(cls, model.forward_spatial(x))  # normed per-frame class tokens feed time

@@ -128,9 +128,9 @@ def test_stam_interface():
     x = torch.randn(1, 3, 4, 32, 32, generator=_gen(5))
     feats = m.forward_features(x)
     assert feats.shape == (1, 5, 32) and m.forward_head(feats, pre_logits=True).shape == (1, 32)
-    maps = m.forward_intermediates(x, indices=1)
+    maps = m.forward_intermediates(x, indices=1, intermediates_only=True)
     assert [tuple(t.shape) for t in maps] == [(1, 32, 4, 4, 4)]
-    toks = m.forward_intermediates(x, indices=[0], output_fmt="NLC")
+    toks = m.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)
     assert toks[0].shape == (1, 4 * 16, 32)
     with torch.no_grad():  # eval: frames go through the ViT in chunks; same result
         m.frame_chunk_size = 3
@@ -226,7 +226,7 @@ def test_vtn_timm_init_and_interface():
         torch.testing.assert_close(vtn.forward_spatial(x)[:, 2], ref.forward_features(x[:, :, 2])[:, 0])
         assert vtn(x).shape == (2, 6)
         assert vtn.forward_head(vtn.forward_features(x), pre_logits=True).shape == (2, 32)
-    assert vtn.forward_intermediates(x, indices=1)[0].shape == (2, 32, 5, 4, 4)
+    assert vtn.forward_intermediates(x, indices=1, intermediates_only=True)[0].shape == (2, 32, 5, 4, 4)
 
 
 def test_vtn_grad_checkpointing_equivalent():

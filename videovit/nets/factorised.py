@@ -302,8 +302,8 @@ class FactorisedVideoEncoder(nn.Module):
         return self.forward_head(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Union[None, int, Sequence[int]] = None,
-                              norm: bool = False, output_fmt: str = "NCTHW", intermediates_only: bool = True,
-                              return_prefix_tokens: bool = False) -> Any:
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCTHW", intermediates_only: bool = False) -> Any:
         """Outputs of selected *spatial* blocks, as video feature maps or tokens.
 
         Indices count the spatial encoder's blocks only: the temporal tokens have no spatial grid, and the
@@ -313,20 +313,23 @@ class FactorisedVideoEncoder(nn.Module):
             x: Video ``(B, C, T, H, W)``.
             indices: ``None`` = every spatial block, int ``n`` = the last ``n``, a sequence = those blocks
                 (negative from the end), as timm's ``feature_take_indices``.
+            return_prefix_tokens: Pair each entry with the per-frame prefix (class) tokens ``(B, T'*P, D)``.
             norm: Apply the spatial encoder's final norm to each intermediate.
+            stop_early: With ``intermediates_only``, stop the spatial pass after the last requested block.
             output_fmt: ``"NCTHW"`` maps ``(B, D, T', h, w)`` or ``"NLC"`` grid tokens ``(B, T'*h*w, D)`` in
                 ``(t, h, w)`` order; per-frame prefix tokens are left out of both.
             intermediates_only: Return only the list; otherwise ``(final temporal tokens (B, L, D), list)``, and
                 ``forward_head(final)`` equals ``forward(x)``.
-            return_prefix_tokens: Pair each entry with the per-frame prefix (class) tokens ``(B, T'*P, D)``.
         """
         check_choice("output_fmt", output_fmt, ("NCTHW", "NLC"), error=ValueError)
         frames, B, T = self._fold(x)
         finals: List[torch.Tensor] = []
         parts: List[list] = []
         for f in self._chunks(frames):
-            final, inter = self._spatial.forward_intermediates(f, indices, norm=norm, return_prefix_tokens=True,
-                                                               stop_early=intermediates_only, return_final=True)
+            out = self._spatial.forward_intermediates(f, indices, return_prefix_tokens=True, norm=norm,
+                                                      stop_early=stop_early and intermediates_only,
+                                                      output_fmt="NCHW", intermediates_only=intermediates_only)
+            final, inter = (None, out) if intermediates_only else out
             finals.append(final)
             parts.append(inter)  # [(map (b, D, h, w), prefix (b, P, D)), ...]
         res = [self._to_video([p[i] for p in parts], B, T, output_fmt, return_prefix_tokens)
