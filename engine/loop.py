@@ -24,7 +24,7 @@ from torch import nn
 
 from engine import checkpoint as ckpt
 from engine.config import TrainConfig, default_out
-from engine.context import Context
+from engine.context import Context, resolve_precision
 from engine.data import EpochBatchSampler, SeededDataset, make_train_loader, micro_batch_size, steps_per_epoch
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_object, setup, teardown
 from engine.errors import Interrupted, RunError, UserError, VtkError
@@ -170,7 +170,9 @@ class _Trainer:
         self.step, self.best, self.best_step, self.last_metrics = 0, None, 0, {}
         self.window: Dict[str, float] = {}
         seed_everything(cfg.seed)
+        self._note(f"building {cfg.model or 'the model'} on {dist.device} (precision {resolve_precision(cfg.precision, dist.device)})")
         self.raw = task.build_model(cfg).to(dist.device)
+        self._note(f"preparing the {cfg.data or 'training'} datasets")
         self.train_ds, self.val_ds = task.build_datasets(cfg)
         self.spe = steps_per_epoch(len(self.train_ds), cfg.batch_size, source=f"{cfg.data or 'training'} dataset")
         self.seeded = SeededDataset(self.train_ds, cfg.seed)
@@ -232,7 +234,8 @@ class _Trainer:
         ckpt.atomic_write_text(out / "config.yaml", self.cfg.to_yaml())
 
     def _note(self, text: str) -> None:
-        if not self.cfg.quiet:
+        """A one-line status message from rank 0 (what is being prepared before the first step line)."""
+        if self.dist.is_main:
             print(f"vtk: {text}", flush=True)
 
     def release(self) -> None:
@@ -284,6 +287,8 @@ class _Trainer:
         stopped = False
         with _StopFlag() as flag, self.progress, contextlib.closing(self.logger):
             self._flag = flag
+            self.progress.message(f"training from step {self.step} to {self.cfg.max_steps}; loading the first batch "
+                                  f"({self.cfg.num_workers} workers)")
             while self.step < self.cfg.max_steps and not stopped:
                 epoch, pos = divmod(self.step, self.spe)
                 sampler = EpochBatchSampler(len(self.train_ds), self.cfg.batch_size, self.dist.world_size,

@@ -74,7 +74,7 @@ class TrainProgress:
         stats = f"loss {loss:.4f} lr {lr:.3g} {samples_per_s:.1f} samples/s{self._memory()}"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, stats=stats)
-        elif step % self.log_every == 0 or step == self.total:
+        elif step % self.log_every == 0 or step == self.total or step == self.start + 1:  # first line at once
             done = step - self.start
             eta = (time.perf_counter() - self._t0) / max(1, done) * (self.total - step)
             print(f"step {step}/{self.total} {stats} eta {format_eta(eta)}", flush=True)
