@@ -16,12 +16,19 @@ Relative tables hold ``2 * span - 1`` offsets. An axis shorter than ``span`` use
 a longer one linearly resamples the table, so a model built for 128 px runs at 64 px or 256 px (the official MedT
 code breaks as soon as the input size differs from ``img_size``).
 
-Differences from the official MedT code (``lib/models/axialnet.py``), all deliberate:
-  * The official code has no ``1/sqrt(d)`` scale but batch-normalises each logit term (``bn_similarity``) and each
-    output term (``bn_output``). In training mode those BatchNorms divide out the gate values, so the gates barely
-    act. Here the logits are ``scale * (q.k + G_Q q.r^q + G_K k.r^k)`` as in Eq. 2 and one norm follows the gated
-    sum, so the gates weigh the terms against each other.
-  * The gates are trainable from the start (the official code creates them with ``requires_grad=False``).
+Two variants (``variant=``):
+  * ``"official"`` (the official MedT code, ``lib/models/axialnet.py``; MedT's default, so its checkpoints load and
+    give the official outputs): no ``1/sqrt(d)`` scale; each logit term is batch-normalised before the sum
+    (``norm_logits`` over the ``3 * heads`` maps ``[q.k | G_Q q.r^q | G_K k.r^k]``, or the ``heads`` maps of
+    ``q.k`` without relative encodings; the official ``bn_similarity``) and each output term before theirs
+    (``norm_out`` over ``2 * out_dim`` channels ``[G_V1 P v | G_V2 P r^v]`` interleaved per channel, the official
+    ``bn_output``). The attention runs as explicit matmuls (the per-term norms sit between the logits and the
+    softmax).
+  * ``"eq2"``: the logits are ``scale * (q.k + G_Q q.r^q + G_K k.r^k)`` as in Eq. 2, through SDPA, and one norm
+    follows the gated sum. In training mode the official per-term BatchNorms divide out the gate values, so the
+    gates barely act there; here they weigh the terms against each other.
+
+In both, the gates are trainable from the start (the official code creates them with ``requires_grad=False``).
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.layers.attention import sdpa
+from engine.choices import check_choice
 
-__all__ = ["AxialAttention", "relative_table", "GATE_INIT"]
+__all__ = ["AxialAttention", "relative_table", "GATE_INIT", "VARIANTS"]
 
 #: Initial gate values (G_Q, G_K, G_V2, G_V1) of MedT: f_qr, f_kr, f_sve = 0.1 and f_sv = 1.0.
 GATE_INIT = (0.1, 0.1, 0.1, 1.0)
+#: ``variant`` values: the official MedT per-term norms, or Eq. 2 with one output norm.
+VARIANTS = ("official", "eq2")
 
 
 def relative_table(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -81,7 +91,8 @@ class AxialAttention(nn.Module):
         gated: Learnable gates on the relative terms (MedT's gated axial attention); needs ``rel_pos``.
         gate_init: Initial (G_Q, G_K, G_V2, G_V1).
         attn_drop: Attention dropout.
-        norm_layer: 2D norm class applied to the qkv projection and to the output (``nn.BatchNorm2d``).
+        norm_layer: 2D norm class applied to the qkv projection, the output (and, ``"official"``, the logits).
+        variant: ``"eq2"`` (default) or ``"official"`` (see the module docstring).
 
     Example::
 
@@ -93,10 +104,11 @@ class AxialAttention(nn.Module):
     def __init__(self, dim: int, out_dim: Optional[int] = None, num_heads: int = 8, axis: str = "height",
                  span: Optional[int] = None, stride: int = 1, rel_pos: bool = True, gated: bool = True,
                  gate_init: Sequence[float] = GATE_INIT, attn_drop: float = 0.0,
-                 norm_layer: Type[nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: Type[nn.Module] = nn.BatchNorm2d, variant: str = "eq2") -> None:
         super().__init__()
         out_dim = out_dim or dim
         self._check_args(dim, out_dim, num_heads, axis, span, stride, rel_pos, gated, gate_init)
+        self.variant = check_choice("variant", variant, VARIANTS, error=ValueError)
         self.out_dim, self.num_heads, self.axis, self.stride = out_dim, num_heads, axis, stride
         self.head_dim = out_dim // num_heads  # v width per head; q and k have head_dim // 2
         self.span = span
@@ -108,7 +120,10 @@ class AxialAttention(nn.Module):
             self.f_qr, self.f_kr, self.f_sve, self.f_sv = (nn.Parameter(torch.tensor(float(g))) for g in gate_init)
         else:
             self.f_qr = self.f_kr = self.f_sve = self.f_sv = None
-        self.norm_out = norm_layer(out_dim)
+        official = variant == "official"
+        # official: one norm per logit term (q.k [, q.r^q, k.r^k]) and per output term (P v [, P r^v])
+        self.norm_logits = norm_layer(num_heads * (3 if rel_pos else 1)) if official else None
+        self.norm_out = norm_layer(out_dim * (2 if official and rel_pos else 1))
         self.pool = nn.AvgPool2d(stride, stride=stride) if stride > 1 else nn.Identity()
         self.reset_parameters(dim)
 
@@ -163,12 +178,17 @@ class AxialAttention(nn.Module):
         dq = self.head_dim // 2
         qkv = self._to_rows(self.norm_qkv(self.qkv(x)))  # (R, g, L, 2*head_dim)
         q, k, v = qkv.split([dq, dq, self.head_dim], dim=-1)  # (R, g, L, dq|dq|dv)
+        tables = None
+        if self.relative is not None:
+            tables = relative_table(self.relative, q.shape[2]).split([dq, dq, self.head_dim], dim=0)  # (c, L, L)
+        if self.variant == "official":
+            return self.pool(self._official(q, k, v, tables, B, H, W))
         drop = self.attn_drop if self.training else 0.0
-        if self.relative is None:
+        if tables is None:
             out = sdpa(q, k, v, dropout_p=drop)  # (R, g, L, dv)
         else:
+            rq, rk, rv = tables
             L = q.shape[2]
-            rq, rk, rv = relative_table(self.relative, L).split([dq, dq, self.head_dim], dim=0)  # (c, L, L) each
             eye = torch.eye(L, dtype=v.dtype, device=v.device).expand(*v.shape[:2], L, L)  # (R, g, L, L)
             out = sdpa(q, k, torch.cat([v, eye], dim=-1), self._rel_bias(q, k, rq, rk), dropout_p=drop)
             out, probs = out.split([self.head_dim, L], dim=-1)  # (R, g, L, dv), attention probabilities (R, g, L, L)
@@ -178,5 +198,34 @@ class AxialAttention(nn.Module):
         out = self.norm_out(self._from_rows(out, B, H, W))  # (B, out_dim, H, W)
         return self.pool(out)
 
+    def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.softmax(dim=-1)
+        return F.dropout(probs, self.attn_drop) if self.training and self.attn_drop > 0 else probs
+
+    def _official(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  tables: Optional[Sequence[torch.Tensor]], B: int, H: int, W: int) -> torch.Tensor:
+        """The official MedT attention (unscaled logits, a norm per logit term and per output term) on rows
+        ``(R, g, L, d)`` -> ``(B, out_dim, H, W)`` before pooling."""
+        R, g, L, _ = q.shape
+        logits = q @ k.transpose(-1, -2)  # (R, g, L, L): q_i . k_j
+        if tables is None:  # official AxialAttention_wopos
+            probs = self._softmax(self.norm_logits(logits))  # (R, g, L, L)
+            return self.norm_out(self._from_rows(probs @ v, B, H, W))  # (B, out_dim, H, W)
+        rq, rk, rv = tables
+        qr = torch.einsum("rgic,cij->rgij", q, rq)  # (R, g, L, L)
+        kr = torch.einsum("rgjc,cji->rgij", k, rk)  # (R, g, L, L)
+        if self.f_qr is not None:
+            qr, kr = qr * self.f_qr, kr * self.f_kr
+        logits = self.norm_logits(torch.cat([logits, qr, kr], dim=1)).view(R, 3, g, L, L).sum(1)  # (R, g, L, L)
+        probs = self._softmax(logits)
+        sv = probs @ v  # (R, g, L, dv)
+        sve = torch.einsum("rgij,cij->rgic", probs, rv)  # (R, g, L, dv)
+        if self.f_sv is not None:
+            sv, sve = sv * self.f_sv, sve * self.f_sve
+        both = torch.stack([sv, sve], dim=-1).flatten(-2)  # (R, g, L, 2*dv): channel 2c + term
+        out = self.norm_out(self._from_rows(both, B, H, W))  # (B, 2*out_dim, H, W)
+        return out.view(B, self.out_dim, 2, H, W).sum(2)  # (B, out_dim, H, W)
+
     def extra_repr(self) -> str:
-        return f"axis={self.axis}, heads={self.num_heads}, span={self.span}, stride={self.stride}"
+        return (f"axis={self.axis}, heads={self.num_heads}, span={self.span}, stride={self.stride}, "
+                f"variant={self.variant}")

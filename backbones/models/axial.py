@@ -118,6 +118,7 @@ class AxialEncoder(nn.Module):
         layers: Blocks per stage; ``len(layers)`` stages, stride 2 from the second stage on.
         width: Width multiplier ``s`` (stem ``64s``, stage ``i`` bottleneck ``128s * 2^i``).
         stem_hidden: Channels of the middle stem conv (128 in MedT, not scaled by ``s``).
+        stem_width: Stem output channels (default ``64s``; MedT's local branch: 64, see :mod:`medvit.nets.medt`).
         num_heads: Attention heads per axial layer.
         rel_pos: Relative encodings for q, k and v.
         gated: Learnable gates (MedT); needs ``rel_pos``.
@@ -131,7 +132,7 @@ class AxialEncoder(nn.Module):
 
     def __init__(self, img_size: int = 128, in_chans: int = 3, num_classes: int = 1000,
                  layers: Sequence[int] = (1, 2, 4, 1), width: float = 0.125, stem_hidden: int = 128,
-                 num_heads: int = 8, rel_pos: bool = True, gated: bool = True,
+                 stem_width: Optional[int] = None, num_heads: int = 8, rel_pos: bool = True, gated: bool = True,
                  attn_layer: Optional[Type[nn.Module]] = None, block_fn: Type[nn.Module] = AxialBlock,
                  norm_layer: Type[nn.Module] = nn.BatchNorm2d, act_layer: Type[nn.Module] = nn.ReLU,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
@@ -143,7 +144,7 @@ class AxialEncoder(nn.Module):
         self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
         self.grad_checkpointing = False
         attn_layer = attn_layer or partial(AxialAttention, rel_pos=rel_pos, gated=gated)
-        stem_width = int(64 * width)
+        stem_width = stem_width or int(64 * width)
         self.stem = _Stem(in_chans, stem_width, stem_hidden, norm_layer, act_layer)
         n = sum(layers)
         dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear 0 -> rate (meta-device safe)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from backbones.convert import SWIN_CONVERTERS, Converter
-from medvit.convert import monai_swin_unetr, monai_unetr, transunet
+from medvit.convert import medt_official, monai_swin_unetr, monai_unetr, transunet
 
 __all__ = ["UNETR_CONVERTERS", "SWIN_UNETR_CONVERTERS", "SWIN_UNETR_ENCODER_CONVERTERS", "TRANSUNET_CONVERTERS",
            "MEDT_CONVERTERS", "CONVERTERS"]
@@ -20,7 +20,7 @@ UNETR_CONVERTERS: Tuple[Converter, ...] = monai_unetr.CONVERTERS
 SWIN_UNETR_CONVERTERS: Tuple[Converter, ...] = monai_swin_unetr.CONVERTERS  # whole networks
 SWIN_UNETR_ENCODER_CONVERTERS: Tuple[Converter, ...] = SWIN_CONVERTERS  # encoder-only files, into ``swinViT``
 TRANSUNET_CONVERTERS: Tuple[Converter, ...] = transunet.CONVERTERS
-MEDT_CONVERTERS: Tuple[Converter, ...] = ()  # vtk checkpoints only
+MEDT_CONVERTERS: Tuple[Converter, ...] = medt_official.CONVERTERS  # official medt_net state dicts
 
 # Every medvit model family with its converters (for listings and docs).
 CONVERTERS: Dict[str, Tuple[Converter, ...]] = {

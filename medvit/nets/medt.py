@@ -6,17 +6,25 @@ Gated axial attention: :mod:`backbones.layers.axial_attention`; encoders: :mod:`
 Dataflow (paper config: 128 px, ``s = 0.125``, layers ``[1, 2, 4, 1]``, 4 x 4 local patches)::
 
     x (B, C, H, W) ------------------------------+
-    | global branch: stem + gated axial            | local branch: split into n x n patches (B*n*n, C, H/n, W/n)
-    |   stages 1-2 (relative encodings, gates)     |   stem + axial stages 1-4 (no positional encoding)
+    | global branch: stem C -> 8 -> 128 -> 8       | local branch: split into n x n patches (B*n*n, C, H/n, W/n)
+    |   + gated axial stages 1-2 (relative         |   stem C -> 64 -> 128 -> 64 + axial stages 1-4 (no positional
+    |   encodings, gates)                          |   encoding)
     | skip-add decoder -> (B, 16, H, W)            |   skip-add decoder -> (B*n*n, 16, H/n, W/n) -> (B, 16, H, W)
     +------------------- add ----------------------+
     fuse conv3x3 - ReLU - head conv1x1                                  (B, num_classes, H, W)
 
-Compared with the official code (``lib/models/axialnet.py``): the local patches run as one batch instead of a
-Python double loop over a hard-coded 4 x 4 grid of 32-px crops; the grid is ``local_patches`` per side and the
-patch size follows the input; the relative spans are built from ``img_size`` but any input whose sides are
-multiples of ``16 * local_patches`` runs (see :mod:`backbones.layers.axial_attention`); decoder upsampling goes to
-the skip's size rather than a fixed factor 2; the gates are trainable from the first step.
+The architecture is the official ``medt_net`` (``lib/models/axialnet.py``, 1,560,140 parameters at 128 px with 3
+input channels and 2 classes): its local stem is built from ``self.inplanes`` after the global stages, i.e. 64 wide
+(``local_stem_width``), and its attention is the official per-term-normalised one (``attn_variant="official"``,
+:mod:`backbones.layers.axial_attention`). Official checkpoints load through ``medvit/convert/medt_official.py``
+(strict; the 35,570 parameters of modules the official forward never calls, ``AxialBlock_wopos.conv1`` x 8 and
+``adjust_p``, are dropped, so vtk's MedT has 1,524,570). Remaining differences, none of which changes an
+eval-mode output: the local patches run as one batch instead of a Python double loop over a hard-coded 4 x 4 grid
+of 32-px crops (in training mode BatchNorm therefore sees all patches at once, where the official loop normalises
+and updates the running statistics patch by patch); the grid is ``local_patches`` per side and the patch size
+follows the input; the relative spans are built from ``img_size`` but any input whose sides are multiples of
+``16 * local_patches`` runs (see :mod:`backbones.layers.axial_attention`); decoder upsampling goes to the skip's
+size rather than a fixed factor 2; the gates are trainable from the first step.
 
 Example::
 
@@ -28,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, List, Optional, Sequence, Type, Union
 
 import torch
@@ -35,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones._builder import build_model, take_indices
+from backbones.layers.axial_attention import VARIANTS, AxialAttention
 from backbones.models.axial import AxialEncoder
 from engine.choices import check_choice
 from medvit import register_model
@@ -87,6 +97,11 @@ class MedT(nn.Module):
         width: Width multiplier ``s`` (0.125).
         num_heads: Heads per axial attention layer (8).
         local_patches: Patches per side of the local branch grid (4: a 4 x 4 grid of 32-px patches at 128 px).
+        local_stem_width: Output channels of the local branch's stem (default: the channels of the global
+            branch's last stage, 64 at ``s = 0.125``, as the official code, which builds it from ``self.inplanes``
+            after the global stages).
+        attn_variant: ``"official"`` (per-term norms, the official code) or ``"eq2"`` (see
+            :mod:`backbones.layers.axial_attention`).
         norm_layer: 2D norm class of both encoders.
         act_layer: Activation class of both encoders.
         drop_path_rate: Stochastic depth of both encoders.
@@ -96,7 +111,8 @@ class MedT(nn.Module):
 
     def __init__(self, img_size: int = 128, in_chans: int = 3, num_classes: int = 2,
                  layers: Sequence[int] = (1, 2, 4, 1), global_stages: int = 2, width: float = 0.125,
-                 num_heads: int = 8, local_patches: int = 4, norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+                 num_heads: int = 8, local_patches: int = 4, local_stem_width: Optional[int] = None,
+                 attn_variant: str = "official", norm_layer: Type[nn.Module] = nn.BatchNorm2d,
                  act_layer: Type[nn.Module] = nn.ReLU, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if not 1 <= global_stages <= len(layers):
@@ -107,13 +123,18 @@ class MedT(nn.Module):
         if img_size % self.multiple:
             raise ValueError(f"img_size {img_size} must be a multiple of {self.multiple} "
                              f"(2^{len(layers)} per local patch x {local_patches} patches)")
+        check_choice("attn_variant", attn_variant, VARIANTS, error=ValueError)
         self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
         self.local_patches = local_patches
         common = dict(in_chans=in_chans, num_classes=0, width=width, num_heads=num_heads, norm_layer=norm_layer,
                       act_layer=act_layer, drop_path_rate=drop_path_rate)
-        self.global_branch = AxialEncoder(img_size, layers=layers[:global_stages], gated=True, **common)
-        self.local_branch = AxialEncoder(img_size // local_patches, layers=layers, rel_pos=False, gated=False,
-                                         **common)
+        self.global_branch = AxialEncoder(
+            img_size, layers=layers[:global_stages],
+            attn_layer=partial(AxialAttention, rel_pos=True, gated=True, variant=attn_variant), **common)
+        self.local_branch = AxialEncoder(
+            img_size // local_patches, layers=layers,
+            stem_width=local_stem_width or self.global_branch.feature_info[-1]["num_chs"],
+            attn_layer=partial(AxialAttention, rel_pos=False, gated=False, variant=attn_variant), **common)
         g_chs = [f["num_chs"] for f in self.global_branch.feature_info]
         l_chs = [f["num_chs"] for f in self.local_branch.feature_info]
         self.num_features = g_chs[0] // 2
@@ -189,5 +210,6 @@ class MedT(nn.Module):
 @register_model(tiny=dict(img_size=32, layers=(1, 1, 1, 1), local_patches=2), meta=dict(input_size=(3, 128, 128),
                 spatial_dims=2, protocol=dict(dataset='glas', roi=(128, 128), num_classes=2)))
 def medt(pretrained: Optional[Any] = None, **overrides: Any) -> MedT:
-    """MedT at the paper config (128 px, ``s = 0.125``, layers ``[1, 2, 4, 1]``, 4 x 4 local patches)."""
+    """MedT at the paper config (128 px, ``s = 0.125``, layers ``[1, 2, 4, 1]``, 4 x 4 local patches); loads
+    official ``medt_net`` state dicts and vtk checkpoints."""
     return build_model(MedT, pretrained, MEDT_CONVERTERS, **overrides)

@@ -19,6 +19,13 @@ Grayscale input: as in the official code, a one-channel image is repeated to thr
 R50 convolutions are weight-standardised (the standardisation of a summed kernel differs from the sum of the
 standardised kernels); repeating keeps the ImageNet-21k filters exact.
 
+R50 variant: the default ``resnet_variant="official"`` is the R50 of the official TransUNet code
+(Beckschen/TransUNet ``networks/vit_seg_modeling_resnet_skip.py``: symmetric ``StdConv2d`` padding, an unpadded
+stem max pool whose 55-px stride-4 skip is zero-padded to 56, ``GroupNorm(C, C)`` on the projection shortcuts,
+eps 1e-5/1e-6), so the same npz gives the official TransUNet's features; ``resnet_variant="timm"`` is timm's and
+Google's R50 (SAME padding, ``GroupNorm(32)`` shortcuts), which gives timm's ``vit_base_r50_s16_224`` features.
+With the same weights the two differ by a few per cent (see :mod:`backbones.models.vit_hybrid`).
+
 Pretrained weights: ``R50+ViT-B_16.npz`` (through the backbones Google npz converter) or a timm
 ``vit_base_r50_s16_224`` state dict load into ``encoder.*``; the decoder and head stay newly initialised and
 are listed in the load report. A vtk TransUNet checkpoint loads completely.
@@ -127,6 +134,8 @@ class TransUNet(nn.Module):
         attn_drop_rate: ViT attention dropout.
         drop_path_rate: ViT stochastic depth.
         encoder: Name of the backbones hybrid entry point.
+        resnet_variant: ``"official"`` (TransUNet's code, default) or ``"timm"`` (timm/Google), see the module
+            docstring.
     """
 
     spatial_dims = 2
@@ -135,7 +144,8 @@ class TransUNet(nn.Module):
                  layers: Sequence[int] = (3, 4, 9), embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, decoder_channels: Sequence[int] = (256, 128, 64, 16),
                  head_channels: int = 512, n_skip: int = 3, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, encoder: str = "vit_base_r50_s16_224") -> None:
+                 drop_path_rate: float = 0.0, encoder: str = "vit_base_r50_s16_224",
+                 resnet_variant: str = "official") -> None:
         super().__init__()
         self.img_size = to_ntuple(img_size, 2, "img_size")
         self.in_chans, self.num_classes = in_chans, num_classes
@@ -143,7 +153,7 @@ class TransUNet(nn.Module):
             encoder, img_size=self.img_size, in_chans=3 if in_chans == 1 else in_chans, num_classes=0,
             global_pool="", class_token=False, layers=tuple(layers), embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, proj_drop_rate=drop_rate, pos_drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, resnet_variant=resnet_variant)
         self._check_stride(decoder_channels)
         skips = [f["num_chs"] for f in reversed(self.encoder.cnn_feature_info)]  # deepest first
         self.decoder = DecoderCup(embed_dim, skips, decoder_channels, head_channels, n_skip)

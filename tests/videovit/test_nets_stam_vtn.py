@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 import videovit
 from backbones._builder import load_pretrained
 from backbones.layers.local_global_attention import LocalGlobalAttention, local_global_mask
+from engine.errors import UserError
 from videovit.convert import VTN_CONVERTERS
 from videovit.convert.vtn_official import convert_vtn_official
 from videovit.nets.stam import STAM
@@ -95,16 +98,84 @@ def test_local_global_ill_args():
 
 # ------------------------------------------------------------------------------------------------------ STAM
 def test_stam_spatial_part_matches_timm_vit():
+    """A timm ViT initialises the spatial part of a STAM built with the timm ViT's configuration."""
     torch.manual_seed(0)
     ref = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=5, **VIT_TINY).eval()
     stam = videovit.create_model("stam_16", pretrained=ref.state_dict(), num_frames=3, temporal_depth=1,
-                                 temporal_heads=2, temporal_mlp_dim=64, num_classes=7, **VIT_TINY).eval()
+                                 temporal_heads=2, temporal_mlp_dim=64, num_classes=7, qkv_bias=True, norm_eps=1e-6,
+                                 **VIT_TINY).eval()
     x = torch.randn(2, 3, 3, 32, 32, generator=_gen(3))
     with torch.no_grad():
         frames = stam.forward_spatial(x)  # (B, T, D)
         for t in range(3):
             torch.testing.assert_close(frames[:, t], ref.forward_features(x[:, :, t])[:, 0], atol=1e-5, rtol=1e-5)
         assert stam(x).shape == (2, 7)
+
+
+STAM_TINY = dict(num_frames=3, temporal_depth=2, temporal_heads=2, temporal_mlp_dim=48, num_classes=7, **VIT_TINY)
+
+
+def _official_stam(frames: int = 3):
+    """The official STAM module tree (Alibaba-MIIL/STAM ``transformer_model.py``/``temporal_aggregation.py``): a
+    ViT without qkv bias and with PyTorch's LayerNorm eps (timm's ViT with those options has the same keys and
+    forward), its ``head`` after ``aggregate``: ``TAggregate`` = class token + ``(1, T+1, D)`` table + a
+    sequence-first ``nn.TransformerEncoder`` (``d_model``, ``nhead``, default FFN/dropout) with a final LayerNorm."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=7, qkv_bias=False,
+                            norm_layer=partial(torch.nn.LayerNorm, eps=1e-5), **VIT_TINY).eval()
+    agg = torch.nn.Module()
+    agg.transformer_enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(32, 2, 48), 2,
+                                                      norm=torch.nn.LayerNorm(32), enable_nested_tensor=False)
+    agg.cls_token = torch.nn.Parameter(torch.randn(1, 1, 32, generator=_gen(20)))
+    agg.pos_embed = torch.nn.Parameter(torch.randn(1, frames + 1, 32, generator=_gen(21)))
+    agg.eval()
+    vit.aggregate = agg
+    for p in vit.parameters():  # every tensor off its init (LayerNorms, biases)
+        p.data.add_(0.05 * torch.randn(p.shape, generator=_gen(22)))
+    return vit
+
+
+def _official_stam_forward(vit, x: torch.Tensor) -> torch.Tensor:
+    """``VisionTransformer.forward`` with ``aggregate``: per-frame ``norm(x)[:, 0]``, then ``TAggregate.forward``
+    (frames batched as ``(nvids * T, C, H, W)``, the encoder run sequence-first), then ``head``."""
+    B, C, T = x.shape[:3]
+    frames = x.transpose(1, 2).reshape(B * T, C, *x.shape[3:])
+    f = vit.forward_features(frames)[:, 0].view(B, T, -1)  # (nvids, T, D)
+    agg = vit.aggregate
+    seq = torch.cat([agg.cls_token.expand(B, -1, -1), f], dim=1) + agg.pos_embed  # (B, 1 + T, D)
+    return vit.head(agg.transformer_enc(seq.transpose(0, 1))[0])
+
+
+def test_stam_official_checkpoint_loads_with_defaults(tmp_path):
+    """An official STAM checkpoint (``{'model': state_dict}``, as the official infer.py reads) loads into
+    ``stam_16`` with its defaults (no qkv bias, LayerNorm eps 1e-5) and gives the official logits."""
+    official = _official_stam()
+    path = tmp_path / "stam_16.pth"
+    torch.save({"model": official.state_dict()}, path)
+    stam = videovit.create_model("stam_16", pretrained=path, **STAM_TINY).eval()
+    assert stam.blocks[0].attn.qkv.bias is None and stam.norm.eps == 1e-5
+    x = torch.randn(2, 3, 3, 32, 32, generator=_gen(23))
+    with torch.no_grad():
+        ref = _official_stam_forward(official, x)
+        torch.testing.assert_close(stam(x), ref, atol=1e-5, rtol=1e-5)
+        assert ref.abs().max() > 1e-2
+
+
+def test_stam_timm_weights_need_the_timm_config():
+    ref = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, **VIT_TINY)
+    with pytest.raises(UserError, match="qkv_bias=True, norm_eps=1e-6"):
+        videovit.create_model("stam_16", pretrained=ref.state_dict(), **STAM_TINY)
+
+
+@pytest.mark.parametrize("name,frames", [("stam_8", 8), ("stam_16", 16), ("stam_32", 32), ("stam_64", 64)])
+def test_stam_registry_entries(name, frames):
+    meta = videovit.registry.metadata(name)
+    assert meta["num_frames"] == frames and meta["input_size"] == (3, frames, 224, 224)
+    with torch.device("meta"):
+        m = videovit.create_model(name)
+    assert m.num_frames == frames and m.aggregate.pos_embed.shape == (1, frames + 1, 768)
+    assert m.blocks[0].attn.qkv.bias is None and m.norm.eps == 1e-5
+    assert videovit.registry.resolve("stam") == "stam_16"
 
 
 def test_stam_temporal_part_is_torch_transformer_encoder():

@@ -1,13 +1,16 @@
-"""ViViT models 1-4: shapes, HF parity (both HF key layouts), and initialisation from a timm image ViT."""
+"""ViViT models 1-4: shapes, HF parity (both HF key layouts), Scenic checkpoints (npz and Flax msgpack, models 1
+and 2), and initialisation from a timm image ViT."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import videovit
+from engine.errors import UserError
 from videovit.convert.hf_vivit import convert_hf_vivit
 from vtk_testing import randomize_
 
@@ -164,3 +167,131 @@ def test_ill_args() -> None:
         videovit.create_model("vivit_base_fdp_16x2_224", **{**TINY, "num_heads": 1})
     with pytest.raises(ValueError, match="tubelet_init: 'centre' is not one of .*did you mean central"):
         videovit.create_model("vivit_base_16x2_224", tubelet_init="centre", **TINY)
+
+
+# ----------------------------------------------------------------------------------- Scenic (JAX/Flax) files
+def _flax_encoder(sd: dict, blocks: str, pos: str, norm: str, root: str, heads: int) -> dict:
+    """vtk block/pos/norm tensors -> Scenic ``Encoder`` parameter paths (Flax layouts)."""
+    out = {f"{root}/posembed_input/pos_embedding": sd[pos], f"{root}/encoder_norm/scale": sd[f"{norm}.weight"],
+           f"{root}/encoder_norm/bias": sd[f"{norm}.bias"]}
+    i = 0
+    while f"{blocks}.{i}.norm1.weight" in sd:
+        b, e = f"{blocks}.{i}.", f"{root}/encoderblock_{i}/"
+        D = sd[b + "norm1.weight"].shape[0]
+        for ln, ours in (("LayerNorm_0", "norm1"), ("LayerNorm_1", "norm2")):
+            out[f"{e}{ln}/scale"], out[f"{e}{ln}/bias"] = sd[f"{b}{ours}.weight"], sd[f"{b}{ours}.bias"]
+        a = e + "MultiHeadDotProductAttention_0/"
+        for name, w, bias in zip(("query", "key", "value"), sd[b + "attn.qkv.weight"].chunk(3),
+                                 sd[b + "attn.qkv.bias"].chunk(3)):
+            out[f"{a}{name}/kernel"] = w.t().reshape(D, heads, D // heads)  # DenseGeneral (in, heads, head_dim)
+            out[f"{a}{name}/bias"] = bias.reshape(heads, D // heads)
+        out[a + "out/kernel"] = sd[b + "attn.proj.weight"].t().reshape(heads, D // heads, D)
+        out[a + "out/bias"] = sd[b + "attn.proj.bias"]
+        for r in (0, 1):
+            out[f"{e}MlpBlock_0/Dense_{r}/kernel"] = sd[f"{b}mlp.fc{r + 1}.weight"].t()  # Dense (in, out)
+            out[f"{e}MlpBlock_0/Dense_{r}/bias"] = sd[f"{b}mlp.fc{r + 1}.bias"]
+        i += 1
+    return out
+
+
+def _to_scenic(model, heads: int = 2) -> dict:
+    """A vtk ViViT (model 1) or ViViT FE (model 2) as the flattened Scenic parameter tree ('/'-joined paths)."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = {"embedding/kernel": sd["patch_embed.proj.weight"].permute(2, 3, 4, 1, 0),  # Flax Conv (t, h, w, C, D)
+           "embedding/bias": sd["patch_embed.proj.bias"],
+           "output_projection/kernel": sd["head.weight"].t(), "output_projection/bias": sd["head.bias"]}
+    if "temporal_norm.weight" in sd:  # model 2: SpaceTimeViViT
+        out["cls_SpatialTransformer"] = sd["cls_token"]
+        out["cls_TemporalTransformer"] = sd["temporal_cls_token"]
+        out.update(_flax_encoder(sd, "blocks", "pos_embed", "norm", "SpatialTransformer", heads))
+        out.update(_flax_encoder(sd, "temporal_blocks", "temporal_pos_embed", "temporal_norm", "TemporalTransformer",
+                                 heads))
+    else:
+        out["cls"] = sd["cls_token"]
+        out.update(_flax_encoder(sd, "blocks", "pos_embed", "norm", "Transformer", heads))
+    return {k: v.contiguous().numpy() for k, v in out.items()}
+
+
+SCENIC = {"vivit_base_16x2_224": TINY, "vivit_base_fe_16x2_224": {**TINY, "temporal_depth": 2}}
+
+
+def _scenic_source(name: str):
+    torch.manual_seed(0)
+    return randomize_(videovit.create_model(name, **SCENIC[name]), 0.2).eval()
+
+
+@pytest.mark.parametrize("name", list(SCENIC))
+@pytest.mark.parametrize("prefix", ["", "optimizer/target/"])
+def test_scenic_npz_round_trip(tmp_path, name: str, prefix: str) -> None:
+    """A flattened Scenic ``.npz`` (optionally a whole train state, with optimizer moments under the same names)
+    loads into the vtk model and gives the source model's logits."""
+    src = _scenic_source(name)
+    flat = {prefix + k: v for k, v in _to_scenic(src).items()}
+    if prefix:  # momentum buffers of the same shapes must not be taken for the parameters
+        flat.update({f"optimizer/state/param_states/{k}/grad_ema": np.ones_like(v) for k, v in _to_scenic(src).items()})
+    path = tmp_path / "vivit.npz"
+    np.savez(path, **flat)
+    x = _clip()
+    with torch.no_grad():
+        out = videovit.create_model(name, pretrained=path, **SCENIC[name]).eval()(x)
+        torch.testing.assert_close(out, src(x), rtol=0, atol=1e-6)
+        assert out.abs().max() > 1e-2
+
+
+def test_scenic_converter_detects_a_misplaced_weight() -> None:
+    src = _scenic_source("vivit_base_16x2_224")
+    flat = {k: torch.from_numpy(v) for k, v in _to_scenic(src).items()}
+    a = "Transformer/encoderblock_1/MultiHeadDotProductAttention_0/"
+    flat[a + "query/kernel"], flat[a + "key/kernel"] = flat[a + "key/kernel"], flat[a + "query/kernel"]
+    x = _clip()
+    with torch.no_grad():
+        out = videovit.create_model("vivit_base_16x2_224", pretrained=flat, **TINY).eval()(x)
+        assert (out - src(x)).abs().max() > 1e-3
+
+
+def test_scenic_model_mismatch_is_a_user_error() -> None:
+    flat = {k: torch.from_numpy(v) for k, v in _to_scenic(_scenic_source("vivit_base_fe_16x2_224")).items()}
+    with pytest.raises(UserError, match="model 2 .*vivit_base_fe_16x2_224"):
+        videovit.create_model("vivit_base_16x2_224", pretrained=flat, **TINY)
+
+
+def _flax_msgpack(tree: dict, chunk: str) -> bytes:
+    """Flax ``serialization.to_bytes`` of a nested dict: ndarrays as ext type 1 = msgpack(shape, dtype, bytes),
+    the ``chunk`` leaf split the way Flax splits arrays above its chunk size."""
+    msgpack = pytest.importorskip("msgpack")
+
+    def ext(obj):
+        if isinstance(obj, np.ndarray):
+            return msgpack.ExtType(1, msgpack.packb((obj.shape, obj.dtype.name, obj.tobytes("C")), use_bin_type=True))
+        return obj
+
+    def nest(flat: dict) -> dict:
+        root: dict = {}
+        for k, v in flat.items():
+            *path, leaf = k.split("/")
+            node = root
+            for p in path:
+                node = node.setdefault(p, {})
+            if k == chunk:
+                parts = np.array_split(v.reshape(-1), 2)
+                v = {"__msgpack_chunked_array__": True, "shape": {str(i): s for i, s in enumerate(v.shape)},
+                     "chunks": {str(i): c for i, c in enumerate(parts)}}
+            node[leaf] = v
+        return root
+
+    return msgpack.packb({"params": nest(tree), "global_step": 7}, default=ext, strict_types=True)
+
+
+@pytest.mark.parametrize("name", list(SCENIC))
+def test_scenic_msgpack_checkpoint(tmp_path, name: str) -> None:
+    from videovit.convert.scenic_vivit import read_flax_checkpoint
+    src = _scenic_source(name)
+    root = "Transformer" if name == "vivit_base_16x2_224" else "SpatialTransformer"
+    path = tmp_path / "checkpoint_7"
+    path.write_bytes(_flax_msgpack(_to_scenic(src), f"{root}/posembed_input/pos_embedding"))
+    sd = read_flax_checkpoint(path)
+    assert f"params/{root}/posembed_input/pos_embedding" in sd and "global_step" not in sd
+    x = _clip()
+    with torch.no_grad():
+        out = videovit.create_model(name, pretrained=sd, **SCENIC[name]).eval()(x)
+        torch.testing.assert_close(out, src(x), rtol=0, atol=1e-6)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from backbones.convert import VIT_CONVERTERS, Converter
-from videovit.convert import hf_timesformer, hf_vivit, pytorchvideo_mvit, timesformer_official, vtn_official
+from videovit.convert import (hf_timesformer, hf_vivit, pytorchvideo_mvit, scenic_vivit, timesformer_official,
+                              vtn_official)
 
 __all__ = ["TIMESFORMER_CONVERTERS", "VIVIT_CONVERTERS", "STAM_CONVERTERS", "VTN_CONVERTERS", "MVIT_CONVERTERS",
            "CONVERTERS"]
@@ -19,7 +20,8 @@ __all__ = ["TIMESFORMER_CONVERTERS", "VIVIT_CONVERTERS", "STAM_CONVERTERS", "VTN
 # HF, official .pyth, vtk TimeSformer; then image ViT weights (inflated by TimeSformer.adapt_state_dict).
 TIMESFORMER_CONVERTERS: Tuple[Converter, ...] = (
     hf_timesformer.CONVERTERS + timesformer_official.CONVERTERS + VIT_CONVERTERS)
-VIVIT_CONVERTERS: Tuple[Converter, ...] = hf_vivit.CONVERTERS + VIT_CONVERTERS
+# Scenic (5D ``embedding/kernel``) before the image Google npz, which shares its marker names.
+VIVIT_CONVERTERS: Tuple[Converter, ...] = scenic_vivit.CONVERTERS + hf_vivit.CONVERTERS + VIT_CONVERTERS
 STAM_CONVERTERS: Tuple[Converter, ...] = VIT_CONVERTERS
 VTN_CONVERTERS: Tuple[Converter, ...] = vtn_official.CONVERTERS + VIT_CONVERTERS
 MVIT_CONVERTERS: Tuple[Converter, ...] = pytorchvideo_mvit.CONVERTERS

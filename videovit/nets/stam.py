@@ -13,15 +13,20 @@ STAM is a :class:`~videovit.nets.factorised.FactorisedVideoEncoder` of the backb
       -> aggregate: [cls] + pos_embed -> TransformerEncoder x6 -> LayerNorm   (B, 1 + T, D)
       -> class token -> dropout -> head                                        (B, num_classes)
 
-Key names equal the official STAM checkpoints' (spatial ViT at the top level, ``aggregate.*``, ``head``), so they
-load natively (pass ``qkv_bias=False, norm_eps=1e-5``: the official ViT has no qkv bias and PyTorch's default
-LayerNorm eps). A timm ViT state dict initialises the spatial part (``aggregate.*`` stays at init; the 1000-class
-head is dropped).
+Key names equal the official STAM checkpoints' (spatial ViT at the top level, ``aggregate.*``, ``head``) and the
+defaults are the official configuration (``src/models/transformer_model.py``: ViT-B/16 without qkv bias,
+PyTorch's LayerNorm eps 1e-5, exact GELU), so official checkpoints (``{'model': state_dict}``) load natively with
+the defaults. The official ``stam_16``/``stam_32``/``stam_64`` differ only in ``num_frames``; ``stam_8`` is the
+8-frame configuration of the paper's frame-count ablation. A timm ViT state dict initialises the spatial part
+when the model is built with the timm ViT's configuration, ``qkv_bias=True, norm_eps=1e-6`` (``aggregate.*``
+stays at init; the 1000-class head is dropped).
 
 Example::
 
     >>> import videovit
-    >>> net = videovit.create_model("stam_16", pretrained="vit_base_patch16_224.pth", num_classes=400)
+    >>> net = videovit.create_model("stam_16", pretrained="stam_16.pth")  # official checkpoint
+    >>> net = videovit.create_model("stam_16", pretrained="vit_base_patch16_224.pth", qkv_bias=True, norm_eps=1e-6,
+    ...                             num_classes=400)  # timm ImageNet ViT -> spatial part
     >>> net(torch.randn(1, 3, 16, 224, 224)).shape
     torch.Size([1, 400])
 """
@@ -39,7 +44,7 @@ from videovit import register_model
 from videovit.convert import STAM_CONVERTERS
 from videovit.nets.factorised import FactorisedVideoEncoder, fit_time_table
 
-__all__ = ["STAM", "TemporalAggregate", "stam_16", "stam_64"]
+__all__ = ["STAM", "TemporalAggregate", "stam_8", "stam_16", "stam_32", "stam_64"]
 
 
 class TemporalAggregate(nn.Module):
@@ -96,14 +101,18 @@ class STAM(FactorisedVideoEncoder):
         temporal_dropout: Dropout in the temporal encoder.
         frame_chunk_size: Frames per spatial forward pass (``None``: all frames at once when gradients are on,
             chunks of 32 under ``torch.no_grad()``).
-        **vit_kwargs: Spatial ViT arguments (``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``,
-            ``qkv_bias``, ``norm_eps``, ``drop_rate`` (before the head), ``drop_path_rate``, ...).
+        qkv_bias: Bias on the spatial ViT's qkv (False, as the official STAM ViT; True for timm/Google ViTs).
+        norm_eps: The spatial ViT's LayerNorm epsilon (1e-5, PyTorch's default used by STAM; 1e-6 for timm).
+        **vit_kwargs: Other spatial ViT arguments (``img_size``, ``patch_size``, ``embed_dim``, ``depth``,
+            ``num_heads``, ``drop_rate`` (before the head), ``drop_path_rate``, ...).
     """
 
     def __init__(self, num_frames: int = 16, num_classes: int = 400, temporal_depth: int = 6,
                  temporal_heads: int = 8, temporal_mlp_dim: int = 2048, temporal_dropout: float = 0.1,
-                 frame_chunk_size: Optional[int] = None, **vit_kwargs: Any) -> None:
-        vit = VisionTransformer(num_classes=num_classes, global_pool="token", **vit_kwargs)
+                 frame_chunk_size: Optional[int] = None, qkv_bias: bool = False, norm_eps: float = 1e-5,
+                 **vit_kwargs: Any) -> None:
+        vit = VisionTransformer(num_classes=num_classes, global_pool="token", qkv_bias=qkv_bias, norm_eps=norm_eps,
+                                **vit_kwargs)
         self.check_frames(num_frames, frame_chunk_size)
         aggregate = TemporalAggregate(num_frames, vit.embed_dim, temporal_depth, temporal_heads, temporal_mlp_dim,
                                       temporal_dropout)
@@ -113,7 +122,15 @@ class STAM(FactorisedVideoEncoder):
         self.pretrained_ignore_keys += ("aggregate.*",)
 
     def adapt_state_dict(self, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Spatial table resampled by the ViT; the temporal table resampled to ``num_frames``."""
+        """Spatial table resampled by the ViT; the temporal table resampled to ``num_frames``.
+
+        Raises:
+            ValueError: The checkpoint has qkv biases (a timm/Google ViT) and this STAM has none (the default).
+        """
+        has_bias = any(k.startswith("blocks.") and k.endswith(".attn.qkv.bias") for k in sd)
+        if has_bias and self.blocks[0].attn.qkv.bias is None:
+            raise ValueError("the checkpoint's ViT has qkv biases (a timm/Google ViT); STAM's defaults are the "
+                             "official STAM ViT's (no qkv bias): build it with qkv_bias=True, norm_eps=1e-6")
         sd = super().adapt_state_dict(sd)
         pos = sd.get("aggregate.pos_embed")
         if pos is not None:
@@ -126,12 +143,26 @@ _TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_
              temporal_heads=2, temporal_mlp_dim=64, num_classes=10)
 
 
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 8, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=8, protocol=dict(stride=0, crop_size=224, short_side=256, views='1x1')))
+def stam_8(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
+    """STAM-8: ViT-B/16 per frame + 6-layer temporal transformer, 8 frames per video (the paper's frame ablation)."""
+    return build_model(STAM, pretrained, STAM_CONVERTERS, **{**_VIT_B, "num_frames": 8, **overrides})
+
+
 @register_model(tiny=_TINY, meta=dict(input_size=(3, 16, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                 num_frames=16, protocol=dict(stride=0, crop_size=224, short_side=256, views='1x1')),
                 aliases=('stam',))
 def stam_16(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
     """STAM-16 (K400 79.3 top-1, ~119M params): ViT-B/16 per frame + 6-layer temporal transformer, 16 frames."""
     return build_model(STAM, pretrained, STAM_CONVERTERS, **{**_VIT_B, "num_frames": 16, **overrides})
+
+
+@register_model(tiny=_TINY, meta=dict(input_size=(3, 32, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                num_frames=32, protocol=dict(stride=0, crop_size=224, short_side=256, views='1x1')))
+def stam_32(pretrained: Optional[Any] = None, **overrides: Any) -> STAM:
+    """STAM-32: as STAM-16 with 32 frames per video (the official ``stam_32``)."""
+    return build_model(STAM, pretrained, STAM_CONVERTERS, **{**_VIT_B, "num_frames": 32, **overrides})
 
 
 @register_model(tiny=_TINY, meta=dict(input_size=(3, 64, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
