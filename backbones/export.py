@@ -151,6 +151,8 @@ def protocol_metadata(registry: Any, name: str, model: nn.Module, *, model_args:
         "mean": _json_safe(meta.get("mean")), "std": _json_safe(meta.get("std")),
         "num_classes": num_classes, "class_names": None}
     protocol = _scaled_protocol(meta, size, task)
+    if "num_classes" in protocol and num_classes:
+        protocol["num_classes"] = num_classes
     if cfg is not None:
         _run_protocol(cfg, task, protocol, top)
     if top["class_names"] is None:

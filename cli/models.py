@@ -142,7 +142,10 @@ def _export_source(model: Optional[str], checkpoint: Optional[Path], pretrained:
         if pretrained is not None or model_args:
             raise UserError("--pretrained and --model-arg go with --model, not --checkpoint (the run records both)")
         cfg, state = load_run(checkpoint, which)
-        _, reg = find_model(cfg.model)
+        pkg = {"seg": "medvit", "video": "videovit"}.get(cfg.task)
+        reg = importlib.import_module(pkg).registry if pkg else find_model(cfg.model)[1]
+        if not reg.is_model(cfg.model):
+            raise UserError(f"{checkpoint}: model {cfg.model!r} of this {cfg.task} run is not registered in {pkg}")
         return prepare_export(reg, cfg.model, cfg=cfg, state_dict=state, source=str(checkpoint))
     if pretrained is not None and not pretrained.is_file():
         raise UserError(f"--pretrained {pretrained}: no such file")

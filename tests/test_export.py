@@ -138,6 +138,7 @@ def test_cli_export_of_a_seg_run_carries_its_protocol(tmp_path: Path, one_thread
     p = meta["protocol"]
     assert meta["class_names"] == names and p["roi"] == [16, 16, 16] and p["spacing"] == [1.0, 1.0, 2.5]
     assert (p["a_min"], p["a_max"], p["dataset"]) == (-100.0, 200.0, "decathlon") and meta["task"] == "seg"
+    assert p["num_classes"] == meta["num_classes"] == 3
     _assert_parity(runner, trained.eval(), example_input(meta["input_size"], batch=2, seed=4))
 
 
@@ -248,8 +249,9 @@ class _ShapeArgument(nn.Module):
 @_NEEDS_DEPLOY
 def test_shape_dependent_argument_names_the_source_line(tmp_path: Path) -> None:
     meta = {"model": "shape_argument", "task": "backbone", "input_size": [2, 4, 4]}
-    with pytest.raises(UserError, match=r"shape_argument: cannot export to ONNX: argument num_groups of "
-                                        r"aten::group_norm at \S*test_export.py:\d+ is computed from the input's shape"):
+    expected = (r"shape_argument: cannot export to ONNX: argument num_groups of aten::group_norm at "
+                r"\S*test_export.py:\d+ is computed from the input's shape")
+    with pytest.raises(UserError, match=expected):
         export_model(_ShapeArgument(), tmp_path / "g.onnx", "onnx", meta)
 
 
