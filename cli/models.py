@@ -1,9 +1,11 @@
-"""``vtk models list`` and ``vtk models info NAME``: every model of the ``backbones``, ``medvit`` and ``videovit``
-registries, with parameter counts and FLOPs computed on the meta device (no memory, no weights)."""
+"""``vtk models list``, ``vtk models info NAME`` and ``vtk models export``: every model of the ``backbones``,
+``medvit`` and ``videovit`` registries, with parameter counts and FLOPs computed on the meta device (no memory, no
+weights), and its export to ONNX / TorchScript (the logic lives in :mod:`backbones.export`)."""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import typer
@@ -11,7 +13,7 @@ import typer
 from cli.apps import models_app
 from engine.errors import UserError
 
-__all__ = ["list_cmd", "info_cmd", "registries", "find_model", "count_params", "count_flops"]
+__all__ = ["list_cmd", "info_cmd", "export_cmd", "registries", "find_model", "count_params", "count_flops"]
 
 _PACKAGES = ("backbones", "medvit", "videovit")
 
@@ -125,3 +127,66 @@ def info_cmd(name: str = typer.Argument(..., help="A registered model name (see 
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         typer.echo(f"{k.ljust(width)}  {v}")
+
+
+def _export_source(model: Optional[str], checkpoint: Optional[Path], pretrained: Optional[Path],
+                   model_args: Optional[List[str]], which: Optional[str]) -> Tuple[Any, Dict[str, Any]]:
+    """``(model, metadata)`` from ``--checkpoint RUN`` or ``--model NAME [--pretrained FILE] [--model-arg K=V]``."""
+    from backbones.export import prepare_export
+    from engine import load_run
+    from engine.config import parse_key_values
+
+    if (model is None) == (checkpoint is None):
+        raise UserError("pass exactly one of --checkpoint RUN and --model NAME")
+    if checkpoint is not None:
+        if pretrained is not None or model_args:
+            raise UserError("--pretrained and --model-arg go with --model, not --checkpoint (the run records both)")
+        cfg, state = load_run(checkpoint, which)
+        pkg = {"seg": "medvit", "video": "videovit"}.get(cfg.task)
+        reg = importlib.import_module(pkg).registry if pkg else find_model(cfg.model)[1]
+        if not reg.is_model(cfg.model):
+            raise UserError(f"{checkpoint}: model {cfg.model!r} of this {cfg.task} run is not registered in {pkg}")
+        return prepare_export(reg, cfg.model, cfg=cfg, state_dict=state, source=str(checkpoint))
+    if pretrained is not None and not pretrained.is_file():
+        raise UserError(f"--pretrained {pretrained}: no such file")
+    _, reg = find_model(model)
+    return prepare_export(reg, model, pretrained=str(pretrained) if pretrained else None,
+                          model_args=parse_key_values(model_args))
+
+
+@models_app.command("export")
+def export_cmd(
+    out: Path = typer.Option(..., "--out", help="Destination file (.onnx, or .pt/.ts for TorchScript)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A registered model name (see `vtk models list`)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A run folder or .safetensors file; "
+                                              "its config gives the model and the test protocol."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights for --model (.pth, .npz, "
+                                              ".safetensors, ...)."),
+    model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help="KEY=VALUE override for --model, "
+                                                  "repeatable (e.g. num_classes=14)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="onnx or torchscript (default: from --out's suffix)."),
+    which: Optional[str] = typer.Option(None, "--which", help="best or last checkpoint of a run folder."),
+    dynamic_spatial: Optional[bool] = typer.Option(None, "--dynamic-spatial/--static-spatial", help="Default: "
+                                                   "dynamic when the export matches PyTorch at half and twice the "
+                                                   "input size."),
+    atol: float = typer.Option(1e-4, "--atol", help="Largest accepted |export - PyTorch| on the check batch."),
+) -> None:
+    """Export a model to ONNX or TorchScript with dynamic batch and its test protocol in the file's metadata.
+
+    The export is checked against PyTorch on a batch of 2 before the file is written (atomically).
+
+    Example: vtk models export --checkpoint runs/seg-unetr --out unetr.onnx
+    """
+    from backbones.export import export_model, format_from_suffix
+    from engine.choices import check_choice
+
+    fmt = format_from_suffix(out, fmt)
+    if which is not None:
+        check_choice("--which", which, ("best", "last"))
+    net, meta = _export_source(model, checkpoint, pretrained, model_arg, which)
+    report = export_model(net, out, fmt, meta, dynamic_spatial=dynamic_spatial, atol=atol)
+    size = "x".join(str(s) for s in meta["input_size"])
+    space = "dynamic" if report.dynamic_spatial else "static"
+    typer.echo(f"wrote {report.path} ({fmt}, {_fmt(report.bytes, 'B')}, {report.seconds:.1f} s): {meta['model']} "
+               f"for N x {size} inputs (dynamic batch, {space} spatial size); max |{fmt} - PyTorch| = "
+               f"{report.max_abs_diff:.2e} on a batch of 2")
