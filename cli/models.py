@@ -125,3 +125,23 @@ def info_cmd(name: str = typer.Argument(..., help="A registered model name (see 
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         typer.echo(f"{k.ljust(width)}  {v}")
+
+
+@models_app.command("convert")
+def convert_cmd(file: str = typer.Argument(..., help="A weights file: .pth/.pt/.pyth/.bin/.ckpt, .safetensors or "
+                                            ".npz (timm, Google, MONAI, HF, pytorchvideo, PySlowFast, official)."),
+                model: str = typer.Option(..., "--model", help="The registry model the weights belong to."),
+                out: str = typer.Option(..., "--out", help="Folder to write (a run folder: checkpoints/best."
+                                         "safetensors, config.yaml, pretrained_report.json)."),
+                model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help="KEY=VALUE model override.")
+                ) -> None:
+    """Convert released weights into a vtk checkpoint that `--checkpoint` and engine.load_run read.
+
+    Example: vtk models convert MVIT_B_16x4.pyth --model mvit --out runs/mvit-k400
+    """
+    from engine.config import parse_key_values
+    from engine.pretrained import convert_weights, describe
+
+    run, path = convert_weights(file, model, out, parse_key_values(model_arg, "--model-arg"))
+    typer.echo(describe(run))
+    typer.echo(f"wrote {path} (+ config.yaml, pretrained_report.json in {out})")
