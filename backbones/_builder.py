@@ -21,13 +21,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
@@ -38,7 +39,7 @@ from engine.errors import UserError
 
 __all__ = [
     "LoadReport", "read_checkpoint", "load_pretrained", "build_model", "adapt_input_conv", "take_indices",
-    "checkpoint_module",
+    "checkpoint_module", "collect_load_reports",
 ]
 
 _logger = logging.getLogger("backbones")
@@ -58,6 +59,11 @@ class LoadReport:
         dropped: Checkpoint keys not loaded (mismatched classifier, keys the converter discarded).
         kept_init: Model keys left at their initial values (``pretrained_ignore_keys``, dropped classifier).
         loaded: Number of tensors loaded.
+        loaded_keys: Model keys whose values come from the checkpoint (after conversion and adaptation).
+        created: Model keys the model's ``adapt_state_dict`` hook made that the checkpoint does not hold (e.g.
+            TimeSformer's temporal attention copied from the spatial one, a zero ``time_embed``).
+        classifier_shapes: Shapes of the checkpoint's classifier tensors that were dropped for not fitting
+            (``{"head.weight": (101, 768)}``: the file's head has 101 classes).
     """
 
     source: str
@@ -66,15 +72,58 @@ class LoadReport:
     dropped: List[str] = field(default_factory=list)
     kept_init: List[str] = field(default_factory=list)
     loaded: int = 0
+    loaded_keys: List[str] = field(default_factory=list)
+    created: List[str] = field(default_factory=list)
+    classifier_shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def new(self) -> List[str]:
+        """Model keys that did not come from the checkpoint as they are: made by the hook or left at init."""
+        return list(dict.fromkeys(self.created + self.kept_init))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready summary: ``loaded`` / ``adapted`` / ``new`` / ``ignored`` tensors (``pretrained_report.json``)."""
+        converted = [a for a in self.adapted if " converter mapped " in a]
+        adapted = [a for a in self.adapted if a not in converted]
+        return {"source": self.source, "format": self.converter, "converted": converted,
+                "loaded": list(self.loaded_keys), "adapted": adapted, "new": self.new, "ignored": list(self.dropped),
+                "counts": {"loaded": len(self.loaded_keys), "adapted": len(adapted), "new": len(self.new),
+                           "ignored": len(self.dropped)}}
 
     def __str__(self) -> str:
         lines = [f"loaded {self.loaded} tensors from {self.source} ({self.converter} format)"]
         lines += [f"  adapted: {a}" for a in self.adapted]
         if self.dropped:
             lines.append(f"  dropped from checkpoint: {', '.join(self.dropped)}")
+        if self.created:
+            lines.append(f"  new (made from the checkpoint by the model): {', '.join(self.created)}")
         if self.kept_init:
             lines.append(f"  left at init: {', '.join(self.kept_init)}")
         return "\n".join(lines)
+
+
+_REPORT_SINKS: List[List["LoadReport"]] = []
+
+
+@contextlib.contextmanager
+def collect_load_reports() -> Iterator[List[LoadReport]]:
+    """Collect every :class:`LoadReport` that :func:`load_pretrained` makes inside the ``with`` block.
+
+    Entry points return the model, not the report; a caller that needs it (``--pretrained`` writing
+    ``pretrained_report.json``) wraps ``create_model(..., pretrained=FILE)`` in this block.
+
+    Example::
+
+        >>> with collect_load_reports() as reports:
+        ...     model = videovit.create_model("timesformer", pretrained="vit_base.pth")
+        >>> reports[-1].new
+    """
+    sink: List[LoadReport] = []
+    _REPORT_SINKS.append(sink)
+    try:
+        yield sink
+    finally:
+        _REPORT_SINKS.remove(sink)
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -187,7 +236,9 @@ def _drop_classifier(sd: StateDict, model_sd: StateDict, cfg: Mapping[str, Any],
     for head in _as_tuple(cfg.get("classifier")):
         for key in [k for k in list(sd) if k == head or k.startswith(head + ".")]:
             if key not in model_sd or sd[key].shape != model_sd[key].shape:
-                report.dropped.append(f"{key} {tuple(sd.pop(key).shape)}")
+                shape = tuple(sd.pop(key).shape)
+                report.dropped.append(f"{key} {shape}")
+                report.classifier_shapes[key] = shape
                 if key in model_sd:
                     keep_init.append(key)
         keep_init += [k for k in model_sd if (k == head or k.startswith(head + ".")) and k not in sd
@@ -208,6 +259,7 @@ def _run_hook(model: nn.Module, sd: StateDict, report: LoadReport) -> StateDict:
         if k in before and before[k] != tuple(v.shape):
             report.adapted.append(f"{k}: {before[k]} -> {tuple(v.shape)}")
     report.dropped += [f"{k} {before[k]}" for k in before if k not in sd]
+    report.created += [k for k in sd if k not in before]
     return sd
 
 
@@ -292,7 +344,10 @@ def load_pretrained(model: nn.Module, src: Union[str, os.PathLike, Mapping[str, 
     full = {k: sd.get(k, model_sd[k]) for k in model_sd}
     model.load_state_dict(full, strict=True)
     report.loaded = len(sd)
+    report.loaded_keys = [k for k in model_sd if k in sd and k not in report.created]
     _logger.info("%s", report)
+    for sink in _REPORT_SINKS:
+        sink.append(report)
     return report
 
 

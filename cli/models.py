@@ -190,3 +190,23 @@ def export_cmd(
     typer.echo(f"wrote {report.path} ({fmt}, {_fmt(report.bytes, 'B')}, {report.seconds:.1f} s): {meta['model']} "
                f"for N x {size} inputs (dynamic batch, {space} spatial size); max |{fmt} - PyTorch| = "
                f"{report.max_abs_diff:.2e} on a batch of 2")
+
+
+@models_app.command("convert")
+def convert_cmd(file: str = typer.Argument(..., help="A weights file: .pth/.pt/.pyth/.bin/.ckpt, .safetensors or "
+                                            ".npz (timm, Google, MONAI, HF, pytorchvideo, PySlowFast, official)."),
+                model: str = typer.Option(..., "--model", help="The registry model the weights belong to."),
+                out: str = typer.Option(..., "--out", help="Folder to write (a run folder: checkpoints/best."
+                                         "safetensors, config.yaml, pretrained_report.json)."),
+                model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help="KEY=VALUE model override.")
+                ) -> None:
+    """Convert released weights into a vtk checkpoint that `--checkpoint` and engine.load_run read.
+
+    Example: vtk models convert MVIT_B_16x4.pyth --model mvit --out runs/mvit-k400
+    """
+    from engine.config import parse_key_values
+    from engine.pretrained import convert_weights, describe
+
+    run, path = convert_weights(file, model, out, parse_key_values(model_arg, "--model-arg"))
+    typer.echo(describe(run))
+    typer.echo(f"wrote {path} (+ config.yaml, pretrained_report.json in {out})")

@@ -86,8 +86,16 @@ def train(
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help="KEY=VALUE model override."),
     data_arg: Optional[List[str]] = typer.Option(None, "--data-arg", help="KEY=VALUE data option."),
     quiet: Optional[bool] = typer.Option(None, "--quiet/--no-quiet"),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Fine-tune from a weights file (R50+ViT-B_16"
+                                              ".npz, MONAI UNETR/Swin-UNETR or SSL model_swinvit.pt, timm, vtk ...); "
+                                              "the run keeps its path + sha256 and never re-reads it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="quick: a small model and a short schedule "
+                                         "(explicit options win)."),
 ) -> None:
-    """Train a segmentation model on the shared engine (DiceCE loss, sliding-window validation)."""
+    """Train a segmentation model on the shared engine (DiceCE loss, sliding-window validation).
+
+    Example: vtk seg train --model transunet --pretrained R50+ViT-B_16.npz --data synapse --data-dir DIR
+    """
     from engine.config import config_from_cli, parse_key_values
 
     model_args = parse_key_values(model_arg, "--model-arg")
@@ -100,11 +108,26 @@ def train(
                  lr=lr, precision=precision, device=device, val_every=val_every, ckpt_every=ckpt_every,
                  num_workers=num_workers, seed=seed, warmup_steps=warmup_steps, quiet=quiet,
                  model_args=model_args or None, data_args=data_args or None)
+    given = _with_pretrained_and_preset(given, model, pretrained, preset, resume)
     if config is None and resume is None:
         from medvit.recipes import with_recipe_defaults
 
         given = with_recipe_defaults(model, given)
     _fit(config_from_cli("seg", model, given, config))
+
+
+def _with_pretrained_and_preset(given: dict, model: Optional[str], pretrained: Optional[Path],
+                                preset: Optional[str], resume: Optional[Path]) -> dict:
+    """``--pretrained`` into ``model_args`` and the ``--preset`` defaults under the explicit options."""
+    if resume is not None and (pretrained is not None or preset is not None):
+        raise UserError("--pretrained/--preset: not with --resume (the run already holds its weights and config)")
+    if pretrained is not None:
+        given["model_args"] = {**(given["model_args"] or {}), "pretrained": str(pretrained)}
+    if preset is not None:
+        from medvit.presets import with_preset
+
+        given = with_preset(preset, model, given)
+    return given
 
 
 def _fit(cfg) -> None:
@@ -123,9 +146,88 @@ def _rel(path: str, root: Path) -> str:
         return str(path)
 
 
+# ------------------------------------------------------------------------------------ weights without a run
+def _opt_model():
+    return typer.Option(None, "--model", help="With --pretrained: the weights' registry model (unetr, swin_unetr, "
+                        "transunet, medt).")
+
+
+def _opt_pretrained():
+    return typer.Option(None, "--pretrained", help="A released weights file (MONAI, Google .npz, timm, vtk); the "
+                        "test protocol comes from the model's registry entry.")
+
+
+def _opt_roi():
+    return typer.Option(None, "--roi", help="With --pretrained: sliding-window ROI edge (3D) or slice size (2D).")
+
+
+def _opt_spacing():
+    return typer.Option(None, "--spacing", help="With --pretrained: voxel spacing in mm the model expects, X,Y,Z.")
+
+
+def _opt_a_min():
+    return typer.Option(None, "--a-min", help="With --pretrained: intensity window low end (HU for CT).")
+
+
+def _opt_a_max():
+    return typer.Option(None, "--a-max", help="With --pretrained: intensity window high end.")
+
+
+def _opt_num_classes():
+    return typer.Option(None, "--num-classes", help="With --pretrained: classes incl. background (default: the "
+                        "file's classifier).")
+
+
+def _opt_class_names():
+    return typer.Option(None, "--class-names", help="With --pretrained: names, background first: a file (one per "
+                        "line) or a,b,c (default: the protocol dataset's, e.g. BTCV's organs).")
+
+
+def _opt_model_arg():
+    return typer.Option(None, "--model-arg", help="With --pretrained: KEY=VALUE model override.")
+
+
+_PROTOCOL_OPTIONS = {"roi": "--roi", "spacing": "--spacing", "a_min": "--a-min", "a_max": "--a-max",
+                     "num_classes": "--num-classes", "names": "--class-names", "model_arg": "--model-arg"}
+
+
+def _floats(text: Optional[str], option: str) -> Optional[List[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _weights_or_run(checkpoint: Optional[Path], model: Optional[str], pretrained: Optional[Path], protocol: dict):
+    """``--checkpoint RUN``, or ``--model NAME --pretrained FILE`` loaded with its protocol (an
+    :class:`engine.pretrained.WeightsRun`, which the Predictor takes in place of a run)."""
+    from engine.config import parse_key_values
+
+    if checkpoint is not None:
+        given = [_PROTOCOL_OPTIONS[k] for k, v in protocol.items() if v is not None and v != []] + (
+            ["--model"] if model else []) + (["--pretrained"] if pretrained else [])
+        if given:
+            raise UserError(f"{given[0]}: only without --checkpoint (a run replays its own model and protocol)")
+        return checkpoint
+    if not model or not pretrained:
+        raise UserError("give --checkpoint RUN, or --model NAME with --pretrained FILE")
+    from engine.pretrained import describe
+    from medvit.pretrained import weights_run
+
+    p = dict(protocol)
+    p["spacing"] = _floats(p["spacing"], "--spacing")
+    p["model_args"] = parse_key_values(p.pop("model_arg"), "--model-arg")
+    run = weights_run(model, pretrained, **p)
+    typer.echo(describe(run))
+    return run
+
+
 @seg_app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or .safetensors file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
+                                              "--model NAME --pretrained FILE)."),
     data: Optional[str] = typer.Option(None, "--data", help="Default: the run's --data."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: the run's --data-dir."),
     split: str = typer.Option("validation", "--split", help="validation, training or all."),
@@ -135,15 +237,31 @@ def evaluate(
     amp: bool = typer.Option(False, "--amp/--no-amp", help="Autocast (bf16 on CPU, fp16 on CUDA)."),
     device: str = typer.Option("auto", "--device"),
     tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance in mm."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN/eval."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN/eval (eval-<weights file> with "
+                                       "--pretrained)."),
+    model: Optional[str] = _opt_model(),
+    pretrained: Optional[Path] = _opt_pretrained(),
+    roi: Optional[int] = _opt_roi(),
+    spacing: Optional[str] = _opt_spacing(),
+    a_min: Optional[float] = _opt_a_min(),
+    a_max: Optional[float] = _opt_a_max(),
+    num_classes: Optional[int] = _opt_num_classes(),
+    class_names: Optional[str] = _opt_class_names(),
+    model_arg: Optional[List[str]] = _opt_model_arg(),
 ) -> None:
-    """Sliding-window evaluation in each label's own grid: Dice, HD95 (mm), NSD per organ."""
+    """Sliding-window evaluation in each label's own grid: Dice, HD95 (mm), NSD per organ.
+
+    Example: vtk seg eval --model swin_unetr --pretrained swin_unetr_btcv.pt --data btcv --data-dir DIR
+    """
     from medvit.evaluate import default_eval_dir, evaluate_checkpoint
     from medvit.metrics import write_reports
 
-    result = evaluate_checkpoint(checkpoint, data, data_dir, split, tolerance, device=device, overlap=overlap,
+    protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
+                    names=class_names, model_arg=model_arg)
+    source = _weights_or_run(checkpoint, model, pretrained, protocol)
+    result = evaluate_checkpoint(source, data, data_dir, split, tolerance, device=device, overlap=overlap,
                                  sw_batch_size=sw_batch_size, mode=mode, amp=amp)
-    target = out or default_eval_dir(checkpoint)
+    target = out or (default_eval_dir(checkpoint) if checkpoint else Path(f"eval-{Path(source).stem}"))
     write_reports(target, result.rows, result.summary, result.names)
     _print_summary(result.summary, result.names, target)
 
@@ -168,7 +286,8 @@ def _num(v, digits: int = 3) -> str:
 
 @seg_app.command("predict")
 def predict(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or .safetensors file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
+                                              "--model NAME --pretrained FILE)."),
     input: Path = typer.Option(..., "--input", help="A .nii/.nii.gz file or a folder of them."),
     out: Path = typer.Option(..., "--out", help="Output folder for masks and overlays."),
     overlap: float = typer.Option(0.5, "--overlap"),
@@ -177,13 +296,28 @@ def predict(
     amp: bool = typer.Option(False, "--amp/--no-amp"),
     device: str = typer.Option("auto", "--device"),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write a PNG of 3 orthogonal mid-slices."),
+    model: Optional[str] = _opt_model(),
+    pretrained: Optional[Path] = _opt_pretrained(),
+    roi: Optional[int] = _opt_roi(),
+    spacing: Optional[str] = _opt_spacing(),
+    a_min: Optional[float] = _opt_a_min(),
+    a_max: Optional[float] = _opt_a_max(),
+    num_classes: Optional[int] = _opt_num_classes(),
+    class_names: Optional[str] = _opt_class_names(),
+    model_arg: Optional[List[str]] = _opt_model_arg(),
 ) -> None:
-    """Write NIfTI masks in each input's own grid (same shape, affine and header) plus PNG overlays."""
+    """Write NIfTI masks in each input's own grid (same shape, affine and header) plus PNG overlays.
+
+    Example: vtk seg predict --model unetr --pretrained UNETR_model_best_acc.pth --input ct.nii.gz --out preds
+    """
     from medvit.inference import Predictor, predict_files
     from medvit.io import nifti_inputs
 
     files = nifti_inputs(input)
-    pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp)
+    protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
+                    names=class_names, model_arg=model_arg)
+    pred = Predictor(_weights_or_run(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,
+                     amp)
     for r in predict_files(pred, files, out, overlay):
         extra = f" + {r['overlay'].name}" if r["overlay"] is not None else ""
         typer.echo(f"{r['input'].name}: {r['mask']} {r['shape']}{extra}")

@@ -147,8 +147,16 @@ def train(
     model_arg: Optional[List[str]] = typer.Option(None, "--model-arg", help="KEY=VALUE model override."),
     data_arg: Optional[List[str]] = typer.Option(None, "--data-arg", help="KEY=VALUE data option."),
     quiet: Optional[bool] = typer.Option(None, "--quiet/--no-quiet"),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Fine-tune from a weights file (timm/HF "
+                                              "ViT, official TimeSformer/VTN, pytorchvideo MViT, vtk ...); the "
+                                              "run keeps its path + sha256 and never re-reads it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="quick: a small model and a short schedule "
+                                         "(explicit options win)."),
 ) -> None:
-    """Train a video model on the shared engine (one random clip per video, multi-view validation)."""
+    """Train a video model on the shared engine (one random clip per video, multi-view validation).
+
+    Example: vtk video train --model timesformer --pretrained vit_base_patch16_224.pth --data ucf101 --data-dir DIR
+    """
     from engine import fit
     from engine.config import config_from_cli, parse_key_values
     from videovit.task import VideoTask
@@ -165,9 +173,24 @@ def train(
                  lr=lr, optimizer=optimizer, precision=precision, device=device, val_every=val_every,
                  ckpt_every=ckpt_every, warmup_steps=warmup_steps, num_workers=num_workers, seed=seed, quiet=quiet,
                  model_args=model_args or None, data_args=data_args or None)
+    given = _with_pretrained_and_preset(given, model, pretrained, preset, resume)
     cfg = config_from_cli("video", model, given, config)
     result = fit(cfg, VideoTask())  # VideoTask.resolve_config finalises the config before config.yaml is written
     typer.echo(f"run folder: {result.out}")
+
+
+def _with_pretrained_and_preset(given: Dict[str, Any], model: Optional[str], pretrained: Optional[Path],
+                                preset: Optional[str], resume: Optional[Path]) -> Dict[str, Any]:
+    """``--pretrained`` into ``model_args`` and the ``--preset`` defaults under the explicit options."""
+    if resume is not None and (pretrained is not None or preset is not None):
+        raise UserError("--pretrained/--preset: not with --resume (the run already holds its weights and config)")
+    if pretrained is not None:
+        given["model_args"] = {**(given["model_args"] or {}), "pretrained": str(pretrained)}
+    if preset is not None:
+        from videovit.presets import with_preset
+
+        given = with_preset(preset, model, given)
+    return given
 
 
 def _given(**kw: Any) -> Dict[str, Any]:
@@ -184,30 +207,132 @@ def _pair(text: Optional[str]) -> Optional[List[int]]:
     return [n, m]
 
 
+# ------------------------------------------------------------------------------------ weights without a run
+def _opt_model():
+    return typer.Option(None, "--model", help="With --pretrained: the weights' registry model (mvit, timesformer, "
+                        "vivit, stam, vtn, ...).")
+
+
+def _opt_pretrained():
+    return typer.Option(None, "--pretrained", help="A released weights file (pytorchvideo, PySlowFast, official, "
+                        "HF, timm, vtk); the test protocol comes from the model's registry entry.")
+
+
+def _opt_num_frames():
+    return typer.Option(None, "--num-frames", help="With --pretrained: frames per clip (registry default).")
+
+
+def _opt_stride():
+    return typer.Option(None, "--stride", help="With --pretrained: frame step in a clip (0: whole video).")
+
+
+def _opt_crop_size():
+    return typer.Option(None, "--crop-size", help="With --pretrained: crop edge in pixels (model and data).")
+
+
+def _opt_short_side():
+    return typer.Option(None, "--short-side", help="With --pretrained: short side before cropping.")
+
+
+def _opt_mean():
+    return typer.Option(None, "--mean", help="With --pretrained: R,G,B normalisation mean in [0, 1].")
+
+
+def _opt_std():
+    return typer.Option(None, "--std", help="With --pretrained: R,G,B normalisation std.")
+
+
+def _opt_classes():
+    return typer.Option(None, "--classes", help="With --pretrained: class names: kinetics400, ucf101, a file (one "
+                        "per line) or a,b,c (default: the shipped list of the classifier's size).")
+
+
+def _opt_model_arg():
+    return typer.Option(None, "--model-arg", help="With --pretrained: KEY=VALUE model override.")
+
+
+_PROTOCOL_OPTIONS = {"num_frames": "--num-frames", "stride": "--stride", "crop_size": "--crop-size",
+                     "short_side": "--short-side", "mean": "--mean", "std": "--std", "classes": "--classes",
+                     "model_arg": "--model-arg"}
+
+
+def _rgb(text: Optional[str], option: str) -> Optional[List[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option}: expected three numbers R,G,B, got {text!r}") from None
+
+
+def _weights_or_run(checkpoint: Optional[Path], model: Optional[str], pretrained: Optional[Path],
+                    views: Optional[str], protocol: Dict[str, Any], data: Optional[str] = None):
+    """``(source, views)``: ``--checkpoint RUN``, or ``--model NAME --pretrained FILE`` loaded with its protocol
+    (an :class:`engine.pretrained.WeightsRun`, which the Predictor takes in place of a run)."""
+    from engine.config import parse_key_values
+
+    if checkpoint is not None:
+        given = [_PROTOCOL_OPTIONS[k] for k, v in protocol.items() if v] + (["--model"] if model else []) + (
+            ["--pretrained"] if pretrained else [])
+        if given:
+            raise UserError(f"{given[0]}: only without --checkpoint (a run replays its own model and protocol)")
+        return checkpoint, views or "1x1"
+    if not model or not pretrained:
+        raise UserError("give --checkpoint RUN, or --model NAME with --pretrained FILE")
+    from engine.pretrained import describe
+    from videovit.pretrained import weights_run
+
+    p = dict(protocol)
+    p["mean"], p["std"] = _rgb(p["mean"], "--mean"), _rgb(p["std"], "--std")
+    p["model_args"] = parse_key_values(p.pop("model_arg"), "--model-arg")
+    run = weights_run(model, pretrained, views=views, data=data, **p)
+    typer.echo(describe(run))
+    return run, run.cfg.data_args["val_views"]
+
+
 # --------------------------------------------------------------------------------------------------- eval
 @video_app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or .safetensors file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
+                                              "--model NAME --pretrained FILE)."),
     data: Optional[str] = typer.Option(None, "--data", help="Default: the run's --data."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: the run's --data-dir."),
-    views: str = typer.Option("1x1", "--views", help="TxS: T uniform clips x S spatial crops per video."),
+    views: Optional[str] = typer.Option(None, "--views", help="TxS: T uniform clips x S spatial crops per video "
+                                        "(default 1x1 for a run, the registry protocol's with --pretrained)."),
     split: str = typer.Option("val", "--split", help="val or train."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json and confusion.png."),
     batch_size: int = typer.Option(4, "--batch-size", help="Videos per forward pass."),
     num_workers: int = typer.Option(2, "--num-workers"),
     device: str = typer.Option("auto", "--device"),
+    model: Optional[str] = _opt_model(),
+    pretrained: Optional[Path] = _opt_pretrained(),
+    num_frames: Optional[int] = _opt_num_frames(),
+    stride: Optional[int] = _opt_stride(),
+    crop_size: Optional[int] = _opt_crop_size(),
+    short_side: Optional[int] = _opt_short_side(),
+    mean: Optional[str] = _opt_mean(),
+    std: Optional[str] = _opt_std(),
+    classes: Optional[str] = _opt_classes(),
+    model_arg: Optional[List[str]] = _opt_model_arg(),
 ) -> None:
-    """Multi-view evaluation: top-1, top-5 and per-class accuracy, confusion matrix PNG and metrics.json."""
+    """Multi-view evaluation: top-1, top-5 and per-class accuracy, confusion matrix PNG and metrics.json.
+
+    Example: vtk video eval --model mvit --pretrained MVIT_B_16x4.pyth --data kinetics400 --data-dir DIR
+    """
     from videovit.inference import Predictor
     from videovit.report import default_eval_dir, write_eval_report
 
     check_choice("--split", split, _SPLITS)
     if data is not None:
         check_choice("--data", data, _DATASETS)
-    predictor = Predictor(checkpoint, device=device, views=views)
+    protocol = dict(num_frames=num_frames, stride=stride, crop_size=crop_size, short_side=short_side, mean=mean,
+                    std=std, classes=classes, model_arg=model_arg)
+    source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol, data)
+    predictor = Predictor(source, device=device, views=views)
     ev = predictor.evaluate(split, data=data, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers)
-    out = out or default_eval_dir(checkpoint, split, ev.views)
-    metrics_path, confusion_path = write_eval_report(out, ev, checkpoint)
+    out = out or (default_eval_dir(checkpoint, split, ev.views) if checkpoint else
+                  Path(f"eval-{Path(source).stem}-{split}-{ev.views}"))
+    metrics_path, confusion_path = write_eval_report(out, ev, source)
     _print_eval(ev, metrics_path, confusion_path)
 
 
@@ -226,14 +351,29 @@ def _print_eval(ev, metrics_path: Path, confusion_path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- predict
 @video_app.command("predict")
 def predict(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run folder or .safetensors file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
+                                              "--model NAME --pretrained FILE)."),
     input: Path = typer.Option(..., "--input", help="A video file or a folder of videos."),
     out: Path = typer.Option(Path("predictions"), "--out", help="Folder for the JSON and contact sheets."),
-    views: str = typer.Option("1x1", "--views", help="TxS views averaged per video."),
+    views: Optional[str] = typer.Option(None, "--views", help="TxS views averaged per video (default 1x1 for a "
+                                        "run, the registry protocol's with --pretrained)."),
     top_k: int = typer.Option(5, "--top-k"),
     device: str = typer.Option("auto", "--device"),
+    model: Optional[str] = _opt_model(),
+    pretrained: Optional[Path] = _opt_pretrained(),
+    num_frames: Optional[int] = _opt_num_frames(),
+    stride: Optional[int] = _opt_stride(),
+    crop_size: Optional[int] = _opt_crop_size(),
+    short_side: Optional[int] = _opt_short_side(),
+    mean: Optional[str] = _opt_mean(),
+    std: Optional[str] = _opt_std(),
+    classes: Optional[str] = _opt_classes(),
+    model_arg: Optional[List[str]] = _opt_model_arg(),
 ) -> None:
-    """Top-k labels per video as a table and JSON, plus a PNG contact sheet of the sampled frames."""
+    """Top-k labels per video as a table and JSON, plus a PNG contact sheet of the sampled frames.
+
+    Example: vtk video predict --model mvit --pretrained MVIT_B_16x4.pyth --input clip.mp4
+    """
     from rich.console import Console
 
     from videovit.inference import Predictor, collect_videos
@@ -242,7 +382,10 @@ def predict(
     if top_k < 1:
         raise UserError(f"--top-k: must be >= 1, got {top_k}")
     files = collect_videos(input)
-    predictor = Predictor(checkpoint, device=device, views=views)
+    protocol = dict(num_frames=num_frames, stride=stride, crop_size=crop_size, short_side=short_side, mean=mean,
+                    std=std, classes=classes, model_arg=model_arg)
+    source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol)
+    predictor = Predictor(source, device=device, views=views)
     names = contact_sheet_names(files, input if input.is_dir() else input.parent)
     console = Console()
     results, sheets, failed = {}, {}, []

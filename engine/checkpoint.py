@@ -177,6 +177,9 @@ def _short(e: BaseException) -> str:
 
 def _resolve_weights(path: Path, which: Optional[str]) -> Path:
     if path.is_file():
+        if not path.name.lower().endswith(".safetensors"):
+            raise UserError(f"{path}: not a vtk run checkpoint (.safetensors); for a released weights file use "
+                            f"--model NAME --pretrained {path}, or convert it once with `vtk models convert`")
         return path
     if not path.is_dir():
         raise UserError(f"{path}: no such run folder or checkpoint file")
@@ -192,13 +195,18 @@ def load_run(path: os.PathLike | str, which: Optional[str] = None) -> Tuple[Trai
     """Load a trained model's config and weights.
 
     Args:
-        path: A run folder (uses ``checkpoints/best``, else ``last``) or a ``.safetensors`` checkpoint.
+        path: A run folder (uses ``checkpoints/best``, else ``last``), a ``.safetensors`` checkpoint, or an
+            :class:`engine.pretrained.WeightsRun` (a released weights file loaded in memory).
         which: ``"best"`` or ``"last"`` to pick a run folder's checkpoint explicitly.
 
     Returns:
         ``(cfg, state_dict)``. ``cfg`` comes from the checkpoint's metadata (the full config of the run that wrote
         it); a checkpoint without it falls back to the run's ``config.yaml`` or to ``task``/``model``/``model_args``.
     """
+    from engine.pretrained import WeightsRun
+
+    if isinstance(path, WeightsRun):  # a weights file loaded in memory (``--model NAME --pretrained FILE``)
+        return path.cfg, path.state_dict
     path = Path(path)
     wpath = _resolve_weights(path, which)
     meta = read_metadata(wpath)

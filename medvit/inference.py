@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from engine.choices import check_choice
 from engine.io import atomic_savefig
+from engine.pretrained import model_overrides
 from medvit.data.transforms import from_ras, scale_intensity, to_ras
 from medvit.io import NiftiVolume
 
@@ -115,7 +116,7 @@ def build_model_from_run(cfg, state_dict: dict, device: Optional[torch.device] =
     """Rebuild a seg model from a run's config and weights (``engine.load_run``)."""
     import medvit
 
-    model = medvit.create_model(cfg.model, **dict(cfg.model_args))
+    model = medvit.create_model(cfg.model, **model_overrides(cfg.model_args))  # never re-reads --pretrained
     model.load_state_dict(state_dict)
     return model.to(device or torch.device("cpu")).eval()
 
@@ -204,6 +205,25 @@ class Predictor:
                        a_min=float(da.get("a_min", -175.0)), a_max=float(da.get("a_max", 250.0)),
                        roi=da["roi"], device=self.device, sw_batch_size=sw_batch_size, overlap=overlap,
                        mode=mode, amp=amp, in_chans=int(self.cfg.model_args.get("in_chans", 1)))
+
+    @classmethod
+    def from_weights(cls, model: str, pretrained, *args: Any, protocol: Optional[Dict[str, Any]] = None,
+                     **kwargs: Any) -> "Predictor":
+        """A released weights file with its model's registry protocol (ROI, spacing, window, class names), no run.
+
+        Args:
+            model: Registry name or alias (``unetr``, ``swin_unetr``, ...).
+            pretrained: The weights file (MONAI, timm, Google ``.npz``, vtk, ...).
+            *args, **kwargs: As for the constructor (``device``, ``overlap``, ...).
+            protocol: Overrides for :func:`medvit.pretrained.weights_run` (``roi``, ``spacing``, ``a_min``,
+                ``a_max``, ``num_classes``, ``names``, ``in_chans``, ``model_args``).
+        """
+        from medvit.pretrained import weights_run
+
+        run = weights_run(model, pretrained, **(protocol or {}))
+        pred = cls(run, *args, **kwargs)
+        pred.report = run.report
+        return pred
 
     def predict_nifti(self, vol: NiftiVolume) -> np.ndarray:
         """Label map (uint8) in ``vol``'s grid."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from engine.errors import UserError
+from engine.pretrained import record_pretrained
 
 __all__ = [
     "PAPER_RECIPES", "DEFAULT_RECIPE", "DATASET_NUM_CLASSES", "DEFAULT_EDGE", "WINDOW_2D", "recipe_defaults",
@@ -214,4 +215,4 @@ def resolve_seg_config(cfg):
         da.setdefault("num_samples", RECIPE_3D["num_samples"])
     da.setdefault("names", default_class_names(cfg.data, cfg.data_dir, int(ma["num_classes"])))
     cfg.model_args, cfg.data_args = ma, da
-    return cfg.validate()
+    return record_pretrained(cfg).validate()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from engine.errors import UserError
+from engine.pretrained import build_run_model
 
 __all__ = ["SegTask"]
 
@@ -47,7 +48,7 @@ class SegTask:
         import medvit
 
         try:
-            model = medvit.create_model(cfg.model, **dict(cfg.model_args))
+            model = build_run_model(medvit.create_model, cfg)  # model_args.pretrained on a fresh start only
         except ValueError as e:  # a bad model name or override value is a user error (exit 2)
             raise UserError(f"--model {cfg.model}: {e}") from e
         dims = int(getattr(model, "spatial_dims", cfg.data_args.get("spatial_dims", 3)))

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.errors import UserError
+from engine.pretrained import model_overrides
 
 from .data.dataset import VideoViewDataset
 from .data.decode import VideoReader
@@ -65,7 +66,7 @@ def build_model_from_run(cfg, state_dict: Dict[str, Tensor], device: Optional[to
     import videovit
 
     try:
-        model = videovit.create_model(cfg.model, **dict(cfg.model_args))
+        model = videovit.create_model(cfg.model, **model_overrides(cfg.model_args))  # never re-reads --pretrained
     except ValueError as e:
         raise UserError(f"checkpoint model {cfg.model!r}: {e}") from None
     model.load_state_dict(state_dict)
@@ -113,7 +114,7 @@ def predict_video(model: nn.Module, path: Path, opts: VideoOptions, views: Tuple
     clips = uniform_clips(len(reader), opts.num_frames, opts.stride, views[0])
     flat = reader.get_batch(np.concatenate(clips))  # (T*F, H, W, 3)
     frames = flat.reshape(len(clips), opts.num_frames, *flat.shape[1:])  # (T, F, H, W, 3)
-    transform = eval_transform(opts.crop_size, views[1], opts.mean, opts.std)
+    transform = eval_transform(opts.crop_size, views[1], opts.mean, opts.std, opts.short_side)
     batch = torch.cat([transform(f) for f in frames])  # (T*S, C, F, h, w)
     with torch.no_grad():
         probs = model(batch.to(device)).float().softmax(-1).mean(0).cpu()  # (K,)
@@ -196,6 +197,30 @@ class Predictor:
         self.options = video_options(self.cfg)
         self.classes = class_names(self.cfg)
 
+    @classmethod
+    def from_weights(cls, model: str, pretrained: Union[str, Path], device: str = "auto",
+                     views: Optional[Views] = None, classes: Optional[Union[str, Sequence[str]]] = None,
+                     **protocol: Any) -> "Predictor":
+        """A released weights file with its model's registry test protocol, no run needed.
+
+        Args:
+            model: Registry name or alias of the weights' model (``mvit``, ``timesformer``, ...).
+            pretrained: The weights file, in any format the model's converters read.
+            device: As for the constructor.
+            views: ``"TxS"``; default the registry protocol's (MViT-B: ``5x1``).
+            classes: Class names (``kinetics400``, ``ucf101``, a file or a list); default the shipped list of the
+                classifier's size.
+            **protocol: ``num_frames``, ``stride``, ``crop_size``, ``short_side``, ``mean``, ``std``,
+                ``model_args``, ``data`` (:func:`videovit.pretrained.protocol_config`).
+        """
+        from .pretrained import weights_run
+
+        text = None if views is None else (views if isinstance(views, str) else "x".join(map(str, views)))
+        run = weights_run(model, pretrained, classes=classes, views=text, **protocol)
+        predictor = cls(run, device=device, views=run.cfg.data_args["val_views"])
+        predictor.report = run.report
+        return predictor
+
     @property
     def views_text(self) -> str:
         """The views as ``"TxS"``."""
@@ -215,15 +240,34 @@ class Predictor:
         cfg = dataclasses.replace(self.cfg, data=data or self.cfg.data,
                                   data_dir=str(data_dir) if data_dir else self.cfg.data_dir)
         vl = load_split(cfg, split)
-        classes = self.classes or list(vl.classes)
+        model, classes = self._model_for(vl, cfg.data_dir)  # the dataset's classes mapped onto the model's by name
         o = self.options
-        ds = VideoViewDataset(vl, o.num_frames, o.stride, o.crop_size, self.views, o.mean, o.std, o.backend)
-        pairs = list(predict_views(self.model, ds, range(len(ds)), self.device, batch_size, num_workers))
+        ds = VideoViewDataset(vl, o.num_frames, o.stride, o.crop_size, self.views, o.mean, o.std, o.backend,
+                              o.short_side)
+        pairs = list(predict_views(model, ds, range(len(ds)), self.device, batch_size, num_workers))
         probs = torch.stack([p for p, _ in pairs]) if pairs else torch.zeros(0, len(classes))  # (N, K)
         labels = torch.tensor([y for _, y in pairs], dtype=torch.long)  # (N,)
         metrics = classification_metrics(probs, labels, len(classes))
         return Evaluation(probs, labels, metrics, classes, split, self.views_text, cfg.data, str(cfg.data_dir),
                           len(vl.missing))
+
+    def _model_for(self, videos, where) -> Tuple[nn.Module, List[str]]:
+        """The model scoring ``videos``' classes, and their names.
+
+        The dataset's classes are matched to the model's by name (:func:`videovit.data.classes.match_classes`); when
+        they are a subset (or another order), the model's logits are restricted to them, so the softmax is over the
+        dataset's label set.
+
+        Raises:
+            UserError: Dataset classes that are not classes of the model (one line).
+        """
+        from .data.classes import match_classes
+
+        cols = match_classes(self.classes, videos.classes, str(where))
+        names = list(videos.classes) if cols is not None or not self.classes else self.classes
+        if _placeholder_names(self.classes) and len(videos.classes) == len(self.classes):
+            names = list(videos.classes)
+        return (self.model if cols is None else _SelectClasses(self.model, cols)), names
 
     def predict_file(self, path: Union[str, Path], top_k: int = 5) -> Prediction:
         """Top-``k`` classes of one video file, with the sampled frames of its centre clip.
@@ -248,6 +292,22 @@ class Predictor:
                 yield Path(path), self.predict_file(path, top_k)
             except UserError as e:
                 yield Path(path), e
+
+
+def _placeholder_names(names: Sequence[str]) -> bool:
+    return bool(names) and list(names) == [str(i) for i in range(len(names))]
+
+
+class _SelectClasses(nn.Module):
+    """A classifier restricted to some of its classes: ``logits[:, cols]`` (softmax over that label set)."""
+
+    def __init__(self, model: nn.Module, cols: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("cols", torch.as_tensor(list(cols), dtype=torch.long), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)[:, self.cols.to(x.device)]  # (B, k)
 
 
 def collect_videos(path: Union[str, Path]) -> List[Path]:

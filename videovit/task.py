@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine.choices import check_choice
 from engine.errors import UserError
+from engine.pretrained import build_run_model, record_pretrained
 
 from .data.dataset import VideoClipDataset, VideoViewDataset
 from .data.layouts import VideoList, load_dataset
@@ -75,6 +76,7 @@ class VideoOptions:
         mean: Per-channel normalisation mean (RGB, in [0, 1]).
         std: Per-channel normalisation std.
         backend: Decoder backend (``auto``, ``decord``, ``pyav``).
+        short_side: Test-time short side before cropping (``data_args.eval_short_side``; ``None``: ``crop_size``).
     """
 
     num_frames: int
@@ -83,6 +85,7 @@ class VideoOptions:
     mean: Sequence[float]
     std: Sequence[float]
     backend: str
+    short_side: Optional[int] = None
 
 
 def video_options(cfg) -> VideoOptions:
@@ -93,7 +96,7 @@ def video_options(cfg) -> VideoOptions:
     """
     da = cfg.data_args
     return VideoOptions(int(da["num_frames"]), int(da["stride"]), int(da["crop_size"]), da.get("mean", KINETICS_MEAN),
-                        da.get("std", KINETICS_STD), da.get("backend", "auto"))
+                        da.get("std", KINETICS_STD), da.get("backend", "auto"), da.get("eval_short_side"))
 
 
 def _synth_defaults(data_dir: Path) -> Dict[str, Any]:
@@ -156,7 +159,7 @@ class VideoTask:
         if "classes" not in da:
             da["classes"] = list(load_split(cfg, "train").classes)
         ma.setdefault("num_classes", len(da["classes"]))
-        return cfg
+        return record_pretrained(cfg)
 
     def _registry_name(self, name: str) -> str:
         import videovit
@@ -180,7 +183,7 @@ class VideoTask:
 
         factory = videovit.create_model if self.model_factory is None else self.model_factory
         try:
-            return factory(cfg.model, **cfg.model_args)
+            return build_run_model(factory, cfg)  # loads model_args.pretrained on a fresh start, never on resume
         except ValueError as e:  # a bad model name or override value is a user error (exit 2)
             raise UserError(f"--model {cfg.model}: {e}") from e
 
@@ -203,7 +206,7 @@ class VideoTask:
             return train, None
         views = parse_views(da.get("val_views", "1x1"))
         return train, VideoViewDataset(val_list, o.num_frames, o.stride, o.crop_size, views, o.mean, o.std,
-                                       o.backend)
+                                       o.backend, o.short_side)
 
     def training_step(self, model: nn.Module, batch: Any, ctx: Any) -> Tuple[Tensor, Dict[str, float]]:
         clips, labels = batch  # (B, C, T, H, W), (B,)

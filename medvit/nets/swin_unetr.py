@@ -149,7 +149,9 @@ class SwinUNETR(nn.Module):
         if whole:
             return load_pretrained(self, src, SWIN_UNETR_CONVERTERS)
         report = load_pretrained(self.swinViT, src, SWIN_UNETR_ENCODER_CONVERTERS)
-        report.kept_init.append("decoder (encoder1..10, decoder1..5, out)")
+        for name in ("loaded_keys", "created", "kept_init"):  # this network's key names
+            setattr(report, name, [f"swinViT.{k}" for k in getattr(report, name)])
+        report.kept_init += [k for k in self.state_dict() if not k.startswith("swinViT.")]  # the decoder
         _logger.info("swin_unetr: %s", report)
         return report
 

@@ -107,14 +107,15 @@ class VideoViewDataset(Dataset):
     """
 
     def __init__(self, videos: VideoList, num_frames: int = 8, stride: int = 4, crop_size: int = 224,
-                 views: Tuple[int, int] = (1, 1), mean=None, std=None, backend: str = "auto") -> None:
+                 views: Tuple[int, int] = (1, 1), mean=None, std=None, backend: str = "auto",
+                 short_side: Optional[int] = None) -> None:
         if num_frames < 1 or stride < 0 or views[0] < 1 or views[1] < 1:
             raise ValueError(f"num_frames={num_frames}, stride={stride}, views={views} must be positive")
         if len(videos) == 0:
             raise UserError("the dataset has no readable videos")
         self.videos, self.num_frames, self.stride, self.views = videos, num_frames, stride, tuple(views)
         kw = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-        self.transform = eval_transform(crop_size, views[1], **kw)
+        self.transform = eval_transform(crop_size, views[1], short_side=short_side, **kw)
         self.backend = backend
 
     @property

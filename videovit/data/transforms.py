@@ -89,13 +89,14 @@ def train_transform(crop_size: int, short_side: Optional[int] = None, scale: Tup
 
 
 def eval_transform(crop_size: int, num_crops: int = 1, mean: Sequence[float] = KINETICS_MEAN,
-                   std: Sequence[float] = KINETICS_STD) -> Callable:
-    """Test pipeline: short side -> ``crop_size``, then ``num_crops`` crops along the long side.
+                   std: Sequence[float] = KINETICS_STD, short_side: Optional[int] = None) -> Callable:
+    """Test pipeline: short side -> ``short_side`` (default ``crop_size``), then ``num_crops`` crops along the long
+    side (STAM's protocol, e.g., scales the short side to 256 and takes 224 crops).
 
     Returns:
         A callable mapping uint8 ``(T, H, W, 3)`` frames to a float tensor ``(num_crops, 3, T, crop, crop)``.
     """
-    resize = v2.Resize(crop_size, antialias=True)
+    resize = v2.Resize(short_side or crop_size, antialias=True)
     finish = NormalizeClip(mean, std)
 
     def apply(frames: np.ndarray) -> torch.Tensor:
