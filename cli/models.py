@@ -13,7 +13,7 @@ import typer
 from cli.apps import models_app
 from engine.errors import UserError
 
-__all__ = ["list_cmd", "info_cmd", "export_cmd", "registries", "find_model", "count_params", "count_flops"]
+__all__ = ["list_cmd", "info_cmd", "export_cmd", "registries", "find_model"]
 
 _PACKAGES = ("backbones", "medvit", "videovit")
 
@@ -33,43 +33,15 @@ def find_model(name: str) -> Tuple[str, Any]:
     for pkg, reg in regs:
         if reg.is_model(name):
             return pkg, reg
-    import difflib
-    names = [n for _, reg in regs for n in reg.list_models()]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see `vtk models list`"
+    from engine.choices import close_matches_hint
+
+    names = [n for _, reg in regs for n in [*reg.list_models(), *reg.aliases()]]
+    hint = close_matches_hint(name, names) or "; see `vtk models list`"
     raise UserError(f"unknown model {name!r}{hint}")
 
 
 def _family(reg: Any, name: str) -> str:
     return reg.entrypoint(name).__module__.rsplit(".", 1)[-1]
-
-
-def _build_meta(reg: Any, name: str, overrides: Optional[Dict[str, Any]] = None) -> Any:
-    """Build on the meta device (no memory, no init cost); a model whose constructor reads tensor values is built
-    on the CPU and then moved to meta."""
-    import torch
-    try:
-        with torch.device("meta"):
-            return reg.create_model(name, **(overrides or {}))
-    except (NotImplementedError, RuntimeError):
-        return reg.create_model(name, **(overrides or {})).to("meta")
-
-
-def count_params(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_flops(model: Any) -> Optional[int]:
-    """Multiply-accumulates x 2 of one forward at ``pretrained_cfg['input_size']``, batch 1 (meta device)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-    if size is None:
-        return None
-    counter = FlopCounterMode(display=False)
-    with torch.device("meta"), counter, torch.no_grad():
-        model.eval()(torch.randn(1, *size))
-    return counter.get_total_flops()
 
 
 def _fmt(n: Optional[float], unit: str = "") -> str:
@@ -89,12 +61,14 @@ def list_cmd(pattern: str = typer.Argument("*", help="Shell-style name filter, e
 
     Example: vtk models list 'swin*' --params
     """
+    from backbones._info import build_meta, count_params
+
     rows = []
     for pkg, reg in registries():
         for name in reg.list_models(pattern):
             row = [pkg, name, _family(reg, name)]
             if params:
-                row.append(_fmt(count_params(_build_meta(reg, name))))
+                row.append(_fmt(count_params(build_meta(reg, name))))
             rows.append(row)
     if not rows:
         raise UserError(f"no model matches {pattern!r}; see `vtk models list`")
@@ -111,8 +85,10 @@ def info_cmd(name: str = typer.Argument(..., help="A registered model name (see 
 
     Example: vtk models info vit_base_patch16_224
     """
+    from backbones._info import build_meta, count_flops, count_params
+
     pkg, reg = find_model(name)
-    model = _build_meta(reg, name)
+    model = build_meta(reg, name)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     n = count_params(model)
     rows = [("model", name), ("registry", pkg), ("family", _family(reg, name)), ("class", type(model).__name__),
