@@ -96,7 +96,8 @@ def train(
 
     Example: vtk seg train --model transunet --pretrained R50+ViT-B_16.npz --data synapse --data-dir DIR
     """
-    from engine.config import config_from_cli, parse_key_values
+    from engine.config import config_from_cli, parse_key_values, with_pretrained_and_preset
+    from medvit.presets import preset_options
 
     model_args = parse_key_values(model_arg, "--model-arg")
     model_args.update({k: v for k, v in dict(feature_size=feature_size, num_classes=num_classes).items() if v})
@@ -108,7 +109,8 @@ def train(
                  lr=lr, precision=precision, device=device, val_every=val_every, ckpt_every=ckpt_every,
                  num_workers=num_workers, seed=seed, warmup_steps=warmup_steps, quiet=quiet,
                  model_args=model_args or None, data_args=data_args or None)
-    given = _with_pretrained_and_preset(given, model, pretrained, preset, resume)
+    given = with_pretrained_and_preset(given, pretrained, preset, resume,
+                                       lambda: preset_options(preset, model))
     if config is None and resume is None:
         from medvit.recipes import with_recipe_defaults
 
@@ -116,27 +118,15 @@ def train(
     _fit(config_from_cli("seg", model, given, config))
 
 
-def _with_pretrained_and_preset(given: dict, model: Optional[str], pretrained: Optional[Path],
-                                preset: Optional[str], resume: Optional[Path]) -> dict:
-    """``--pretrained`` into ``model_args`` and the ``--preset`` defaults under the explicit options."""
-    if resume is not None and (pretrained is not None or preset is not None):
-        raise UserError("--pretrained/--preset: not with --resume (the run already holds its weights and config)")
-    if pretrained is not None:
-        given["model_args"] = {**(given["model_args"] or {}), "pretrained": str(pretrained)}
-    if preset is not None:
-        from medvit.presets import with_preset
-
-        given = with_preset(preset, model, given)
-    return given
-
 
 def _fit(cfg) -> None:
     from engine import fit
+    from engine.loop import raise_if_interrupted
     from medvit.task import SegTask
 
     result = fit(cfg, SegTask())
-    if result is not None:
-        typer.echo(f"run folder: {getattr(result, 'out', cfg.out)}")
+    typer.echo(f"run folder: {result.out}")
+    raise_if_interrupted(result)  # a signal that ended the run: exit 128 + signal after saving
 
 
 def _rel(path: str, root: Path) -> str:

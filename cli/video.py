@@ -158,7 +158,9 @@ def train(
     Example: vtk video train --model timesformer --pretrained vit_base_patch16_224.pth --data ucf101 --data-dir DIR
     """
     from engine import fit
-    from engine.config import config_from_cli, parse_key_values
+    from engine.config import config_from_cli, parse_key_values, with_pretrained_and_preset
+    from engine.loop import raise_if_interrupted
+    from videovit.presets import preset_options
     from videovit.task import VideoTask
 
     if data is not None:
@@ -173,24 +175,13 @@ def train(
                  lr=lr, optimizer=optimizer, precision=precision, device=device, val_every=val_every,
                  ckpt_every=ckpt_every, warmup_steps=warmup_steps, num_workers=num_workers, seed=seed, quiet=quiet,
                  model_args=model_args or None, data_args=data_args or None)
-    given = _with_pretrained_and_preset(given, model, pretrained, preset, resume)
+    given = with_pretrained_and_preset(given, pretrained, preset, resume,
+                                       lambda: preset_options(preset, model))
     cfg = config_from_cli("video", model, given, config)
     result = fit(cfg, VideoTask())  # VideoTask.resolve_config finalises the config before config.yaml is written
     typer.echo(f"run folder: {result.out}")
+    raise_if_interrupted(result)  # a signal that ended the run: exit 128 + signal after saving
 
-
-def _with_pretrained_and_preset(given: Dict[str, Any], model: Optional[str], pretrained: Optional[Path],
-                                preset: Optional[str], resume: Optional[Path]) -> Dict[str, Any]:
-    """``--pretrained`` into ``model_args`` and the ``--preset`` defaults under the explicit options."""
-    if resume is not None and (pretrained is not None or preset is not None):
-        raise UserError("--pretrained/--preset: not with --resume (the run already holds its weights and config)")
-    if pretrained is not None:
-        given["model_args"] = {**(given["model_args"] or {}), "pretrained": str(pretrained)}
-    if preset is not None:
-        from videovit.presets import with_preset
-
-        given = with_preset(preset, model, given)
-    return given
 
 
 def _given(**kw: Any) -> Dict[str, Any]:

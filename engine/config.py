@@ -20,7 +20,7 @@ import os
 import math
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import yaml
 
@@ -28,6 +28,7 @@ from engine.choices import check_choice
 from engine.errors import UserError
 
 __all__ = [
+    "with_pretrained_and_preset",
     "TrainConfig", "PRECISIONS", "OPTIMIZERS", "SCHEDULES", "config_from_cli", "parse_key_values",
     "default_out", "normalize_precision",
 ]
@@ -292,3 +293,33 @@ def _base_config(task: str, config_file: Optional[os.PathLike | str], resuming: 
     if not resuming:
         cfg.out, cfg.resume = None, None
     return cfg
+
+
+def with_pretrained_and_preset(given: Mapping[str, Any], pretrained: Optional[os.PathLike | str],
+                               preset: Optional[str], resume: Optional[os.PathLike | str],
+                               preset_options: Callable[[], Mapping[str, Any]]) -> Dict[str, Any]:
+    """``--pretrained`` into ``model_args`` and a ``--preset``'s options under the explicit ones.
+
+    Args:
+        given: CLI options (``None`` = not given; ``model_args``/``data_args`` dicts or ``None``).
+        pretrained: the ``--pretrained`` file, if any.
+        preset: the ``--preset`` name, if any.
+        resume: the ``--resume`` run; a preset or weights file cannot be combined with it.
+        preset_options: returns the preset's options (the pipeline's ``presets.preset_options`` bound to the
+            preset and model); called only when ``preset`` is given.
+
+    Returns:
+        ``given`` with the preset's values where no option was given; explicit dict keys win over the preset's.
+    """
+    if resume is not None and (pretrained is not None or preset is not None):
+        raise UserError("--pretrained/--preset: not with --resume (the run already holds its weights and config)")
+    out = dict(given)
+    if pretrained is not None:
+        out["model_args"] = {**(out.get("model_args") or {}), "pretrained": str(pretrained)}
+    if preset is not None:
+        for key, value in preset_options().items():
+            if isinstance(value, dict):
+                out[key] = {**value, **(out.get(key) or {})}
+            elif out.get(key) is None:
+                out[key] = value
+    return out

@@ -8,9 +8,9 @@ preset, and the preset over the paper recipe (:func:`medvit.recipes.with_recipe_
 
 Example::
 
-    >>> given = with_preset("quick", "unetr", {"max_steps": None, "model_args": None, "data_args": {"roi": 48}})
-    >>> given["max_steps"], given["data_args"]["roi"], given["model_args"]["embed_dim"]
-    (200, 48, 96)
+    >>> opts = preset_options("quick", "unetr")
+    >>> opts["max_steps"], opts["data_args"]["roi"], opts["model_args"]["embed_dim"]
+    (200, 32, 96)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from engine.choices import check_choice
 
-__all__ = ["PRESETS", "preset_options", "with_preset"]
+__all__ = ["PRESETS", "preset_options"]
 
 PRESETS = ("quick",)
 _QUICK_SCHEDULE = dict(max_steps=200, batch_size=1, lr=1e-3, warmup_steps=5, val_every=100, ckpt_every=100,
@@ -44,13 +44,3 @@ def preset_options(preset: str, model: Optional[str]) -> Dict[str, Any]:
         model_args = {}
     return dict(_QUICK_SCHEDULE, model_args=model_args, data_args=data_args)
 
-
-def with_preset(preset: str, model: Optional[str], given: Mapping[str, Any]) -> Dict[str, Any]:
-    """``given`` CLI options (``None`` = not given) over the preset's: explicit options and keys win."""
-    out = dict(given)
-    for key, value in preset_options(preset, model).items():
-        if isinstance(value, dict):
-            out[key] = {**value, **(given.get(key) or {})}
-        elif out.get(key) is None:
-            out[key] = value
-    return out

@@ -8,9 +8,9 @@ over the model's registry recipe.
 
 Example::
 
-    >>> given = with_preset("quick", "timesformer", {"max_steps": 100, "model_args": None, "data_args": None})
-    >>> given["max_steps"], given["model_args"]["embed_dim"]
-    (100, 64)
+    >>> opts = preset_options("quick", "timesformer")
+    >>> opts["model_args"]["embed_dim"]
+    64
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from engine.choices import check_choice
 
-__all__ = ["PRESETS", "preset_options", "with_preset"]
+__all__ = ["PRESETS", "preset_options"]
 
 PRESETS = ("quick",)
 _QUICK_SCHEDULE = dict(max_steps=300, batch_size=32, lr=1e-3, warmup_steps=50, val_every=100, ckpt_every=100,
@@ -43,13 +43,3 @@ def preset_options(preset: str, model: Optional[str]) -> Dict[str, Any]:
         model_args = {}
     return dict(_QUICK_SCHEDULE, model_args=model_args, data_args=dict(min_scale=0.7))
 
-
-def with_preset(preset: str, model: Optional[str], given: Mapping[str, Any]) -> Dict[str, Any]:
-    """``given`` CLI options (``None`` = not given) over the preset's: explicit options and keys win."""
-    out = dict(given)
-    for key, value in preset_options(preset, model).items():
-        if isinstance(value, dict):
-            out[key] = {**value, **(given.get(key) or {})}
-        elif out.get(key) is None:
-            out[key] = value
-    return out
