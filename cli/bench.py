@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,18 +13,16 @@ from engine.errors import UserError
 
 __all__ = ["bench_backbones", "bench_video_loader", "run_benchmark_script"]
 
-_BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 def run_benchmark_script(script: str, argv: List[str]) -> int:
-    """Load ``benchmarks/<script>.py`` from the source checkout and call its ``main(argv)``."""
-    path = _BENCH_DIR / f"{script}.py"
-    if not path.is_file():
-        raise UserError(f"{path}: benchmark script not found (benchmarks ship with the source checkout, not the "
-                        f"wheel)")
-    spec = importlib.util.spec_from_file_location(f"vtk_bench_{script}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """Import ``benchmarks.<script>`` (installed with the package) and call its ``main(argv)``."""
+    try:
+        mod = importlib.import_module(f"benchmarks.{script}")
+    except ModuleNotFoundError as e:
+        if e.name not in (f"benchmarks.{script}", "benchmarks"):
+            raise UserError(f"vtk bench: the benchmark needs {e.name!r}, which is not installed "
+                            f"(pip install \".[test]\" installs the reference libraries)") from e
+        raise UserError(f"vtk bench: no benchmark module benchmarks.{script}") from e
     return int(mod.main(argv) or 0)
 
 

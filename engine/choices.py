@@ -12,11 +12,12 @@ Library code passes ``error=ValueError`` (constructor arguments); the CLI keeps 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Type, TypeVar
+import inspect
+from typing import Callable, Iterable, Mapping, Optional, Set, Type, TypeVar
 
 from engine.errors import UserError
 
-__all__ = ["check_choice", "close_matches_hint"]
+__all__ = ["accepted_keywords", "check_choice", "check_keys", "close_matches_hint"]
 
 T = TypeVar("T")
 
@@ -45,3 +46,27 @@ def check_choice(option: str, value: T, choices: Iterable[T], *, error: Type[Exc
     listed = ", ".join(str(c) for c in choices)
     kind = "" if what == "value" else f"a known {what}, i.e. "
     raise error(f"{option}: {value!r} is not {kind}one of {listed}{close_matches_hint(value, choices)}")
+
+
+def check_keys(option: str, given: Iterable[str], valid: Iterable[str], *,
+               error: Type[Exception] = UserError) -> None:
+    """Raise ``error`` for the first key of ``given`` not in ``valid``, listing the valid keys and the closest.
+
+    Example::
+
+        >>> check_keys("--model-arg", ["embed_dm"], ["embed_dim", "depth"])
+        UserError: --model-arg: 'embed_dm' is not a known key, i.e. one of depth, embed_dim; did you mean embed_dim?
+    """
+    valid = sorted(set(valid))
+    for key in given:
+        if key not in valid:
+            check_choice(option, key, valid, error=error, what="key")
+
+
+def accepted_keywords(fn: Callable, exclude: Iterable[str] = ()) -> Optional[Set[str]]:
+    """The keyword names ``fn`` accepts, or ``None`` when it takes ``**kwargs`` (any key may be valid)."""
+    params: Mapping[str, inspect.Parameter] = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n for n, p in params.items() if p.kind in kinds} - set(exclude)
