@@ -223,18 +223,23 @@ class VTNReference(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- families
+def _lib(name: str) -> Any:
+    """Import a reference library when its model is built, so a missing one only costs its reference."""
+    import importlib
+
+    return importlib.import_module(name)
+
+
 def _pick(size: str, tiny: Any, small: Any, full: Any) -> Any:
     return {"tiny": tiny, "small": small, "full": full}[size]
 
 
 def _vit_b(size: str) -> Case:
-    import timm
-
     from backbones import create_model
 
     kw = _pick(size, dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), {}, {})
     img, batch = _pick(size, (32, 2), (224, 1), (224, 4))
-    ref = lambda: timm.create_model("vit_base_patch16_224", num_classes=1000, **kw)  # noqa: E731
+    ref = lambda: _lib("timm").create_model("vit_base_patch16_224", num_classes=1000, **kw)  # noqa: E731
     vtk = lambda sd: create_model("vit_base_patch16_224", pretrained=sd, num_classes=1000, **kw)  # noqa: E731
     n = (img // kw.get("patch_size", 16)) ** 2 + 1
     return Case("vit_b", f"ViT-B/16 {img}^2 b{batch}" if not kw else f"ViT tiny {img}^2 b{batch}", "timm", ref, vtk,
@@ -242,26 +247,22 @@ def _vit_b(size: str) -> Case:
 
 
 def _swin_t(size: str) -> Case:
-    import timm
-
     from backbones import create_model
 
     kw = _pick(size, dict(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4), {}, {})
     img, batch = _pick(size, (32, 2), (224, 1), (224, 4))
-    ref = lambda: timm.create_model("swin_tiny_patch4_window7_224", num_classes=1000, **kw)  # noqa: E731
+    ref = lambda: _lib("timm").create_model("swin_tiny_patch4_window7_224", num_classes=1000, **kw)  # noqa: E731
     vtk = lambda sd: create_model("swin_tiny_patch4_window7_224", pretrained=sd, num_classes=1000, **kw)  # noqa
     return Case("swin_t", f"Swin-T {img}^2 b{batch}" if not kw else f"Swin tiny {img}^2 b{batch}", "timm", ref, vtk,
                 (batch, 3, img, img), 1000, tokens=batch * (img // 4) ** 2)
 
 
 def _unetr(size: str) -> Case:
-    from monai.networks.nets import UNETR
-
     import medvit
 
     img, f, dim, heads, batch = _pick(size, (32, 4, 32, 2, 1), (64, 16, 768, 12, 1), (96, 16, 768, 12, 1))
     K = 14
-    ref = lambda: UNETR(in_channels=1, out_channels=K, img_size=(img,) * 3, feature_size=f, hidden_size=dim,  # noqa
+    ref = lambda: _lib("monai.networks.nets").UNETR(in_channels=1, out_channels=K, img_size=(img,) * 3, feature_size=f, hidden_size=dim,  # noqa
                         mlp_dim=4 * dim, num_heads=heads, proj_type="perceptron")
     vtk = lambda sd: medvit.create_model("unetr", pretrained=sd, img_size=(img,) * 3, feature_size=f,  # noqa: E731
                                          embed_dim=dim, num_heads=heads, num_classes=K)
@@ -270,14 +271,12 @@ def _unetr(size: str) -> Case:
 
 
 def _swin_unetr(size: str) -> Case:
-    from monai.networks.nets import SwinUNETR
-
     import medvit
 
     img, f, batch = _pick(size, (64, 12, 1), (64, 48, 1), (96, 48, 1))
     depths = _pick(size, (1, 1, 1, 1), (2, 2, 2, 2), (2, 2, 2, 2))
     K = 14
-    ref = lambda: SwinUNETR(in_channels=1, out_channels=K, feature_size=f, depths=depths)  # noqa: E731
+    ref = lambda: _lib("monai.networks.nets").SwinUNETR(in_channels=1, out_channels=K, feature_size=f, depths=depths)  # noqa: E731
     vtk = lambda sd: medvit.create_model("swin_unetr", pretrained=sd, img_size=img, in_chans=1,  # noqa: E731
                                          num_classes=K, feature_size=f, depths=depths)
     return Case("swin_unetr", f"Swin-UNETR {img}^3 f{f} b{batch}", "MONAI", ref, vtk, (batch, 1, img, img, img), K,
@@ -320,35 +319,39 @@ def _hf_common(kw: dict, img: int, K: int) -> dict:
 
 
 def _timesformer(size: str) -> Case:
-    import transformers
-
     import videovit
 
     kw, img, frames, batch = _video_kw(size)
     K = 400
-    cfg = transformers.TimesformerConfig(num_frames=frames, **_hf_common(kw, img, K))
-    ref = lambda: transformers.TimesformerForVideoClassification(cfg)  # noqa: E731
+
+    def ref() -> nn.Module:
+        tr = _lib("transformers")
+        return tr.TimesformerForVideoClassification(tr.TimesformerConfig(num_frames=frames, **_hf_common(kw, img, K)))
+
     vtk = lambda sd: videovit.create_model("timesformer_base_patch16_224", pretrained=sd, num_frames=frames,  # noqa
                                            num_classes=K, drop_path_rate=0.0, **{"img_size": img, **kw})
-    n = (img // cfg.patch_size) ** 2
+    n = (img // kw.get("patch_size", 16)) ** 2
     return Case("timesformer", f"TimeSformer divST {frames}x{img}^2 b{batch}", "HF transformers", ref, vtk,
                 (batch, 3, frames, img, img), K, ref_fwd=_hf_video, tokens=batch * frames * n)
 
 
 def _vivit(size: str) -> Case:
-    import transformers
-
     import videovit
 
     kw, img, frames, batch = _video_kw(size)
     frames *= 2  # ViViT's tubelets are 2 frames deep
     K = 400
-    cfg = transformers.VivitConfig(num_frames=frames, **_hf_common(kw, img, K))
-    cfg.tubelet_size = [2, cfg.patch_size, cfg.patch_size]
-    ref = lambda: transformers.VivitForVideoClassification(cfg)  # noqa: E731
+    patch = kw.get("patch_size", 16)
+
+    def ref() -> nn.Module:
+        tr = _lib("transformers")
+        cfg = tr.VivitConfig(num_frames=frames, **_hf_common(kw, img, K))
+        cfg.tubelet_size = [2, patch, patch]
+        return tr.VivitForVideoClassification(cfg)
+
     vtk = lambda sd: videovit.create_model("vivit_base_16x2_224", pretrained=sd, num_frames=frames,  # noqa: E731
                                            num_classes=K, drop_path_rate=0.0, **{"img_size": img, **kw})
-    n = (img // cfg.patch_size) ** 2 * frames // 2
+    n = (img // patch) ** 2 * frames // 2
     return Case("vivit", f"ViViT model 1 {frames}x{img}^2 b{batch}", "HF transformers", ref, vtk,
                 (batch, 3, frames, img, img), K, ref_fwd=_hf_video, tokens=batch * n)
 
@@ -385,14 +388,15 @@ def _vtn(size: str) -> Case:
 
 
 def _mvit(size: str) -> Case:
-    from pytorchvideo.models.hub.vision_transformers import mvit_video_base_config
-    from pytorchvideo.models.vision_transformers import create_multiscale_vision_transformers
-
     import videovit
 
     img, frames, batch = _pick(size, (32, 4, 1), (112, 16, 1), (224, 16, 1))
-    cfg = dict(mvit_video_base_config, spatial_size=img, temporal_size=frames)
-    ref = lambda: create_multiscale_vision_transformers(**cfg)  # noqa: E731
+
+    def ref() -> nn.Module:
+        cfg = dict(_lib("pytorchvideo.models.hub.vision_transformers").mvit_video_base_config, spatial_size=img,
+                   temporal_size=frames)
+        return _lib("pytorchvideo.models.vision_transformers").create_multiscale_vision_transformers(**cfg)
+
     vtk = lambda sd: videovit.create_model("mvit_base_16x4", pretrained=sd, img_size=img, num_frames=frames,  # noqa
                                            drop_path_rate=0.0)
     return Case("mvit", f"MViT-B {frames}x{img}^2 b{batch}", "pytorchvideo", ref, vtk, (batch, 3, frames, img, img),
