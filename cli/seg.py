@@ -225,6 +225,8 @@ def evaluate(
     sw_batch_size: int = typer.Option(4, "--sw-batch-size"),
     mode: str = typer.Option("gaussian", "--mode", help="gaussian or constant window blending."),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="Autocast (bf16 on CPU, fp16 on CUDA)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware multiplies it "
+                                  "natively, else fp32), 32, bf16 or 16; probabilities and metrics stay fp32."),
     device: str = typer.Option("auto", "--device"),
     tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance in mm."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN/eval (eval-<weights file> with "
@@ -250,7 +252,7 @@ def evaluate(
                     names=class_names, model_arg=model_arg)
     source = _weights_or_run(checkpoint, model, pretrained, protocol)
     result = evaluate_checkpoint(source, data, data_dir, split, tolerance, device=device, overlap=overlap,
-                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp)
+                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp, precision=precision)
     target = out or (default_eval_dir(checkpoint) if checkpoint else Path(f"eval-{Path(source).stem}"))
     write_reports(target, result.rows, result.summary, result.names)
     _print_summary(result.summary, result.names, target)
@@ -284,6 +286,8 @@ def predict(
     sw_batch_size: int = typer.Option(4, "--sw-batch-size"),
     mode: str = typer.Option("gaussian", "--mode"),
     amp: bool = typer.Option(False, "--amp/--no-amp"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware multiplies it "
+                                  "natively, else fp32), 32, bf16 or 16; probabilities and metrics stay fp32."),
     device: str = typer.Option("auto", "--device"),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write a PNG of 3 orthogonal mid-slices."),
     model: Optional[str] = _opt_model(),
@@ -307,7 +311,7 @@ def predict(
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
     pred = Predictor(_weights_or_run(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,
-                     amp)
+                     amp, precision)
     for r in predict_files(pred, files, out, overlay):
         extra = f" + {r['overlay'].name}" if r["overlay"] is not None else ""
         typer.echo(f"{r['input'].name}: {r['mask']} {r['shape']}{extra}")

@@ -103,7 +103,7 @@ def evaluate_split(pred, kind: str, root: os.PathLike, split: str = "validation"
 def evaluate_checkpoint(checkpoint: os.PathLike, data: Optional[str] = None, data_dir: Optional[os.PathLike] = None,
                         split: str = "validation", tolerance: float = 2.0, *, device: str = "auto",
                         overlap: float = 0.5, sw_batch_size: int = 4, mode: str = "gaussian",
-                        amp: bool = False) -> EvalResult:
+                        amp: bool = False, precision: str = "auto") -> EvalResult:
     """Load a run (folder or ``.safetensors``) and evaluate it; ``data``/``data_dir`` default to the run's.
 
     Raises:
@@ -115,7 +115,7 @@ def evaluate_checkpoint(checkpoint: os.PathLike, data: Optional[str] = None, dat
     check_choice("--split", split, SPLITS)  # before loading the model
     if data is not None:
         check_choice("--data", data, DATA_CHOICES, what="dataset kind")
-    pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp)
+    pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp, precision)
     kind, root = data or pred.cfg.data, data_dir or pred.cfg.data_dir
     if not kind or not root:
         raise UserError(f"{checkpoint}: the run records no dataset; pass --data and --data-dir")

@@ -181,12 +181,15 @@ class Predictor:
         overlap: Sliding-window overlap (3D).
         sw_batch_size: Windows (3D) per forward; 2D models use 8x as many slices.
         mode: ``gaussian`` or ``constant`` blending.
-        amp: Autocast (bf16 on CPU, fp16 on CUDA).
+        amp: Autocast (bf16 on CPU, fp16 on CUDA); the older switch, kept for ``--amp``.
+        precision: ``auto`` (bf16 where the device multiplies it natively, else fp32), ``32``, ``bf16`` or
+            ``16``; the network runs under :func:`engine.context.autocast_for`, probabilities stay fp32.
     """
 
     def __init__(self, checkpoint, device: str = "auto", overlap: float = 0.5, sw_batch_size: int = 4,
-                 mode: str = "gaussian", amp: bool = False) -> None:
+                 mode: str = "gaussian", amp: bool = False, precision: str = "auto") -> None:
         from engine import load_run
+        from engine.context import precision_option
         from engine.errors import UserError
 
         if not 0.0 <= overlap < 1.0:
@@ -196,6 +199,7 @@ class Predictor:
         if self.cfg.task and self.cfg.task != "seg":
             raise UserError(f"{checkpoint}: a {self.cfg.task!r} checkpoint, not a seg one")
         self.device = _device(device)
+        self.precision = precision_option(precision, self.device)  # 32, bf16 or 16-mixed
         self.model = build_model_from_run(self.cfg, state_dict, self.device)
         da = self.cfg.data_args
         self.dims = int(getattr(self.model, "spatial_dims", da.get("spatial_dims", 3)))
@@ -227,13 +231,19 @@ class Predictor:
 
     def predict_nifti(self, vol: NiftiVolume) -> np.ndarray:
         """Label map (uint8) in ``vol``'s grid."""
-        return predict_volume(self.model, vol, **self.kw)
+        from engine.context import autocast_for as autocast_precision
+
+        with autocast_precision(self.precision, self.device):  # sliding-window sums stay in the input's fp32
+            return predict_volume(self.model, vol, **self.kw)
 
     @torch.no_grad()
     def predict_image2d(self, image: np.ndarray) -> np.ndarray:
         """Label map (H, W) of a 2D image (C, H, W) in [0, 1] (folder2d models)."""
+        from engine.context import autocast_for as autocast_precision
+
         x = torch.from_numpy(image)[None].to(self.device)  # (1, C, H, W)
-        probs = slice_probs(self.model, resample_to_shape(x, self.kw["roi"]), 1, self.kw["amp"])
+        with autocast_precision(self.precision, self.device):
+            probs = slice_probs(self.model, resample_to_shape(x, self.kw["roi"]), 1, self.kw["amp"])
         return resample_to_shape(probs, image.shape[1:]).argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
