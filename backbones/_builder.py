@@ -153,10 +153,13 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")  # torch's weights_only refusal names the class/function it met
+
+
 def pickled_code_message(path: Union[str, os.PathLike], error: BaseException) -> str:
     """The one-line refusal of a checkpoint that ``torch.load(weights_only=True)`` rejected: it holds pickled code
     (a class or function reference), which vtk never runs."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    found = _GLOBAL_RE.search(str(error))
     what = f" ({found.group(1)})" if found else ""
     return (f"{path}: the file contains pickled code{what}, and vtk only loads weights (tensors); it was not run. "
             "Re-save it where you trust it as a plain state dict or .safetensors")
@@ -199,8 +202,8 @@ def read_checkpoint(src: Union[str, os.PathLike, Mapping[str, Any]]) -> StateDic
         except UserError:
             raise
         except pickle.UnpicklingError as e:
-            if "weights only load failed" not in str(e).lower():
-                raise UserError(f"{path}: cannot read checkpoint (corrupt pickle: {' '.join(str(e).split())[:120]})")
+            if _GLOBAL_RE.search(str(e)) is None:  # a corrupt file, not a refused class or function
+                raise UserError(f"{path}: cannot read checkpoint (UnpicklingError: {' '.join(str(e).split())[:160]})")
             raise UserError(pickled_code_message(path, e)) from None
         except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
             raise UserError(f"{path}: cannot read checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})")

@@ -19,14 +19,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import math
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -111,7 +113,18 @@ def header_problem(img: Any, path: PathLike) -> Optional[str]:
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as e:  # nibabel raises on some corrupt qforms
         return f"unusable affine ({_reason(e)})"
-    return affine_problem(affine, img.header, ndim=len(shape))
+    return affine_problem(affine, _raw_header(Path(path), img), ndim=len(shape))
+
+
+def _raw_header(path: Path, img: Any) -> Any:
+    """The header as stored: nibabel's loader silently replaces a negative or zero ``pixdim`` (abs, or 1)."""
+    if int(_field(img.header, "sform_code")) > 0:
+        return img.header  # the affine comes from the sform; pixdim is not used
+    try:
+        with (gzip.open if _is_gzip(path) else open)(path, "rb") as f:
+            return type(img.header).from_fileobj(f, check=False)
+    except Exception:  # noqa: BLE001 - nibabel read it once already; fall back to its (fixed) copy
+        return img.header
 
 
 def affine_problem(affine: np.ndarray, header: Any = None, ndim: int = 3) -> Optional[str]:
@@ -192,7 +205,8 @@ def read_nifti_header(path: PathLike) -> Any:
     if not p.is_file():
         raise UserError(f"{p}: file not found")
     try:
-        return nib.load(str(p))
+        with _quiet_nibabel():  # its "pixdim ... setting to abs" lines; header_problem reports those itself
+            return nib.load(str(p))
     except Exception as e:  # nibabel raises several types for corrupt headers
         raise UserError(f"{p}: unreadable NIfTI ({_reason(e)})") from None
 
@@ -300,6 +314,18 @@ def read_image2d(path: PathLike, *, mask: bool = False) -> np.ndarray:
     arr = arr[None] if arr.ndim == 2 else arr[..., :3].transpose(2, 0, 1)  # (C, H, W)
     scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
     return arr / scale
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's header-fix log lines (it logs and repairs; vtk reports problems in one line instead)."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _reason(e: BaseException) -> str:

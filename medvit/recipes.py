@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
@@ -68,9 +69,21 @@ def recipe_defaults(model: Optional[str], max_steps: Optional[int]) -> Dict[str,
         return {}
     key = _recipe_key(model)
     out = dict(PAPER_RECIPES[key], val_every=100, ckpt_every=100)
+    out["batch_size"] = _per_world(out["batch_size"])
     if key in _WARMUP_RECIPES:
         out["warmup_steps"] = max(0, (max_steps or 1000) // 100)
     return out
+
+
+def _per_world(batch_size: int) -> int:
+    """The recipe's global batch rounded up to a multiple of torchrun's ``WORLD_SIZE``: UNETR's one volume per step
+    becomes one volume per rank, so ``torchrun --nproc_per_node N vtk seg train ...`` works without
+    ``--batch-size`` (an explicit ``--batch-size`` is the global batch and is never changed)."""
+    try:
+        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        world = 1
+    return -(-int(batch_size) // world) * world
 
 
 def with_recipe_defaults(model: Optional[str], given: Mapping[str, Any]) -> Dict[str, Any]:
