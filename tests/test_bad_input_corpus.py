@@ -455,18 +455,24 @@ print(json.dumps(dict(base=base, check=after_check, predict=hwm_mb(), rc_check=r
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc (Linux)")
-def test_fake_header_costs_no_memory(corpus, tmp_path):
+@pytest.mark.parametrize("cap", [None, "10000000000"], ids=["voxel-cap", "file-size"])
+def test_fake_header_costs_no_memory(corpus, tmp_path, cap):
     """A 66-byte .nii.gz claiming 2048 x 2048 x 1024 int16 voxels (8 GiB) drove check/predict to 9.3 GB before;
-    now both refuse it from the header: peak memory grows < 200 MB over the imports."""
+    now both refuse it from the header: peak memory grows < 200 MB over the imports. With the voxel cap raised
+    above the claim, the file-size bound alone must refuse it."""
     d = _data(corpus, tmp_path)
     fake = forged_header(d / IMG, (2048, 2048, 1024))
     assert fake.stat().st_size < 100
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
+    env.pop("VTK_MAX_VOXELS", None)
+    if cap:
+        env["VTK_MAX_VOXELS"] = cap
     proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(d), str(fake), str(corpus["run"]),
                            str(tmp_path / "pred")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads(proc.stdout.strip().splitlines()[-1])
     assert m["rc_check"] == 2 and m["rc_predict"] == 2, (m, proc.stderr)
     assert "img0001.nii.gz" in proc.stdout and "img0001.nii.gz" in proc.stderr
+    assert ("gzip file can hold at most" if cap else "over the limit") in proc.stderr
     assert m["check"] - m["base"] < 200 and m["predict"] - m["base"] < 200, m
