@@ -206,12 +206,23 @@ def _weights_or_run(checkpoint: Optional[Path], model: Optional[str], pretrained
     from engine.pretrained import describe
     from medvit.pretrained import weights_run
 
+    from medvit.recipes import check_model_args
+
     p = dict(protocol)
     p["spacing"] = _floats(p["spacing"], "--spacing")
     p["model_args"] = parse_key_values(p.pop("model_arg"), "--model-arg")
+    check_model_args(model, p["model_args"])
     run = weights_run(model, pretrained, **p)
     typer.echo(describe(run))
     return run
+
+
+def _check_window_options(sw_batch_size: int, out: Optional[Path]) -> None:
+    """``--sw-batch-size`` >= 1 and an ``--out`` that is not an existing file (eval and predict)."""
+    if sw_batch_size < 1:
+        raise UserError(f"--sw-batch-size {sw_batch_size}: must be an integer >= 1")
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out is an existing file, not a folder")
 
 
 @seg_app.command("eval")
@@ -248,6 +259,7 @@ def evaluate(
     from medvit.evaluate import default_eval_dir, evaluate_checkpoint
     from medvit.metrics import write_reports
 
+    _check_window_options(sw_batch_size, out)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
     source = _weights_or_run(checkpoint, model, pretrained, protocol)
@@ -307,7 +319,12 @@ def predict(
     from medvit.inference import Predictor, predict_files
     from medvit.io import nifti_inputs
 
+    from medvit.io import check_volume_header
+
+    _check_window_options(sw_batch_size, out)
     files = nifti_inputs(input)
+    for f in files:  # every header before the model is built: a forged one costs no memory
+        check_volume_header(f)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
     pred = Predictor(_weights_or_run(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,

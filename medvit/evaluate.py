@@ -52,6 +52,7 @@ def as_labels(data: np.ndarray) -> np.ndarray:
 
 def eval_case(pred, item: Dict[str, str], kind: str, tolerance: float) -> Dict[str, Any]:
     """Metrics of one ``{"image", "label"}`` case for the ``--data`` kind ``kind`` (the label's own grid)."""
+    from medvit.data.check import check_label, label_spec
     from medvit.data.layouts import SYNAPSE_FROM_BTCV, remap_labels
     from medvit.io import check_pair, read_image2d, read_nifti
     from medvit.metrics import case_metrics
@@ -63,7 +64,7 @@ def eval_case(pred, item: Dict[str, str], kind: str, tolerance: float) -> Dict[s
     else:
         img, lab = read_nifti(item["image"]), read_nifti(item["label"])
         check_pair(img, lab)
-        gt = as_labels(lab.data)
+        gt = check_label(lab, pred.num_classes, *label_spec(kind))  # ints in range, or UserError naming it
         if kind == "synapse":
             gt = remap_labels(gt, SYNAPSE_FROM_BTCV)
         mask, spacing = pred.predict_nifti(img), lab.spacing

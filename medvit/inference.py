@@ -115,9 +115,10 @@ def predict_volume(model: torch.nn.Module, vol: NiftiVolume, *, spatial_dims: in
 def build_model_from_run(cfg, state_dict: dict, device: Optional[torch.device] = None) -> torch.nn.Module:
     """Rebuild a seg model from a run's config and weights (``engine.load_run``)."""
     import medvit
+    from backbones._builder import load_state_strict
 
     model = medvit.create_model(cfg.model, **model_overrides(cfg.model_args))  # never re-reads --pretrained
-    model.load_state_dict(state_dict)
+    load_state_strict(model, state_dict, "--checkpoint")  # a wrong-shape tensor: UserError naming both shapes
     return model.to(device or torch.device("cpu")).eval()
 
 
@@ -273,6 +274,6 @@ def predict_files(pred: Predictor, files: Sequence, out, overlay: bool = True) -
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from engine.distributed import resolve_device
+
+    return resolve_device(name)  # "--device cuda" without a GPU: a UserError, not a driver traceback

@@ -68,7 +68,7 @@ class SegTask:
         label_map = SYNAPSE_FROM_BTCV if cfg.data == "synapse" else None
         num_classes = _num_classes(cfg)
         if cfg.data == "folder2d":
-            return self._folder2d(train_items, val_items, da)
+            return self._folder2d(train_items, val_items, da, num_classes)
         preflight(train_items + val_items, num_classes, label_map)
         if int(da.get("spatial_dims", 3)) == 2:
             return self._slices(train_items, val_items, da, label_map)
@@ -94,11 +94,11 @@ class SegTask:
         return SliceDataset(load_slices_3d(train_items, **kw)), SliceDataset(load_slices_3d(val_items, **kw),
                                                                             train=False)
 
-    def _folder2d(self, train_items, val_items, da):
+    def _folder2d(self, train_items, val_items, da, num_classes: Optional[int] = None):
         from medvit.data.datasets import SliceDataset, load_folder2d
 
-        train = SliceDataset(load_folder2d(train_items, da["roi"]), hflip_only=True)
-        return train, SliceDataset(load_folder2d(val_items, da["roi"]), train=False)
+        train = SliceDataset(load_folder2d(train_items, da["roi"], num_classes), hflip_only=True)
+        return train, SliceDataset(load_folder2d(val_items, da["roi"], num_classes), train=False)
 
     def collate(self, samples: list) -> Tuple[torch.Tensor, torch.Tensor]:
         """Flatten RandCropByPosNegLabel's crop lists; returns image (N, C, *S) float and label (N, 1, *S) long."""
@@ -179,20 +179,22 @@ def _num_classes(cfg) -> int:
 
 
 def preflight(items: List[dict], num_classes: int, label_map: Optional[dict]) -> None:
-    """Read every image/label pair once before training: missing, truncated, NaN, non-3D, shape/affine mismatch,
-    label values out of range all raise ``UserError`` naming the file."""
-    from medvit.data.layouts import remap_labels
-    from medvit.io import check_pair, read_nifti
+    """Read every image/label pair once before training: forged headers, missing, truncated, NaN, non-3D,
+    shape/affine mismatch, float or out-of-range labels (:func:`medvit.data.check.check_label`) all raise
+    ``UserError`` naming the file."""
+    from medvit.data.check import check_label
+    from medvit.data.layouts import BTCV_LABELS
+    from medvit.io import check_pair, check_volume_header, read_nifti
 
+    for item in items:  # every header first: a forged one is refused before any volume is read
+        for key in ("image", "label"):
+            if key in item:
+                check_volume_header(item[key])
+    file_classes = len(BTCV_LABELS) if label_map is not None else None
     for item in items:
         img = read_nifti(item["image"])
         if "label" not in item:
             continue
         lab = read_nifti(item["label"])
         check_pair(img, lab)
-        values = np.unique(np.rint(lab.data).astype(np.int64))
-        if label_map is not None:
-            values = np.unique(remap_labels(values, label_map))
-        if values.min() < 0 or values.max() >= num_classes:
-            raise UserError(f"{lab.path}: label values {values.min()}..{values.max()} outside 0..{num_classes - 1}"
-                            f" (--num-classes {num_classes})")
+        check_label(lab, num_classes, label_map, file_classes)
