@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -286,3 +287,34 @@ def test_unreadable_validation_video_is_skipped_and_never_costs_a_checkpoint(k40
     assert _last_step(out) == 2
     assert main(["video", "train", "--resume", str(out), "--max-steps", "3", "--num-workers", "0", "--quiet"]) == 0
     assert _last_step(out) == 3
+
+
+def test_truncated_training_clip_is_skipped_for_the_next_video(k400, tmp_path, caplog):
+    from videovit.data.dataset import VideoClipDataset
+    from videovit.data.layouts import load_csv
+
+    vl = load_csv(k400, "train")
+    broken = tmp_path / "broken.mp4"
+    truncate_faststart(vl.samples[0][0], broken)
+    vl.samples[0] = (broken, vl.samples[0][1])
+    ds = VideoClipDataset(vl, num_frames=4, stride=1)
+    frames, label = ds[0]  # video 0 is skipped: the clip and label of video 1
+    assert label == vl.samples[1][1] and frames.shape == (4, 32, 32, 3)
+    assert any("broken.mp4: truncated video" in r.getMessage() for r in caplog.records)
+
+
+def test_undecodable_file_leaves_stderr_to_the_one_error_line(tmp_path, capfd):
+    """decord's C++ logger writes "ERROR opening: ..." to file descriptor 2 itself; nothing of it may show."""
+    from engine.errors import UserError
+    from videovit.data.decode import VideoReader
+
+    bad = tmp_path / "garbage.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    capfd.readouterr()
+    with pytest.raises(UserError, match=r"garbage\.mp4: cannot decode video \(decord: ") as e:
+        VideoReader(bad, backend="decord")
+    out = capfd.readouterr()
+    assert out.err == "" and out.out == ""
+    assert "video_reader.cc" not in str(e.value)
+    print("after", file=sys.stderr)  # stderr works again afterwards
+    assert capfd.readouterr().err == "after\n"
