@@ -379,8 +379,11 @@ def predict_views(model: nn.Module, dataset: Dataset, indices: Sequence[int], de
         on_skip: Receives each :class:`Unreadable` item (those videos yield nothing); ``None`` raises its error.
 
     Raises:
-        UserError: An unreadable video without ``on_skip``.
+        UserError: An unreadable video without ``on_skip`` (its one-line message, raised in this process even when
+            a DataLoader worker decoded it).
     """
+    if not isinstance(dataset, SkipUnreadable):  # errors travel as items: a worker's raise would carry its traceback
+        dataset = SkipUnreadable(dataset)
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate_views)
     for views, labels, bad in loader:

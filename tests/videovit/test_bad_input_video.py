@@ -318,3 +318,16 @@ def test_undecodable_file_leaves_stderr_to_the_one_error_line(tmp_path, capfd):
     assert "video_reader.cc" not in str(e.value)
     print("after", file=sys.stderr)  # stderr works again afterwards
     assert capfd.readouterr().err == "after\n"
+
+
+def test_eval_of_a_truncated_video_in_a_worker_is_one_line(run, k400, tmp_path, capsys):
+    """A DataLoader worker that fails re-raises with its traceback in the message: the error must not."""
+    data = tmp_path / "data"
+    shutil.copytree(k400, data)
+    video = next((data / "val" / "move_up").glob("*.mp4"))
+    truncate_faststart(video, video)
+    capsys.readouterr()
+    rc = main(["video", "eval", "--checkpoint", str(run), "--data-dir", str(data), "--num-workers", "2",
+               "--device", "cpu", "--out", str(tmp_path / "eval")])
+    line = _one_error_line(capsys, rf"{video.name}: truncated video: its index lists 8 frames")
+    assert rc == 2 and "DataLoader worker" not in line

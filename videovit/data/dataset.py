@@ -171,4 +171,5 @@ class SkipUnreadable(Dataset):
         try:
             return self.dataset[index]
         except UserError as e:
-            return Unreadable(index, Path(self.dataset.videos.samples[index][0]), str(e))
+            videos = getattr(self.dataset, "videos", None)
+            return Unreadable(index, Path(videos.samples[index][0]) if videos is not None else Path(), str(e))
