@@ -80,7 +80,8 @@ def _check(data: str, data_dir: Path, layout: str, fold: int) -> None:
     console.print(_table(f"{data} at {data_dir}", SUMMARY_COLUMNS, result.summary))
     if not result.ok:
         console.print(_table(f"{len(result.problems)} problem(s)", PROBLEM_COLUMNS, result.problems, fold=True))
-        raise UserError(f"{data_dir}: {len(result.problems)} missing or unreadable video(s), listed above")
+        raise UserError(f"{data_dir}: {len(result.problems)} problem(s) (missing or unreadable videos, unusable "
+                        "split lists), listed above")
     console.print("all videos readable")
 
 
