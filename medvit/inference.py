@@ -509,8 +509,12 @@ class Predictor:
                   names=list(names or []))
         cfg = TrainConfig(task="seg", model=type(model).__name__, model_args=dict(num_classes=num_classes,
                                                                                   in_chans=in_chans), data_args=da)
+        from engine.choices import check_keys
+
         o = dict(overlap=0.5, sw_batch_size=4, mode="gaussian", amp=False, tta=False, stitch="auto",
-                 postprocess="none", **options)
+                 postprocess="none")
+        check_keys("Predictor.from_model", options, o, error=ValueError)
+        o.update(options)
         cls._check_options(o["overlap"], o["mode"], o["stitch"], o["postprocess"])
         pred = cls.__new__(cls)
         pred._setup([(None, cfg, model)], _device(device), o["overlap"], o["sw_batch_size"], o["mode"], o["amp"],
