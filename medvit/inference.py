@@ -206,22 +206,26 @@ def _net_shape(ras_shape, ras_spacing, settings: Settings, roi) -> Tuple[int, ..
 
 
 def estimate_memory(in_shape: Sequence[int], net_shape: Sequence[int], num_classes: int, passes: int,
-                    stitch_on_device: bool, on_gpu: bool, probabilities: bool = False) -> Tuple[int, int]:
+                    stitch_on_device: bool, on_gpu: bool, probabilities: bool = False,
+                    window: int = 0) -> Tuple[int, int]:
     """``(host, device)`` bytes at the peak of one case (float32 maps; see the module docstring).
 
     Host: the read volume, its RAS copy and scaled copy (3 x float32 of the input grid), the mask (uint8), the
-    class-by-class resampling back (the current class map and the running maximum, 2 x float32), and the saved
-    probabilities (K x float16) when asked. Stitch side: the network-grid input, MONAI's output and count map
-    (K + 1 float32 maps), the running sum over passes when there are several, and the resampling back.
+    class-by-class resampling back (the current class map and the running maximum, 2 x float32, plus a bool
+    map), and the saved probabilities (K x float16) when asked. Stitch side: the network-grid input, MONAI's
+    output and count map (K + 1 float32 maps), the running sum over passes when there are several. Compute side:
+    one batch of windows in and out, ``window`` = sw_batch_size x window voxels (the model's own activations are
+    not known here and come on top).
     """
     n_in, n_net = int(np.prod(in_shape)), int(np.prod(net_shape))
-    host = n_in * (3 * 4 + 1) + (num_classes * n_in * 2 if probabilities else 0)
-    stitch = n_net * 4 * (1 + (num_classes + 1) + (num_classes if passes > 1 else 0)) + 2 * n_in * 4
+    host = n_in * (3 * 4 + 1) + 2 * n_in * 4 + n_in + (num_classes * n_in * 2 if probabilities else 0)
+    stitch = n_net * 4 * (1 + (num_classes + 1) + (num_classes if passes > 1 else 0))
+    compute = window * 4 * (1 + 2 * num_classes)  # windows, their logits and the importance-weighted copy
     if not on_gpu:
-        return host + stitch, 0
+        return host + stitch + compute, 0
     if stitch_on_device:
-        return host, stitch
-    return host + stitch, n_net * 4  # the network-grid input may stay on the CPU too; windows go up one by one
+        return host, stitch + compute + 2 * n_in * 4  # the resampling back runs where the maps are
+    return host + stitch, compute
 
 
 def _resolve_stitch(settings: Settings, stitch_bytes: int) -> torch.device:
@@ -282,9 +286,10 @@ def _to_input_grid(probs: torch.Tensor, ras_shape: Sequence[int], ornt: np.ndarr
         if best_val is None:
             best_val, best_idx = p.clone(), torch.zeros(p.shape, dtype=torch.uint8, device=p.device)
         else:
-            better = p > best_val
-            best_val = torch.where(better, p, best_val)
+            better = p > best_val  # in place from here on: no third input-grid map
             best_idx[better] = k
+            torch.maximum(best_val, p, out=best_val)
+            del better
         del p
     mask = np.ascontiguousarray(from_ras(best_idx.cpu().numpy(), ornt))
     return VolumePrediction(mask, kept)
@@ -314,10 +319,14 @@ def segment_volume(members: Sequence[Member], vol: NiftiVolume, settings: Settin
     net_shape = _net_shape(ras.shape, ras_spacing, s, members[0].roi)
     passes = len(members) * (2 ** s.spatial_dims if s.tta else 1)
     on_gpu = s.device.type == "cuda"
-    host_all, dev_all = estimate_memory(ras.shape, net_shape, num_classes, passes, True, on_gpu, probabilities)
+    window = s.sw_batch_size * max(int(np.prod(m.roi)) for m in members)
+    if s.spatial_dims == 2:
+        window = s.sw_batch_size * 4 * max(int(np.prod(m.roi)) for m in members)
+    host_all, dev_all = estimate_memory(ras.shape, net_shape, num_classes, passes, True, on_gpu, probabilities,
+                                        window)
     stitch_dev = _resolve_stitch(s, dev_all) if s.spatial_dims == 3 else s.device
     host, dev = estimate_memory(ras.shape, net_shape, num_classes, passes, stitch_dev.type == "cuda", on_gpu,
-                                probabilities)
+                                probabilities, window)
     if on_plan is not None:
         on_plan(MemoryEstimate(host, dev, stitch_dev.type, tuple(net_shape), passes))
     if on_start is not None:

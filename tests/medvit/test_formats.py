@@ -22,15 +22,15 @@ LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def _checkpoint(path):
     """A ``tiny_seg3d`` checkpoint with random weights, 3 mm spacing, intensities 0..255."""
-    from conftest import tiny_seg3d
+    import medvit
     from engine.checkpoint import save_weights, serialize_weights
     from engine.config import TrainConfig
 
     torch.manual_seed(0)
     cfg = TrainConfig(task="seg", model="tiny_seg3d", model_args=dict(num_classes=3, in_chans=1, img_size=16),
-                      data_args=dict(spatial_dims=3, roi=[16, 16, 16], spacing=[3.0, 3.0, 3.0], a_min=0.0,
+                      data_args=dict(spatial_dims=3, roi=[32, 32, 32], spacing=[3.0, 3.0, 3.0], a_min=0.0,
                                      a_max=255.0, names=["background", "a", "b"]))
-    model = tiny_seg3d(**cfg.model_args)
+    model = medvit.create_model("tiny_seg3d", **cfg.model_args)  # registered by the tiny_seg_models fixture
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)

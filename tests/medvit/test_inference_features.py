@@ -123,8 +123,9 @@ def test_ensemble_members_must_share_the_preprocessing():
         Predictor.ensemble([_pred(Asym3d()), _pred(Asym3d(), a_max=2.0)])
 
 
-def _checkpoint(path, model_seed, tiny):
+def _checkpoint(path, model_seed):
     """A vtk .safetensors checkpoint of ``tiny_seg3d`` (random weights) with a 1 mm, 0..1 protocol."""
+    import medvit
     from engine.checkpoint import save_weights, serialize_weights
     from engine.config import TrainConfig
 
@@ -132,7 +133,7 @@ def _checkpoint(path, model_seed, tiny):
     cfg = TrainConfig(task="seg", model="tiny_seg3d", model_args=dict(num_classes=3, in_chans=1, img_size=16),
                       data_args=dict(spatial_dims=3, roi=list(ROI), spacing=[2.0, 2.0, 2.0], a_min=0.0, a_max=1.0,
                                      names=["background", "a", "b"]))
-    model = tiny(**cfg.model_args)
+    model = medvit.create_model("tiny_seg3d", **cfg.model_args)  # registered by the tiny_seg_models fixture
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.7)
@@ -142,9 +143,8 @@ def _checkpoint(path, model_seed, tiny):
 @pytest.mark.usefixtures("tiny_seg_models")
 def test_cli_ensemble_of_two_checkpoints_averages_their_probabilities(tmp_path, capsys):
     from cli.main import main
-    from conftest import tiny_seg3d
 
-    ck = [_checkpoint(tmp_path / f"m{i}.safetensors", i, tiny_seg3d) for i in (1, 2)]
+    ck = [_checkpoint(tmp_path / f"m{i}.safetensors", i) for i in (1, 2)]
     affine = np.diag([-1.5, 1.5, 2.5, 1.0])
     write_nifti(tmp_path / "in" / "ct.nii.gz", _volume((18, 20, 12), 4).data, affine)
     probs = []
@@ -361,3 +361,28 @@ def test_folder2d_eval_reports_object_metrics(tmp_path):
     assert res.summary["mean_object_f1"] == pytest.approx(1.0)
     assert res.summary["mean_object_dice"] == pytest.approx(1.0)
     assert res.summary["postprocessing"]["lcc"]["object_f1"] == pytest.approx(2 / 3)  # LCC drops one gland
+
+
+def test_2d_images_are_read_by_skimage_as_pil_decodes_them(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import skimage.io
+    from medvit.io import read_image2d
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.bmp")
+    deep = rng.integers(0, 65536, (12, 10), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "b.png")
+    m = np.zeros((8, 8, 3), np.uint8)
+    m[2:5, 2:5] = (255, 0, 0)  # a red mask: PIL's L gives 76
+    Image.fromarray(m).save(tmp_path / "m.png")
+    np.testing.assert_allclose(read_image2d(tmp_path / "a.bmp"), rgb.transpose(2, 0, 1) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(read_image2d(tmp_path / "b.png")[0], deep / 65535.0, atol=1e-6)
+    want = np.asarray(Image.open(tmp_path / "m.png").convert("L")).astype(np.int64)
+    np.testing.assert_array_equal(read_image2d(tmp_path / "m.png", mask=True), want)
+    calls = []
+    real = skimage.io.imread
+    monkeypatch.setattr(skimage.io, "imread", lambda *a, **k: calls.append(a) or real(*a, **k))
+    read_image2d(tmp_path / "a.bmp")
+    assert calls  # the reader really is skimage's
