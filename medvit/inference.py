@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from engine.choices import check_choice
 from engine.io import atomic_savefig
 from engine.pretrained import model_overrides
-from medvit.data.transforms import from_ras, scale_intensity, to_ras
+from medvit.data.transforms import from_ras, normalize_image, to_ras
 from medvit.io import NiftiVolume
 
 __all__ = ["sliding_window_probs", "slice_probs", "predict_volume", "resample_to_shape", "autocast_for",
@@ -90,14 +90,16 @@ def _argmax_resampled(probs: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
 def predict_volume(model: torch.nn.Module, vol: NiftiVolume, *, spatial_dims: int, spacing: Sequence[float],
                    a_min: float, a_max: float, roi: Sequence[int], device: torch.device, sw_batch_size: int = 4,
                    overlap: float = 0.5, mode: str = "gaussian", amp: bool = False,
-                   in_chans: int = 1) -> np.ndarray:
+                   in_chans: int = 1, normalization: Optional[str] = None,
+                   intensity_stats: Optional[dict] = None) -> np.ndarray:
     """Label map (X, Y, Z) uint8 in ``vol``'s own voxel grid (see the module docstring for the steps)."""
     import nibabel as nib
 
     ras, ornt = to_ras(vol.data, vol.affine)  # (X, Y, Z) RAS voxel order
     ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
     ras_spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(0))
-    x = torch.from_numpy(np.ascontiguousarray(scale_intensity(ras, a_min, a_max)))[None, None].to(device)
+    norm = dict(normalization=normalization, intensity_stats=intensity_stats, a_min=a_min, a_max=a_max)
+    x = torch.from_numpy(np.ascontiguousarray(normalize_image(ras, norm)))[None, None].to(device)
     if spatial_dims == 3:
         net_shape = [max(1, int(round(n * s / t))) for n, s, t in zip(ras.shape, ras_spacing, spacing)]
         x = resample_to_shape(x, net_shape)  # (1, 1, D, H, W) in the training grid
@@ -204,7 +206,8 @@ class Predictor:
         self.kw = dict(spatial_dims=self.dims, spacing=da.get("spacing", (1.5, 1.5, 2.0)),
                        a_min=float(da.get("a_min", -175.0)), a_max=float(da.get("a_max", 250.0)),
                        roi=da["roi"], device=self.device, sw_batch_size=sw_batch_size, overlap=overlap,
-                       mode=mode, amp=amp, in_chans=int(self.cfg.model_args.get("in_chans", 1)))
+                       mode=mode, amp=amp, in_chans=int(self.cfg.model_args.get("in_chans", 1)),
+                       normalization=da.get("normalization"), intensity_stats=da.get("intensity_stats"))
 
     @classmethod
     def from_weights(cls, model: str, pretrained, *args: Any, protocol: Optional[Dict[str, Any]] = None,
