@@ -105,3 +105,7 @@ def test_nnunet_trains_one_fold_and_evaluates(tmp_path, tiny_seg_models, capsys)
     assert main(["seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--sw-batch-size", "2"]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert "mean_dice" in json.dumps(metrics)
+    from medvit.inference import Predictor
+
+    pred = Predictor(run, "cpu")  # predict/eval replay the run's CT normalisation and statistics
+    assert pred.kw["normalization"] == "ct" and pred.kw["intensity_stats"] == stats
