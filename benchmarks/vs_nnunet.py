@@ -159,7 +159,7 @@ def nnunet_row(py: str, budget_s: float, out: Path, config: str) -> List[dict]:
     raw = nnunet_raw(out / "nnUNet_raw")
     bindir = Path(py).parent
     _check_run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "900", "-c", config, "-np", "1",
-                "--verify_dataset_integrity"], env)
+                "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"})  # 0 breaks its planner
     pre = out / "nnUNet_pre" / raw.name
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["colin27"], "val": ["colin27"]}]))
     t = run_with_cpu_budget([py, "-m", "benchmarks.vs_nnunet", "_nnunet-train", "--budget-s", str(budget_s),

@@ -105,6 +105,10 @@ def test_nnunet_trains_one_fold_and_evaluates(tmp_path, tiny_seg_models, capsys)
     assert main(["seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--sw-batch-size", "2"]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert "mean_dice" in json.dumps(metrics)
+    scored = (run / "eval" / "per_case.csv").read_text()  # eval scores the run's fold, not the layout's hold-out
+    val_cases = splits[3]["val"]
+    assert all(f"{c}_0000.nii.gz" in scored for c in val_cases)
+    assert sum(f"{c}_0000.nii.gz" in scored for c in [f"case_{i:03d}" for i in range(5)]) == len(val_cases)
     from medvit.inference import Predictor
 
     pred = Predictor(run, "cpu")  # predict/eval replay the run's CT normalisation and statistics
