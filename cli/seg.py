@@ -13,10 +13,10 @@ from typing import List, Optional
 
 import typer
 
-from cli.apps import check_app, seg_app, synth_app
+from cli.apps import check_app, data_app, seg_app, synth_app
 from engine.errors import UserError
 
-__all__ = ["synth_btcv_cmd", "check_btcv_cmd", "train", "evaluate", "predict"]
+__all__ = ["synth_btcv_cmd", "check_btcv_cmd", "fingerprint_cmd", "train", "evaluate", "predict"]
 
 
 @synth_app.command("btcv")
@@ -59,11 +59,50 @@ def check_btcv_cmd(
     raise UserError(f"{data_dir}: {len(problems)} problem(s) found (see the table above)")
 
 
+@data_app.command("fingerprint")
+def fingerprint_cmd(
+    data_dir: Path = typer.Argument(..., help="Dataset folder (nnU-Net raw, decathlon datalist or NIfTI folder)."),
+    data: Optional[str] = typer.Option(None, "--data", help="nnunet, decathlon, btcv, synapse or folder (default: "
+                                       "detected)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the fingerprint as JSON (atomic)."),
+) -> None:
+    """nnU-Net's dataset fingerprint: spacing, size, foreground intensities; the suggested spacing, ROI, normalisation.
+
+    Example: vtk data fingerprint data/Dataset004_Hippocampus --out fingerprint.json
+    """
+    from engine.choices import check_choice
+    from engine.io import atomic_write_json
+    from medvit.data.fingerprint import dataset_fingerprint
+
+    if data is not None:
+        check_choice("--data", data, ("nnunet", "decathlon", "btcv", "synapse", "folder"), what="3D dataset kind")
+    fp = dataset_fingerprint(data_dir, data)
+    sp, sh, it, sg = fp["spacing"], fp["shape"], fp["intensity"], fp["suggested"]
+    typer.echo(f"{data_dir}: {fp['num_cases']} labelled case(s), --data {fp['kind']}, modality "
+               f"{fp['modality'] or 'not declared'} (axes {fp['axis_order']})")
+    typer.echo(f"spacing (mm)   median {_vec(sp['median'])}  min {_vec(sp['min'])}  max {_vec(sp['max'])}")
+    typer.echo(f"size (voxels)  median {_vec(sh['median'], 0)}  min {_vec(sh['min'], 0)}  max {_vec(sh['max'], 0)}")
+    if it is not None:
+        typer.echo(f"foreground intensity  mean {it['mean']:.2f}  std {it['std']:.2f}  median {it['median']:.2f}  "
+                   f"0.5% {it['percentile_00_5']:.2f}  99.5% {it['percentile_99_5']:.2f}  min {it['min']:.2f}  "
+                   f"max {it['max']:.2f}")
+    typer.echo(f"suggested: --data-arg spacing=[{','.join(f'{v:g}' for v in sg['spacing'])}]"
+               f"{' (anisotropic)' if sg['anisotropic'] else ''}  --roi {sg['roi_edge']} (per axis "
+               f"{_vec(sg['roi'], 0)})  --data-arg normalization={sg['normalization']} ({sg['reason']})")
+    if out is not None:
+        atomic_write_json(out, fp)
+        typer.echo(f"wrote {out}")
+
+
+def _vec(values, digits: int = 2) -> str:
+    return " x ".join(f"{v:.{digits}f}" for v in values)
+
+
 @seg_app.command("train")
 def train(
     model: Optional[str] = typer.Option(None, "--model", help="unetr, swin_unetr, transunet, medt or any medvit "
                                         "model (`vtk models list`)."),
-    data: Optional[str] = typer.Option(None, "--data", help="btcv, synapse, decathlon, folder or folder2d."),
+    data: Optional[str] = typer.Option(None, "--data", help="btcv, synapse, decathlon, folder, folder2d or nnunet."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/seg-<model>-<time>)."),
@@ -91,6 +130,9 @@ def train(
                                               "the run keeps its path + sha256 and never re-reads it."),
     preset: Optional[str] = typer.Option(None, "--preset", help="quick: a small model and a short schedule "
                                          "(explicit options win)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="K-fold cross-validation over all labelled cases "
+                                        "(nnU-Net's split by case id; RUN/splits.json)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Which fold (0..K-1) to train; with --folds."),
 ) -> None:
     """Train a segmentation model on the shared engine (DiceCE loss, sliding-window validation).
 
@@ -102,8 +144,10 @@ def train(
     model_args = parse_key_values(model_arg, "--model-arg")
     model_args.update({k: v for k, v in dict(feature_size=feature_size, num_classes=num_classes).items() if v})
     data_args = parse_key_values(data_arg, "--data-arg")
-    data_args.update({k: v for k, v in dict(cache=cache, num_samples=num_samples, roi=img_size).items()
-                      if v is not None})
+    data_args.update({k: v for k, v in dict(cache=cache, num_samples=num_samples, roi=img_size, folds=folds,
+                                            fold=fold).items() if v is not None})
+    if fold is not None and folds is None and "folds" not in data_args:
+        raise UserError("--fold: needs --folds K (e.g. --folds 5 --fold 0)")
     given = dict(data=data, data_dir=str(data_dir) if data_dir else None, max_steps=max_steps,
                  out=str(out) if out else None, resume=str(resume) if resume else None, batch_size=batch_size,
                  lr=lr, precision=precision, device=device, val_every=val_every, ckpt_every=ckpt_every,

@@ -94,6 +94,17 @@ def eval_case(pred, item: Dict[str, str], kind: str, tolerance: float, progress:
     return rows if len(variants) > 1 else rows[variants[0]]
 
 
+def fold_split_items(cfg, kind: str, root: os.PathLike, split: str) -> Optional[List[Dict[str, str]]]:
+    """A ``--folds`` run's own fold on its own dataset (``medvit.task.run_split``), else ``None``."""
+    if cfg is None or "folds" not in (cfg.data_args or {}) or kind != cfg.data or \
+            Path(root).resolve() != Path(cfg.data_dir).resolve():
+        return None
+    from medvit.task import run_split
+
+    train_items, val_items = run_split(cfg)
+    return {"validation": val_items, "training": train_items, "all": train_items + val_items}[split]
+
+
 def _split_items(kind: str, root: os.PathLike, split: str) -> List[Dict[str, str]]:
     from medvit.data.layouts import resolve_splits
 
@@ -120,7 +131,7 @@ def evaluate_split(pred, kind: str, root: os.PathLike, split: str = "validation"
 
     check_choice("--split", split, SPLITS)
     check_choice("--postprocess", postprocess, POSTPROCESS_MODES)
-    items = _split_items(kind, root, split)
+    items = fold_split_items(getattr(pred, "cfg", None), kind, root, split) or _split_items(kind, root, split)
     if progress is True:
         from engine.progress import WorkProgress
 

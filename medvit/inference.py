@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from engine.choices import check_choice
 from engine.io import atomic_savefig
 from engine.pretrained import model_overrides
-from medvit.data.transforms import from_ras, scale_intensity, to_ras
+from medvit.data.transforms import from_ras, normalize_image, to_ras
 from medvit.io import NiftiVolume
 
 __all__ = ["sliding_window_probs", "slice_probs", "predict_volume", "segment_volume", "resample_to_shape",
@@ -158,6 +158,8 @@ class Settings:
         amp: Autocast.
         tta: Mirroring test-time augmentation (all axis flips, averaged in probability space).
         stitch: ``auto``, ``device`` or ``cpu``: where the sliding-window output is stitched.
+        normalization, intensity_stats: The run's intensity normalisation (see
+            :func:`medvit.data.transforms.normalize_image`).
     """
 
     spatial_dims: int
@@ -171,6 +173,8 @@ class Settings:
     amp: bool = False
     tta: bool = False
     stitch: str = "auto"
+    normalization: Optional[str] = None  # the run's data_args.normalization (None: the a_min..a_max window)
+    intensity_stats: Optional[Dict[str, float]] = None  # the CT scheme's training-foreground statistics
 
 
 @dataclasses.dataclass
@@ -333,7 +337,8 @@ def segment_volume(members: Sequence[Member], vol: NiftiVolume, settings: Settin
         per = (sum(count_windows(net_shape, m.roi, s.overlap) for m in members) if s.spatial_dims == 3
                else len(members) * net_shape[0])
         on_start(per * (2 ** s.spatial_dims if s.tta else 1))
-    x = torch.from_numpy(np.ascontiguousarray(scale_intensity(ras, s.a_min, s.a_max)))[None, None]
+    norm = dict(normalization=s.normalization, intensity_stats=s.intensity_stats, a_min=s.a_min, a_max=s.a_max)
+    x = torch.from_numpy(np.ascontiguousarray(normalize_image(ras, norm)))[None, None]
     ras_shape = tuple(ras.shape)
     del ras
     if s.spatial_dims == 3:
@@ -348,10 +353,12 @@ def segment_volume(members: Sequence[Member], vol: NiftiVolume, settings: Settin
 def predict_volume(model: Callable, vol: NiftiVolume, *, spatial_dims: int, spacing: Sequence[float],
                    a_min: float, a_max: float, roi: Sequence[int], device: torch.device, sw_batch_size: int = 4,
                    overlap: float = 0.5, mode: str = "gaussian", amp: bool = False, in_chans: int = 1,
-                   tta: bool = False, stitch: str = "auto") -> np.ndarray:
+                   tta: bool = False, stitch: str = "auto", normalization: Optional[str] = None,
+                   intensity_stats: Optional[dict] = None) -> np.ndarray:
     """Label map (X, Y, Z) uint8 in ``vol``'s own voxel grid of one model (or a list of models sharing ``roi``)."""
     models = model if isinstance(model, (list, tuple)) else [model]
-    settings = Settings(spatial_dims, spacing, a_min, a_max, device, sw_batch_size, overlap, mode, amp, tta, stitch)
+    settings = Settings(spatial_dims, spacing, a_min, a_max, device, sw_batch_size, overlap, mode, amp, tta, stitch,
+                        normalization, intensity_stats)
     members = [Member(m, roi, in_chans) for m in models]
     k = 2
     return segment_volume(members, vol, settings, num_classes=k).mask
@@ -489,7 +496,7 @@ class Predictor:
             self.members.append(Member(model, proto["roi"], proto["in_chans"]))
         self.dims, self.names, self.num_classes = first["dims"], first["names"], first["num_classes"]
         self.settings = Settings(self.dims, first["spacing"], first["a_min"], first["a_max"], dev, sw_batch_size,
-                                 overlap, mode, amp, tta, stitch)
+                                 overlap, mode, amp, tta, stitch, first["normalization"], first["intensity_stats"])
         self.kw = dict(spatial_dims=self.dims, spacing=first["spacing"], a_min=first["a_min"], a_max=first["a_max"],
                        roi=first["roi"], device=dev, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
                        amp=amp, in_chans=first["in_chans"])
@@ -623,13 +630,14 @@ def _protocol(cfg, model) -> Dict[str, Any]:
                 num_classes=int(cfg.model_args.get("num_classes", len(names) or 2)),
                 spacing=[float(v) for v in da.get("spacing", (1.5, 1.5, 2.0))],
                 a_min=float(da.get("a_min", -175.0)), a_max=float(da.get("a_max", 250.0)),
-                roi=[int(v) for v in da["roi"]], in_chans=int(cfg.model_args.get("in_chans", 1)))
+                roi=[int(v) for v in da["roi"]], in_chans=int(cfg.model_args.get("in_chans", 1)),
+                normalization=da.get("normalization"), intensity_stats=da.get("intensity_stats"))
 
 
 def _check_same(src, proto: Dict[str, Any], first: Dict[str, Any]) -> None:
     from engine.errors import UserError
 
-    for key in ("dims", "num_classes", "spacing", "a_min", "a_max"):
+    for key in ("dims", "num_classes", "spacing", "a_min", "a_max", "normalization", "intensity_stats"):
         if key == "spacing" and proto["dims"] == 2:
             continue
         if proto[key] != first[key]:

@@ -157,6 +157,8 @@ def default_num_classes(data: str, data_dir: str) -> int:
     """Classes including background: fixed for btcv/synapse/folder2d, else the datalist's ``labels`` (min 2)."""
     if data in DATASET_NUM_CLASSES:
         return DATASET_NUM_CLASSES[data]
+    if data == "nnunet":  # dataset.json labels (medvit/data/nnunet.py)
+        return len(_nnunet_names(data_dir))
     meta = _read_datalist(data_dir)
     if meta is None:
         raise UserError(f"{data_dir}: no {_DATALIST} with 'labels'; pass --num-classes")
@@ -178,8 +180,16 @@ def default_class_names(data: str, data_dir: str, num_classes: int) -> List[str]
     """Class names, background first: the datalist's (decathlon, folder), else the dataset kind's."""
     from medvit.data.layouts import label_names
 
+    if data == "nnunet":
+        return _nnunet_names(data_dir)
     from_json = datalist_names(data_dir, num_classes) if data in ("decathlon", "folder") else None
     return from_json or list(label_names(data, num_classes))
+
+
+def _nnunet_names(data_dir: str) -> List[str]:
+    from medvit.data.nnunet import nnunet_label_names
+
+    return nnunet_label_names(data_dir)
 
 
 def folder2d_channels(data_dir: str) -> int:

@@ -42,7 +42,7 @@ SYNAPSE_LABELS: Tuple[str, ...] = (
     "background", "spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
 )
 SYNAPSE_FROM_BTCV: Dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8}
-DATA_CHOICES = ("btcv", "synapse", "decathlon", "folder", "folder2d")
+DATA_CHOICES = ("btcv", "synapse", "decathlon", "folder", "folder2d", "nnunet")
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
@@ -224,6 +224,10 @@ def resolve_splits(data: str, data_dir: os.PathLike, val_fraction: float = 0.2) 
         return _hold_out(folder2d_pairs(sub.get("train", root)), val_fraction)
     if data == "folder":
         return _hold_out(nifti_folder_pairs(root), val_fraction)
+    if data == "nnunet":  # nnU-Net v2 raw layout (medvit/data/nnunet.py)
+        from medvit.data.nnunet import nnunet_splits
+
+        return nnunet_splits(root, val_fraction)
     js = _find_datalist(root)
     train = load_datalist(js, "training")
     meta = read_datalist_json(js)
