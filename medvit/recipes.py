@@ -206,7 +206,7 @@ def folder2d_channels(data_dir: str) -> int:
 DATA_ARG_KEYS: Tuple[str, ...] = (
     "roi", "spacing", "a_min", "a_max", "num_samples", "cache", "spatial_dims", "sw_batch_size", "overlap", "names",
     "crop", "ratios", "pos", "neg", "flip_prob", "rot90_prob", "shift_prob", "class_weights", "dice_batch",
-    "val_fraction",
+    "val_fraction", "folds", "fold", "normalization", "intensity_stats",
 )
 _DATA_ARG_OPTIONS = {"roi": "--img-size", "num_samples": "--num-samples", "cache": "--cache"}
 
@@ -256,6 +256,11 @@ def _data_arg_rule(key: str, v: Any) -> Optional[str]:
     if key == "names":
         ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
         return None if ok else "expected a list of class names"
+    if key in ("folds", "fold"):  # the pair's relation is checked by medvit.task.resolve_training_options
+        return None if _is_int(v) and v >= (2 if key == "folds" else 0) else (
+            "expected an integer >= 2" if key == "folds" else "expected an integer >= 0")
+    if key == "intensity_stats":
+        return None if isinstance(v, Mapping) else "expected the CT scheme's statistics (a mapping)"
     return None
 
 

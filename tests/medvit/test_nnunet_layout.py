@@ -112,4 +112,4 @@ def test_nnunet_trains_one_fold_and_evaluates(tmp_path, tiny_seg_models, capsys)
     from medvit.inference import Predictor
 
     pred = Predictor(run, "cpu")  # predict/eval replay the run's CT normalisation and statistics
-    assert pred.kw["normalization"] == "ct" and pred.kw["intensity_stats"] == stats
+    assert pred.settings.normalization == "ct" and pred.settings.intensity_stats == stats
