@@ -19,7 +19,7 @@ from engine.choices import check_choice
 from engine.errors import UserError
 
 __all__ = ["synth_kinetics_cmd", "synth_ucf101_cmd", "check_kinetics_cmd", "check_ucf101_cmd", "train", "evaluate",
-           "predict"]
+           "predict", "score"]
 
 _DATASETS = ("kinetics400", "ucf101", "csv")  # videovit.task.DATASETS (not imported here: it pulls in torch)
 _SPLITS = ("train", "val")
@@ -242,6 +242,11 @@ def _opt_model_arg():
     return typer.Option(None, "--model-arg", help="With --pretrained: KEY=VALUE model override.")
 
 
+def _opt_save_predictions():
+    return typer.Option(None, "--save-predictions", help="Also write FILE.npz with every view's softmax per video "
+                        "(re-score or late-fuse later with vtk video score).")
+
+
 _PROTOCOL_OPTIONS = {"num_frames": "--num-frames", "stride": "--stride", "crop_size": "--crop-size",
                      "short_side": "--short-side", "mean": "--mean", "std": "--std", "classes": "--classes",
                      "model_arg": "--model-arg"}
@@ -305,8 +310,11 @@ def evaluate(
     std: Optional[str] = _opt_std(),
     classes: Optional[str] = _opt_classes(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    save_predictions: Optional[Path] = _opt_save_predictions(),
 ) -> None:
     """Multi-view evaluation: top-1, top-5 and per-class accuracy, confusion matrix PNG and metrics.json.
+
+    Under torchrun the videos are split over the ranks and rank 0 writes the same files as one process.
 
     Example: vtk video eval --model mvit --pretrained MVIT_B_16x4.pyth --data kinetics400 --data-dir DIR
     """
@@ -321,9 +329,35 @@ def evaluate(
     source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol, data)
     predictor = Predictor(source, device=device, views=views)
     ev = predictor.evaluate(split, data=data, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers)
+    if not predictor.dist.is_main:
+        return  # rank 0 writes the files of the whole split
     out = out or (default_eval_dir(checkpoint, split, ev.views) if checkpoint else
                   Path(f"eval-{Path(source).stem}-{split}-{ev.views}"))
     metrics_path, confusion_path = write_eval_report(out, ev, source)
+    _print_eval(ev, metrics_path, confusion_path)
+    if save_predictions is not None:
+        from videovit.score import save_predictions as save
+
+        save(save_predictions, ev.paths, ev.view_probs, ev.labels, ev.classes, checkpoint=str(source),
+             data=ev.data, data_dir=ev.data_dir, split=ev.split, views=ev.views, missing=ev.missing)
+        typer.echo(f"wrote {save_predictions} ({ev.videos} videos x {ev.views} views)")
+
+
+@video_app.command("score")
+def score(
+    files: List[Path] = typer.Argument(..., help="Predictions files written by --save-predictions (several: "
+                                       "late fusion, the mean of their per-video probabilities)."),
+    out: Path = typer.Option(Path("score"), "--out", help="Folder for metrics.json and confusion.png."),
+) -> None:
+    """Re-score saved predictions, or late-fuse several runs, without decoding the videos again.
+
+    Example: vtk video score runs/a/val.npz runs/b/val.npz --out fused
+    """
+    from videovit.report import write_eval_report
+    from videovit.score import score_files
+
+    ev = score_files(files)
+    metrics_path, confusion_path = write_eval_report(out, ev, ev.checkpoint)
     _print_eval(ev, metrics_path, confusion_path)
 
 
@@ -360,13 +394,21 @@ def predict(
     std: Optional[str] = _opt_std(),
     classes: Optional[str] = _opt_classes(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    save_predictions: Optional[Path] = _opt_save_predictions(),
+    window: Optional[float] = typer.Option(None, "--window", help="Long videos: slide a window of SECONDS over "
+                                           "each video and write a per-window timeline (JSON, CSV, PNG)."),
+    hop: Optional[float] = typer.Option(None, "--hop", help="With --window: SECONDS between window starts "
+                                        "(default: the window, no overlap)."),
 ) -> None:
     """Top-k labels per video as a table and JSON, plus a PNG contact sheet of the sampled frames.
+
+    Under torchrun the files are split over the ranks; rank 0 writes predictions.json for all of them.
 
     Example: vtk video predict --model mvit --pretrained MVIT_B_16x4.pyth --input clip.mp4
     """
     from rich.console import Console
 
+    from engine.progress import ItemProgress
     from videovit.inference import Predictor, collect_videos
     from videovit.report import contact_sheet_names, write_contact_sheet, write_predictions
 
@@ -377,21 +419,54 @@ def predict(
                     std=std, classes=classes, model_arg=model_arg)
     source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol)
     predictor = Predictor(source, device=device, views=views)
+    if window is not None or hop is not None:
+        return _predict_windows(predictor, files, input, out, window, hop, top_k)
     names = contact_sheet_names(files, input if input.is_dir() else input.parent)
     console = Console()
-    results, sheets, failed = {}, {}, []
-    for path, result in predictor.predict_files(files, top_k):
-        if isinstance(result, UserError):
-            if len(files) == 1:
-                raise result
-            failed.append(str(path))
-            print(f"vtk: error: {' '.join(str(result).split())}", file=sys.stderr, flush=True)
-            continue
-        rows = [(r, t["label"], f"{t['score']:.4f}") for r, t in enumerate(result.top, 1)]
-        console.print(_table(str(path), ("rank", "label", "score"), rows))
-        results[str(path)], sheets[str(path)] = result.top, str(write_contact_sheet(result, out / names[path]))
+    results, sheets, failed, errors, scores = {}, {}, [], {}, {}
+    mine, alone = predictor.shard(files), not predictor.dist.distributed
+    with ItemProgress(len(mine), "predict", enabled=predictor.dist.is_main) as bar:
+        for path, result in predictor.predict_files(mine, top_k):
+            bar.advance()
+            if isinstance(result, UserError):
+                failed.append(str(path))
+                errors[str(path)] = " ".join(str(result).split())
+                if len(files) > 1:
+                    print(f"vtk: error: {errors[str(path)]}", file=sys.stderr, flush=True)
+                continue
+            if alone:
+                console.print(_table(str(path), ("rank", "label", "score"), _top_rows(result.top)))
+            results[str(path)], sheets[str(path)] = result.top, str(write_contact_sheet(result, out / names[path]))
+            scores[str(path)] = result.view_probs.numpy()
+    if not alone:  # every rank predicted its share; rank 0 merges them in file order and writes
+        parts = predictor.gather((results, sheets, failed, errors, scores))
+        if not predictor.dist.is_main:
+            return
+        merged = [dict(x for part in parts for x in part[k].items()) for k in (0, 1, 3, 4)]
+        results, sheets = ({str(f): m[str(f)] for f in files if str(f) in m} for m in merged[:2])
+        errors, scores = merged[2], merged[3]
+        failed = [str(f) for f in files if str(f) in errors]
+        for path, top in results.items():
+            console.print(_table(path, ("rank", "label", "score"), _top_rows(top)))
+    if failed and len(files) == 1:
+        raise UserError(errors[failed[0]])
     written = write_predictions(out, results, failed, sheets)
     console.print(f"wrote {written} ({len(results)} videos, {len(failed)} failed)")
+    if save_predictions is not None and results:
+        from videovit.score import save_predictions as save
+
+        save(save_predictions, list(results), [scores[p] for p in results], [-1] * len(results), predictor.classes,
+             checkpoint=str(source), views=predictor.views_text, split="", data="", data_dir=str(input), missing=0)
+        console.print(f"wrote {save_predictions}")
     if failed:
         raise UserError(f"{input}: {len(failed)} of {len(files)} videos could not be decoded: "
                         f"{', '.join(Path(f).name for f in failed)}")
+
+
+def _top_rows(top):
+    return [(r, t["label"], f"{t['score']:.4f}") for r, t in enumerate(top, 1)]
+
+
+def _predict_windows(predictor, files, input: Path, out: Path, window: Optional[float], hop: Optional[float],
+                     top_k: int) -> None:
+    raise NotImplementedError
