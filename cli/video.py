@@ -469,4 +469,40 @@ def _top_rows(top):
 
 def _predict_windows(predictor, files, input: Path, out: Path, window: Optional[float], hop: Optional[float],
                      top_k: int) -> None:
-    raise NotImplementedError
+    """``predict --window``: a timeline per video (this rank's share under torchrun), one line per problem."""
+    from rich.console import Console
+
+    from engine.progress import ItemProgress
+    from videovit.report import contact_sheet_names
+    from videovit.windows import predict_timeline, write_timeline
+
+    if window is None:
+        raise UserError("--hop: only with --window SECONDS")
+    names = contact_sheet_names(files, input if input.is_dir() else input.parent)
+    console, problems = Console(), []
+    for path in predictor.shard(files):
+        try:
+            with ItemProgress(0, f"windows {path.name}", unit="windows", enabled=predictor.dist.is_main) as bar:
+                tl = predict_timeline(predictor, path, window, hop, top_k, progress=bar)
+        except UserError as e:
+            if len(files) == 1:
+                raise
+            problems.append(" ".join(str(e).split()))
+            print(f"vtk: error: {problems[-1]}", file=sys.stderr, flush=True)
+            continue
+        written = write_timeline(tl, out / names[path].with_suffix(""))
+        rows = [(f"{r['start']:.2f}-{r['end']:.2f}", r["top"][0]["label"], f"{r['top'][0]['score']:.3f}")
+                for r in tl.windows]
+        if len(rows) > 20:
+            rows = rows[:10] + [("...", f"{len(rows) - 20} more windows", "")] + rows[-10:]
+        console.print(_table(f"{path}: {len(tl.windows)} windows", ("seconds", "top-1", "score"), rows))
+        console.print(f"wrote {', '.join(map(str, written))} (at most {tl.max_cached_frames} decoded frames held)")
+        if tl.stopped:
+            problems.append(f"{' '.join(tl.stopped.split())}; predicted {len(tl.windows)} of {tl.planned} windows "
+                            f"(timeline written)")
+            if len(files) > 1:
+                print(f"vtk: error: {problems[-1]}", file=sys.stderr, flush=True)
+    problems = [p for part in predictor.gather(problems) for p in part]
+    if problems:
+        raise UserError(problems[0] if len(problems) == 1 else f"{input}: {len(problems)} videos with problems, "
+                        "listed above")

@@ -119,7 +119,7 @@ class ItemProgress:
     def __init__(self, total: int, description: str, unit: str = "videos", enabled: bool = True,
                  every_s: float = 10.0) -> None:
         self.total, self.description, self.unit = int(total), description, unit
-        self.enabled, self.every_s = enabled and total > 0, every_s
+        self.enabled, self.every_s = enabled, every_s
         self.done = 0
         self._bar: Optional[Any] = None
         self._t0 = self._last = time.perf_counter()
@@ -142,6 +142,12 @@ class ItemProgress:
             self._bar.stop()
             self._bar = None
 
+    def set_total(self, total: int) -> None:
+        """Change the number of items to do (known only once the work is planned)."""
+        self.total = int(total)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
     @property
     def rate(self) -> float:
         """Items per second so far."""
@@ -150,7 +156,7 @@ class ItemProgress:
     def advance(self, n: int = 1) -> None:
         """Report ``n`` more items done."""
         self.done += n
-        if not self.enabled:
+        if not self.enabled or self.total <= 0:
             return
         rate = self.rate
         if self._bar is not None:

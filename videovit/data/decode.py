@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.errors import UserError
 
-__all__ = ["VideoReader", "open_video", "read_frames", "list_videos"]
+__all__ = ["VideoReader", "open_video", "read_frames", "list_videos", "DecodeStopped", "stream_info", "iter_frames"]
 
 PathLike = Union[str, os.PathLike]
 _DECORD_LOCK = threading.Lock()
@@ -171,3 +171,85 @@ def read_frames(path: PathLike, indices: Sequence[int], backend: str = "auto") -
 def list_videos(folder: PathLike, exts: Sequence[str] = (".mp4", ".avi", ".mkv", ".webm", ".mov")) -> List[Path]:
     """Video files directly under ``folder`` or below it, sorted."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+# ------------------------------------------------------------------------- streaming (long videos, bounded memory)
+class DecodeStopped(UserError):
+    """Decoding of ``path`` ended at frame ``frame`` (0-based, the first frame that did not decode) before the end
+    its container announced; ``reason`` says why (a decoder error, or the data ran out)."""
+
+    def __init__(self, path: PathLike, frame: int, total: int, fps: float, reason: str) -> None:
+        self.path, self.frame, self.total, self.fps, self.reason = Path(path), int(frame), int(total), fps, reason
+        at = f" ({frame / fps:.2f} s)" if fps > 0 else ""
+        super().__init__(f"{self.path}: decoding stopped at frame {frame}{at} of {total}: {reason}")
+
+
+def stream_info(path: PathLike) -> "tuple[int, float]":
+    """``(frames, fps)`` of the first video stream from the container's header, without decoding (PyAV).
+
+    The frame count is the stream's own (mp4, avi), else duration x rate (mkv, webm). A file whose tail is
+    corrupt still reports its full length here; :func:`iter_frames` finds where decoding really stops.
+
+    Raises:
+        UserError: Missing, empty or unreadable file, no video stream, or no frame rate.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such video file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            frames = int(stream.frames or 0)
+            if frames <= 0 and fps > 0:
+                seconds = (float(stream.duration * stream.time_base) if stream.duration else
+                           (container.duration or 0) / 1e6)
+                frames = int(round(seconds * fps))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - av.error.* subclasses several bases
+        raise UserError(f"{path}: cannot open video ({_first_line(e)})") from None
+    if fps <= 0:
+        raise UserError(f"{path}: the container gives no frame rate")
+    if frames <= 0:
+        raise UserError(f"{path}: the container gives no frame count or duration")
+    return frames, fps
+
+
+def iter_frames(path: PathLike, wanted: Sequence[int], total: int = 0, fps: float = 0.0):
+    """Decode ``path`` once, front to back (PyAV), yielding ``(index, uint8 (H, W, 3))`` for the ``wanted`` frames.
+
+    Only the wanted frames are converted to RGB and none is kept here, so memory does not grow with the video's
+    length (a 30,000-frame file is never decoded at once). Decoding stops after the last wanted frame.
+
+    Raises:
+        DecodeStopped: After the last frame that decoded, when a wanted frame was never reached (a corrupt or
+            truncated tail): ``.frame`` is where it stopped.
+    """
+    import av
+
+    want = np.unique(np.asarray(wanted, dtype=np.int64))
+    if want.size == 0:
+        return
+    last, k, decoded = int(want[-1]), 0, 0
+    reason = "the data ends early (truncated file)"
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                index, decoded = decoded, decoded + 1
+                if index == want[k]:
+                    yield index, frame.to_ndarray(format="rgb24")
+                    k += 1
+                    if index >= last:
+                        return
+    except Exception as e:  # noqa: BLE001 - av.error.InvalidDataError and friends mid-stream
+        reason = f"decoder error ({_first_line(e)})"
+    raise DecodeStopped(path, decoded, total, fps, reason)
