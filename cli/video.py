@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from cli.apps import check_app, synth_app, video_app
+from cli.apps import check_app, prepare_app, synth_app, video_app
 from engine.choices import check_choice
 from engine.errors import UserError
 
@@ -74,8 +74,10 @@ def _check(data: str, data_dir: Path, layout: str, fold: int) -> None:
     from rich.console import Console
 
     from videovit.data.check import PROBLEM_COLUMNS, SUMMARY_COLUMNS, check_dataset
+    from videovit.data.prepare import check_with_manifest
 
-    result = check_dataset(data, data_dir, layout=layout, fold=fold)
+    result = check_with_manifest(data_dir, layout) if data == "kinetics400" else None  # no re-probing
+    result = result or check_dataset(data, data_dir, layout=layout, fold=fold)
     console = Console()
     console.print(_table(f"{data} at {data_dir}", SUMMARY_COLUMNS, result.summary))
     if not result.ok:
@@ -111,6 +113,43 @@ def check_ucf101_cmd(
 ) -> None:
     """Report missing and unreadable videos of a UCF101 split in one pass (exit 2 if any)."""
     _check("ucf101", data_dir, "auto", check_choice("--fold", fold, (1, 2, 3)))
+
+
+# --------------------------------------------------------------------------------------------------- data prepare
+@prepare_app.command("kinetics400")
+def prepare_kinetics_cmd(
+    src: Path = typer.Option(..., "--src", help="The Kinetics folder (any layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the copy and its manifest.json (created)."),
+    short_side: int = typer.Option(320, "--short-side", help="Short side of the copies in pixels (never upscaled)."),
+    workers: int = typer.Option(4, "--workers", help="Encoding processes."),
+    layout: str = typer.Option("auto", "--layout", help="auto, csv, folders or official."),
+) -> None:
+    """Re-encode a copy (H.264, short side N) in parallel; list corrupt and missing videos in manifest.json.
+
+    vtk data check, training and eval on the copy then read the manifest instead of probing every file.
+    Example: vtk data prepare kinetics400 --src data/k400 --out data/k400-320 --short-side 320 --workers 8
+    """
+    from rich.console import Console
+
+    from engine.progress import ItemProgress
+    from videovit.data.prepare import MANIFEST, prepare_kinetics
+
+    check_choice("--layout", layout, _KINETICS_LAYOUTS)
+    with ItemProgress(0, "prepare", unit="videos") as bar:
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.set_total(total)
+            bar.advance(done - bar.done)
+
+        m = prepare_kinetics(src, out, short_side=short_side, workers=workers, layout=layout, progress=progress)
+    rows = [(s, v["layout"], v["listed"], v["present"], v["missing"], v["corrupt"]) for s, v in m["splits"].items()]
+    console = Console()
+    console.print(_table(f"{src} -> {out} (short side {short_side})",
+                         ("split", "layout", "listed", "present", "missing", "corrupt"), rows))
+    corrupt = [(k, v.get("error", "")) for k, v in m["videos"].items() if v["status"] == "corrupt"]
+    if corrupt:
+        console.print(_table(f"{len(corrupt)} corrupt video(s), not copied", ("file", "problem"), corrupt, fold=True))
+    console.print(f"wrote {out / MANIFEST}")
 
 
 # --------------------------------------------------------------------------------------------------- train

@@ -62,7 +62,9 @@ def load_split(cfg, split: str) -> VideoList:
     if not cfg.data_dir:
         raise UserError("--data-dir is required")
     args = {k: cfg.data_args[k] for k in ("layout", "fold", "train_csv", "val_csv") if k in cfg.data_args}
-    return load_dataset(cfg.data, Path(cfg.data_dir), split, **args)
+    from .data.prepare import apply_manifest  # a prepared copy: drop the videos its manifest lists as corrupt
+
+    return apply_manifest(load_dataset(cfg.data, Path(cfg.data_dir), split, **args), cfg.data_dir)
 
 
 @dataclass
