@@ -11,7 +11,7 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "bench_video_loader", "run_benchmark_script"]
+__all__ = ["bench_backbones", "bench_video_loader", "bench_video_eval", "run_benchmark_script"]
 
 
 def run_benchmark_script(script: str, argv: List[str]) -> int:
@@ -76,5 +76,44 @@ def bench_video_loader(num_frames: int = typer.Option(8, "--num-frames", help="F
             str(workers), "--videos", str(videos), "--repeats", str(repeats), "--video-frames", str(video_frames),
             "--dir", str(cache)]
     rc = run_benchmark_script("video_loader", argv)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@bench_app.command("video-eval")
+def bench_video_eval(videos: int = typer.Option(8, "--videos", help="Generated H.264 videos (340x256, 30 fps)."),
+                     views: str = typer.Option("4x3", "--views", help="TxS views per video."),
+                     num_frames: int = typer.Option(8, "--num-frames", help="Frames per clip."),
+                     stride: int = typer.Option(32, "--stride", help="Frame step inside a clip."),
+                     crop_size: int = typer.Option(224, "--crop-size", help="Crop edge in pixels."),
+                     embed_dim: int = typer.Option(64, "--embed-dim", help="Width of the TimeSformer both loops run."),
+                     depth: int = typer.Option(2, "--depth", help="Blocks of that model."),
+                     workers: int = typer.Option(2, "--workers", help="DataLoader workers for both loops."),
+                     video_frames: int = typer.Option(300, "--video-frames", help="Frames per generated video."),
+                     rounds: int = typer.Option(1, "--rounds", help="Alternating rounds; the median ratio is "
+                                                "reported."),
+                     cache: Path = typer.Option(Path("/tmp/vtk-bench-videos"), "--dir",
+                                                help="Where the generated videos are kept between runs.")) -> None:
+    """Videos/s of vtk's multi-view eval (one decode per video) vs a PySlowFast-style loop (one decode per view).
+
+    Example: vtk bench video-eval --views 4x3 --videos 8
+    """
+    from videovit.data.samplers import parse_views
+
+    try:
+        parse_views(views)
+    except ValueError as e:
+        raise UserError(f"--views: {e}") from None
+    span = (num_frames - 1) * stride + 1
+    if min(videos, num_frames, stride, crop_size, embed_dim, depth, rounds) < 1 or workers < 0:
+        raise UserError(f"--videos {videos}, --num-frames {num_frames}, --stride {stride}, --crop-size {crop_size}, "
+                        f"--embed-dim {embed_dim}, --depth {depth}, --rounds {rounds} must be >= 1 and --workers "
+                        f"{workers} >= 0")
+    if video_frames < span:
+        raise UserError(f"--video-frames {video_frames} is shorter than one {num_frames}x{stride} clip ({span} frames)")
+    argv = ["--videos", str(videos), "--views", views, "--num-frames", str(num_frames), "--stride", str(stride),
+            "--crop-size", str(crop_size), "--embed-dim", str(embed_dim), "--depth", str(depth), "--workers",
+            str(workers), "--video-frames", str(video_frames), "--rounds", str(rounds), "--dir", str(cache)]
+    rc = run_benchmark_script("video_eval", argv)
     if rc:
         raise typer.Exit(rc)
