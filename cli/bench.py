@@ -48,33 +48,41 @@ def bench_backbones(model: str = typer.Option("all", "--model", help="Pair to ru
 
 
 @bench_app.command("video-loader")
-def bench_video_loader(num_frames: int = typer.Option(8, "--num-frames", help="Frames per clip."),
-                       stride: int = typer.Option(32, "--stride", help="Frame step inside a clip (8x32: TimeSformer, "
-                                                  "16x4: MViT)."),
+def bench_video_loader(clips: str = typer.Option("8x32,16x4", "--clips", help="Clip recipes, frames x stride "
+                                                 "(8x32: TimeSformer, 16x4: MViT)."),
+                       num_frames: Optional[int] = typer.Option(None, "--num-frames", help="One recipe instead of "
+                                                                "--clips: frames per clip."),
+                       stride: Optional[int] = typer.Option(None, "--stride", help="With --num-frames: frame step."),
                        rounds: int = typer.Option(2, "--rounds", help="Alternating rounds; the median ratio is "
                                                   "reported."),
-                       workers: int = typer.Option(2, "--workers", help="DataLoader workers for both loaders."),
+                       workers: int = typer.Option(2, "--workers", help="DataLoader workers for every loader."),
                        videos: int = typer.Option(12, "--videos", help="Generated H.264 videos (340x256, 30 fps)."),
                        repeats: int = typer.Option(8, "--repeats", help="Times each video is listed."),
                        video_frames: int = typer.Option(300, "--video-frames", help="Frames per generated video."),
                        cache: Path = typer.Option(Path("/tmp/vtk-bench-videos"), "--dir",
                                                   help="Where the generated videos are kept between runs.")) -> None:
-    """Clips/s of vtk's decord loader vs pytorchvideo's Kinetics + PyAV on the same files, with the ratio.
+    """Clips/s of vtk's loader (decord, and PyAV seek) vs pytorchvideo's Kinetics with PyAV and with decord.
 
-    Example: vtk bench video-loader --num-frames 16 --stride 4 --rounds 5
+    Example: vtk bench video-loader --clips 8x32,16x4 --rounds 3
     """
-    span = (num_frames - 1) * stride + 1
-    if min(num_frames, stride, rounds, videos, repeats) < 1 or workers < 0:
-        raise UserError(f"--num-frames {num_frames}, --stride {stride}, --rounds {rounds}, --videos {videos} and "
-                        f"--repeats {repeats} must be >= 1 and --workers {workers} >= 0")
+    if num_frames is not None or stride is not None:
+        clips = f"{num_frames if num_frames is not None else 8}x{stride if stride is not None else 32}"
+    try:
+        recipes = [tuple(int(v) for v in r.lower().split("x")) for r in clips.split(",")]
+        assert recipes and all(len(r) == 2 for r in recipes)
+    except (ValueError, AssertionError):
+        raise UserError(f"--clips: {clips!r} must look like 8x32,16x4 (frames x stride)") from None
+    if min(min(min(r) for r in recipes), rounds, videos, repeats) < 1 or workers < 0:
+        raise UserError(f"clips {clips}, --rounds {rounds}, --videos {videos} and --repeats {repeats} must be >= 1 "
+                        f"and --workers {workers} >= 0")
+    span = max((f - 1) * s + 1 for f, s in recipes)
     if video_frames < span:
-        raise UserError(f"--video-frames {video_frames} is shorter than one {num_frames}x{stride} clip ({span} frames)")
+        raise UserError(f"--video-frames {video_frames} is shorter than one clip of {clips} ({span} frames)")
     if videos * repeats <= 4:
         raise UserError(f"--videos {videos} x --repeats {repeats} must exceed one batch of 4 (the first batch, "
                         f"worker start-up, is not timed)")
-    argv = ["--num-frames", str(num_frames), "--stride", str(stride), "--rounds", str(rounds), "--workers",
-            str(workers), "--videos", str(videos), "--repeats", str(repeats), "--video-frames", str(video_frames),
-            "--dir", str(cache)]
+    argv = ["--clips", clips, "--rounds", str(rounds), "--workers", str(workers), "--videos", str(videos),
+            "--repeats", str(repeats), "--video-frames", str(video_frames), "--dir", str(cache)]
     rc = run_benchmark_script("video_loader", argv)
     if rc:
         raise typer.Exit(rc)
