@@ -1,4 +1,5 @@
-"""Clip-loading throughput: vtk's decord map-style dataset vs pytorchvideo's ``Kinetics`` with ``decoder="pyav"``.
+"""Clip-loading throughput: vtk's map-style dataset (decord, and PyAV ``seek``) vs pytorchvideo's ``Kinetics`` with
+``decoder="pyav"`` and ``decoder="decord"``, for every clip recipe given (default TimeSformer's 8x32 and MViT's 16x4).
 
 Both read the same H.264 mp4 files (Kinetics-like: 340x256, 10 s at 30 fps, x264 defaults, no audio) listed in one
 pytorchvideo ``path label`` csv, sample one random clip of ``--num-frames`` frames every ``--stride`` frames per
@@ -8,9 +9,14 @@ pytorchvideo's tutorial pipeline (``UniformTemporalSubsample``, ``ShortSideScale
 ``Normalize`` on the float clip its decoder returns). Both run in a DataLoader with the same workers and batch size;
 the first batch (worker start-up) is excluded from both timings.
 
-    python benchmarks/video_loader.py --videos 12 --repeats 8 --workers 2
+vtk's ``seek`` backend (:class:`videovit.data.decode.SeekReader`) seeks to the keyframe before the clip, decodes
+forward only to its last frame, skips the non-reference frames the clip does not use, converts only the clip's
+frames, and keeps each worker's readers (timestamp index and open file) for the next clip of the same video.
 
-Prints clips/s for both and the ratio (vtk / pytorchvideo).
+    python -m benchmarks.video_loader --videos 12 --repeats 8 --workers 2 --clips 8x32,16x4
+
+Prints clips/s of the four loaders per recipe, each vtk loader's ratio to pytorchvideo with PyAV and with decord,
+and a markdown table of the medians.
 """
 
 from __future__ import annotations
@@ -78,16 +84,17 @@ def _time_loader(loader, label: str) -> float:
     return n / dt
 
 
-def bench_vtk(csv: Path, num_frames: int, stride: int, workers: int, batch: int, repeats: int) -> float:
+def bench_vtk(csv: Path, num_frames: int, stride: int, workers: int, batch: int, repeats: int,
+              backend: str = "decord") -> float:
     _vtk_transform.fn = eval_transform(224, 1)
     videos = load_csv(csv.parent, csv_path=csv)
     videos.samples = videos.samples * repeats
-    ds = VideoClipDataset(videos, num_frames, stride, transform=_vtk_transform, backend="decord")
-    return _time_loader(DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True), "vtk (decord)")
+    ds = VideoClipDataset(videos, num_frames, stride, transform=_vtk_transform, backend=backend)
+    return _time_loader(DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True), f"vtk ({backend})")
 
 
 def bench_pytorchvideo(csv: Path, num_frames: int, stride: int, workers: int, batch: int, repeats: int,
-                       fps: int) -> float:
+                       fps: int, decoder: str = "pyav") -> float:
     from pytorchvideo.data import Kinetics, make_clip_sampler
 
     rows = csv.read_text() * repeats
@@ -95,44 +102,77 @@ def bench_pytorchvideo(csv: Path, num_frames: int, stride: int, workers: int, ba
     rep_csv.write_text(rows)
     duration = ((num_frames - 1) * stride + 1) / fps
     ds = Kinetics(str(rep_csv), make_clip_sampler("random", duration), video_path_prefix=str(csv.parent),
-                  transform=_ptv_transform(num_frames), decode_audio=False, decoder="pyav")
+                  transform=_ptv_transform(num_frames), decode_audio=False, decoder=decoder)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers)
-    return _time_loader(loader, "pytorchvideo")
+    return _time_loader(loader, f"pytorchvideo ({decoder})")
 
 
-def main(argv=None) -> None:
+LOADERS = (("pytorchvideo", "pyav"), ("pytorchvideo", "decord"), ("vtk", "decord"), ("vtk", "seek"))
+
+
+def _recipes(text: str):
+    try:
+        out = [tuple(int(v) for v in r.lower().split("x")) for r in text.split(",") if r.strip()]
+    except ValueError:
+        out = []
+    if not out or any(len(r) != 2 or min(r) < 1 for r in out):
+        raise SystemExit(f"video_loader: --clips {text!r} must look like 8x32,16x4 (frames x stride, both >= 1)")
+    return out
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, default=Path("/tmp/vtk-bench-videos"))
     p.add_argument("--videos", type=int, default=12)
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-frames", type=int, default=8)
-    p.add_argument("--stride", type=int, default=32)
+    p.add_argument("--clips", default="8x32,16x4", help="Clip recipes, frames x stride, comma separated.")
+    p.add_argument("--num-frames", type=int, default=None, help="One recipe (with --stride) instead of --clips.")
+    p.add_argument("--stride", type=int, default=None)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--video-frames", type=int, default=300, help="Frames per generated video (10 s at 30 fps).")
     p.add_argument("--rounds", type=int, default=2, help="Alternating rounds; the median ratio is reported.")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    span = (a.num_frames - 1) * a.stride + 1
-    counts = (a.videos, a.repeats, a.workers + 1, a.batch_size, a.rounds, a.num_frames, a.stride)
+    recipes = _recipes(a.clips) if a.num_frames is None and a.stride is None else [
+        (a.num_frames or 8, a.stride if a.stride is not None else 32)]
+    span = max((f - 1) * s + 1 for f, s in recipes)
+    counts = (a.videos, a.repeats, a.workers + 1, a.batch_size, a.rounds, *(v for r in recipes for v in r))
     if min(counts) < 1 or a.video_frames < span or a.videos * a.repeats <= a.batch_size:
         raise SystemExit(f"video_loader: bad arguments (counts must be >= 1, workers >= 0, --video-frames "
                          f"{a.video_frames} >= the clip span {span}, and videos x repeats > one batch, since the "
                          f"first batch is not timed)")
     csv = make_videos(a.dir / f"{a.video_frames}f", a.videos, frames=a.video_frames, fps=a.fps)
-    print(f"{a.videos} videos x {a.repeats} repeats, clip {a.num_frames}x{a.stride}, workers {a.workers}, "
-          f"batch {a.batch_size}")
-    ratios = []
-    for r in range(a.rounds):
-        ptv = bench_pytorchvideo(csv, a.num_frames, a.stride, a.workers, a.batch_size, a.repeats, a.fps)
-        ours = bench_vtk(csv, a.num_frames, a.stride, a.workers, a.batch_size, a.repeats)
-        ratios.append(ours / ptv)
-        print(f"round {r + 1}: ratio {ratios[-1]:.2f}x")
-    print(f"ratio vtk / pytorchvideo (median of {a.rounds}): {float(np.median(ratios)):.2f}x "
-          f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+    table = []
+    for nf, stride in recipes:
+        print(f"{a.videos} videos x {a.repeats} repeats, clip {nf}x{stride}, workers {a.workers}, "
+              f"batch {a.batch_size}")
+        rates = {k: [] for k in LOADERS}
+        for r in range(a.rounds):
+            for lib, dec in LOADERS:
+                if lib == "pytorchvideo":
+                    rate = bench_pytorchvideo(csv, nf, stride, a.workers, a.batch_size, a.repeats, a.fps, dec)
+                else:
+                    rate = bench_vtk(csv, nf, stride, a.workers, a.batch_size, a.repeats, dec)
+                rates[(lib, dec)].append(rate)
+            pv = rates[("pytorchvideo", "pyav")][-1]
+            print(f"round {r + 1}: ratio {rates[('vtk', 'decord')][-1] / pv:.2f}x (vtk decord) "
+                  f"{rates[('vtk', 'seek')][-1] / pv:.2f}x (vtk seek) vs pytorchvideo (pyav)")
+        med = {k: float(np.median(v)) for k, v in rates.items()}
+        ratios = [rates[("vtk", "decord")][i] / rates[("pytorchvideo", "pyav")][i] for i in range(a.rounds)]
+        print(f"ratio vtk / pytorchvideo (median of {a.rounds}): {float(np.median(ratios)):.2f}x "
+              f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+        table.append((f"{nf}x{stride}", med))
+    print("\n| clip | pytorchvideo+PyAV | pytorchvideo+decord | vtk decord | vtk seek | vtk seek / ptv+PyAV | "
+          "vtk seek / ptv+decord |\n|---|---|---|---|---|---|---|")
+    for name, m in table:
+        pa, pd = m[("pytorchvideo", "pyav")], m[("pytorchvideo", "decord")]
+        vd, vs = m[("vtk", "decord")], m[("vtk", "seek")]
+        print(f"| {name} | {pa:.2f} | {pd:.2f} | {vd:.2f} ({vd / pa:.1f}x) | {vs:.2f} | {vs / pa:.1f}x | "
+              f"{vs / pd:.1f}x |")
     return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,7 +6,8 @@ lives in ``cli/video.py``. Keep each group's commands in the module of the pipel
 
 import typer
 
-__all__ = ["app", "seg_app", "video_app", "models_app", "data_app", "synth_app", "check_app", "bench_app"]
+__all__ = ["app", "seg_app", "video_app", "models_app", "data_app", "synth_app", "check_app", "prepare_app",
+           "bench_app"]
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -53,6 +54,12 @@ check_app = typer.Typer(
     no_args_is_help=True,
     context_settings=_SETTINGS,
 )
+prepare_app = typer.Typer(
+    help="Make a training-ready copy of a dataset (re-encoded smaller, with a manifest).\n\n"
+    "Example: vtk data prepare kinetics400 --src DIR --out DIR --short-side 320 --workers 8",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
 bench_app = typer.Typer(
     help="Benchmarks, reported as ratios against the reference implementation.\n\nExample: vtk bench backbones",
     no_args_is_help=True,
@@ -60,6 +67,7 @@ bench_app = typer.Typer(
 )
 data_app.add_typer(synth_app, name="synth")
 data_app.add_typer(check_app, name="check")
+data_app.add_typer(prepare_app, name="prepare")
 app.add_typer(seg_app, name="seg")
 app.add_typer(video_app, name="video")
 app.add_typer(models_app, name="models")

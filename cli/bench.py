@@ -11,7 +11,8 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "bench_video_loader", "bench_train_step", "run_benchmark_script"]
+__all__ = ["bench_backbones", "bench_video_loader", "bench_video_eval", "bench_train_step",
+           "run_benchmark_script"]
 
 
 def run_benchmark_script(script: str, argv: List[str]) -> int:
@@ -48,33 +49,41 @@ def bench_backbones(model: str = typer.Option("all", "--model", help="Pair to ru
 
 
 @bench_app.command("video-loader")
-def bench_video_loader(num_frames: int = typer.Option(8, "--num-frames", help="Frames per clip."),
-                       stride: int = typer.Option(32, "--stride", help="Frame step inside a clip (8x32: TimeSformer, "
-                                                  "16x4: MViT)."),
+def bench_video_loader(clips: str = typer.Option("8x32,16x4", "--clips", help="Clip recipes, frames x stride "
+                                                 "(8x32: TimeSformer, 16x4: MViT)."),
+                       num_frames: Optional[int] = typer.Option(None, "--num-frames", help="One recipe instead of "
+                                                                "--clips: frames per clip."),
+                       stride: Optional[int] = typer.Option(None, "--stride", help="With --num-frames: frame step."),
                        rounds: int = typer.Option(2, "--rounds", help="Alternating rounds; the median ratio is "
                                                   "reported."),
-                       workers: int = typer.Option(2, "--workers", help="DataLoader workers for both loaders."),
+                       workers: int = typer.Option(2, "--workers", help="DataLoader workers for every loader."),
                        videos: int = typer.Option(12, "--videos", help="Generated H.264 videos (340x256, 30 fps)."),
                        repeats: int = typer.Option(8, "--repeats", help="Times each video is listed."),
                        video_frames: int = typer.Option(300, "--video-frames", help="Frames per generated video."),
                        cache: Path = typer.Option(Path("/tmp/vtk-bench-videos"), "--dir",
                                                   help="Where the generated videos are kept between runs.")) -> None:
-    """Clips/s of vtk's decord loader vs pytorchvideo's Kinetics + PyAV on the same files, with the ratio.
+    """Clips/s of vtk's loader (decord, and PyAV seek) vs pytorchvideo's Kinetics with PyAV and with decord.
 
-    Example: vtk bench video-loader --num-frames 16 --stride 4 --rounds 5
+    Example: vtk bench video-loader --clips 8x32,16x4 --rounds 3
     """
-    span = (num_frames - 1) * stride + 1
-    if min(num_frames, stride, rounds, videos, repeats) < 1 or workers < 0:
-        raise UserError(f"--num-frames {num_frames}, --stride {stride}, --rounds {rounds}, --videos {videos} and "
-                        f"--repeats {repeats} must be >= 1 and --workers {workers} >= 0")
+    if num_frames is not None or stride is not None:
+        clips = f"{num_frames if num_frames is not None else 8}x{stride if stride is not None else 32}"
+    try:
+        recipes = [tuple(int(v) for v in r.lower().split("x")) for r in clips.split(",")]
+        assert recipes and all(len(r) == 2 for r in recipes)
+    except (ValueError, AssertionError):
+        raise UserError(f"--clips: {clips!r} must look like 8x32,16x4 (frames x stride)") from None
+    if min(min(min(r) for r in recipes), rounds, videos, repeats) < 1 or workers < 0:
+        raise UserError(f"clips {clips}, --rounds {rounds}, --videos {videos} and --repeats {repeats} must be >= 1 "
+                        f"and --workers {workers} >= 0")
+    span = max((f - 1) * s + 1 for f, s in recipes)
     if video_frames < span:
-        raise UserError(f"--video-frames {video_frames} is shorter than one {num_frames}x{stride} clip ({span} frames)")
+        raise UserError(f"--video-frames {video_frames} is shorter than one clip of {clips} ({span} frames)")
     if videos * repeats <= 4:
         raise UserError(f"--videos {videos} x --repeats {repeats} must exceed one batch of 4 (the first batch, "
                         f"worker start-up, is not timed)")
-    argv = ["--num-frames", str(num_frames), "--stride", str(stride), "--rounds", str(rounds), "--workers",
-            str(workers), "--videos", str(videos), "--repeats", str(repeats), "--video-frames", str(video_frames),
-            "--dir", str(cache)]
+    argv = ["--clips", clips, "--rounds", str(rounds), "--workers", str(workers), "--videos", str(videos),
+            "--repeats", str(repeats), "--video-frames", str(video_frames), "--dir", str(cache)]
     rc = run_benchmark_script("video_loader", argv)
     if rc:
         raise typer.Exit(rc)
@@ -115,5 +124,44 @@ def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-s
             str(warmup)] + (["--device", device] if device else []) + ([] if memory else ["--no-memory"])
     argv += (["--out", str(out)] if out else []) + (["--json", str(json_out)] if json_out else [])
     rc = run_benchmark_script("train_step_suite", argv)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@bench_app.command("video-eval")
+def bench_video_eval(videos: int = typer.Option(8, "--videos", help="Generated H.264 videos (340x256, 30 fps)."),
+                     views: str = typer.Option("4x3", "--views", help="TxS views per video."),
+                     num_frames: int = typer.Option(8, "--num-frames", help="Frames per clip."),
+                     stride: int = typer.Option(32, "--stride", help="Frame step inside a clip."),
+                     crop_size: int = typer.Option(224, "--crop-size", help="Crop edge in pixels."),
+                     embed_dim: int = typer.Option(64, "--embed-dim", help="Width of the TimeSformer both loops run."),
+                     depth: int = typer.Option(2, "--depth", help="Blocks of that model."),
+                     workers: int = typer.Option(2, "--workers", help="DataLoader workers for both loops."),
+                     video_frames: int = typer.Option(300, "--video-frames", help="Frames per generated video."),
+                     rounds: int = typer.Option(1, "--rounds", help="Alternating rounds; the median ratio is "
+                                                "reported."),
+                     cache: Path = typer.Option(Path("/tmp/vtk-bench-videos"), "--dir",
+                                                help="Where the generated videos are kept between runs.")) -> None:
+    """Videos/s of vtk's multi-view eval (one decode per video) vs a PySlowFast-style loop (one decode per view).
+
+    Example: vtk bench video-eval --views 4x3 --videos 8
+    """
+    from videovit.data.samplers import parse_views
+
+    try:
+        parse_views(views)
+    except ValueError as e:
+        raise UserError(f"--views: {e}") from None
+    span = (num_frames - 1) * stride + 1
+    if min(videos, num_frames, stride, crop_size, embed_dim, depth, rounds) < 1 or workers < 0:
+        raise UserError(f"--videos {videos}, --num-frames {num_frames}, --stride {stride}, --crop-size {crop_size}, "
+                        f"--embed-dim {embed_dim}, --depth {depth}, --rounds {rounds} must be >= 1 and --workers "
+                        f"{workers} >= 0")
+    if video_frames < span:
+        raise UserError(f"--video-frames {video_frames} is shorter than one {num_frames}x{stride} clip ({span} frames)")
+    argv = ["--videos", str(videos), "--views", views, "--num-frames", str(num_frames), "--stride", str(stride),
+            "--crop-size", str(crop_size), "--embed-dim", str(embed_dim), "--depth", str(depth), "--workers",
+            str(workers), "--video-frames", str(video_frames), "--rounds", str(rounds), "--dir", str(cache)]
+    rc = run_benchmark_script("video_eval", argv)
     if rc:
         raise typer.Exit(rc)

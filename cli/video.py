@@ -14,12 +14,12 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from cli.apps import check_app, synth_app, video_app
+from cli.apps import check_app, prepare_app, synth_app, video_app
 from engine.choices import check_choice
 from engine.errors import UserError
 
 __all__ = ["synth_kinetics_cmd", "synth_ucf101_cmd", "check_kinetics_cmd", "check_ucf101_cmd", "train", "evaluate",
-           "predict"]
+           "predict", "score"]
 
 _DATASETS = ("kinetics400", "ucf101", "csv")  # videovit.task.DATASETS (not imported here: it pulls in torch)
 _SPLITS = ("train", "val")
@@ -74,8 +74,10 @@ def _check(data: str, data_dir: Path, layout: str, fold: int) -> None:
     from rich.console import Console
 
     from videovit.data.check import PROBLEM_COLUMNS, SUMMARY_COLUMNS, check_dataset
+    from videovit.data.prepare import check_with_manifest
 
-    result = check_dataset(data, data_dir, layout=layout, fold=fold)
+    result = check_with_manifest(data_dir, layout) if data == "kinetics400" else None  # no re-probing
+    result = result or check_dataset(data, data_dir, layout=layout, fold=fold)
     console = Console()
     console.print(_table(f"{data} at {data_dir}", SUMMARY_COLUMNS, result.summary))
     if not result.ok:
@@ -112,6 +114,43 @@ def check_ucf101_cmd(
 ) -> None:
     """Report missing and unreadable videos of a UCF101 split in one pass (exit 2 if any)."""
     _check("ucf101", data_dir, "auto", check_choice("--fold", fold, (1, 2, 3)))
+
+
+# --------------------------------------------------------------------------------------------------- data prepare
+@prepare_app.command("kinetics400")
+def prepare_kinetics_cmd(
+    src: Path = typer.Option(..., "--src", help="The Kinetics folder (any layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the copy and its manifest.json (created)."),
+    short_side: int = typer.Option(320, "--short-side", help="Short side of the copies in pixels (never upscaled)."),
+    workers: int = typer.Option(4, "--workers", help="Encoding processes."),
+    layout: str = typer.Option("auto", "--layout", help="auto, csv, folders or official."),
+) -> None:
+    """Re-encode a copy (H.264, short side N) in parallel; list corrupt and missing videos in manifest.json.
+
+    vtk data check, training and eval on the copy then read the manifest instead of probing every file.
+    Example: vtk data prepare kinetics400 --src data/k400 --out data/k400-320 --short-side 320 --workers 8
+    """
+    from rich.console import Console
+
+    from engine.progress import ItemProgress
+    from videovit.data.prepare import MANIFEST, prepare_kinetics
+
+    check_choice("--layout", layout, _KINETICS_LAYOUTS)
+    with ItemProgress(0, "prepare", unit="videos") as bar:
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.set_total(total)
+            bar.advance(done - bar.done)
+
+        m = prepare_kinetics(src, out, short_side=short_side, workers=workers, layout=layout, progress=progress)
+    rows = [(s, v["layout"], v["listed"], v["present"], v["missing"], v["corrupt"]) for s, v in m["splits"].items()]
+    console = Console()
+    console.print(_table(f"{src} -> {out} (short side {short_side})",
+                         ("split", "layout", "listed", "present", "missing", "corrupt"), rows))
+    corrupt = [(k, v.get("error", "")) for k, v in m["videos"].items() if v["status"] == "corrupt"]
+    if corrupt:
+        console.print(_table(f"{len(corrupt)} corrupt video(s), not copied", ("file", "problem"), corrupt, fold=True))
+    console.print(f"wrote {out / MANIFEST}")
 
 
 # --------------------------------------------------------------------------------------------------- train
@@ -243,6 +282,11 @@ def _opt_model_arg():
     return typer.Option(None, "--model-arg", help="With --pretrained: KEY=VALUE model override.")
 
 
+def _opt_save_predictions():
+    return typer.Option(None, "--save-predictions", help="Also write FILE.npz with every view's softmax per video "
+                        "(re-score or late-fuse later with vtk video score).")
+
+
 _PROTOCOL_OPTIONS = {"num_frames": "--num-frames", "stride": "--stride", "crop_size": "--crop-size",
                      "short_side": "--short-side", "mean": "--mean", "std": "--std", "classes": "--classes",
                      "model_arg": "--model-arg"}
@@ -308,8 +352,11 @@ def evaluate(
     std: Optional[str] = _opt_std(),
     classes: Optional[str] = _opt_classes(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    save_predictions: Optional[Path] = _opt_save_predictions(),
 ) -> None:
     """Multi-view evaluation: top-1, top-5 and per-class accuracy, confusion matrix PNG and metrics.json.
+
+    Under torchrun the videos are split over the ranks and rank 0 writes the same files as one process.
 
     Example: vtk video eval --model mvit --pretrained MVIT_B_16x4.pyth --data kinetics400 --data-dir DIR
     """
@@ -324,9 +371,35 @@ def evaluate(
     source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol, data)
     predictor = Predictor(source, device=device, views=views, precision=precision)
     ev = predictor.evaluate(split, data=data, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers)
+    if not predictor.dist.is_main:
+        return  # rank 0 writes the files of the whole split
     out = out or (default_eval_dir(checkpoint, split, ev.views) if checkpoint else
                   Path(f"eval-{Path(source).stem}-{split}-{ev.views}"))
     metrics_path, confusion_path = write_eval_report(out, ev, source)
+    _print_eval(ev, metrics_path, confusion_path)
+    if save_predictions is not None:
+        from videovit.score import save_predictions as save
+
+        save(save_predictions, ev.paths, ev.view_probs, ev.labels, ev.classes, checkpoint=str(source),
+             data=ev.data, data_dir=ev.data_dir, split=ev.split, views=ev.views, missing=ev.missing)
+        typer.echo(f"wrote {save_predictions} ({ev.videos} videos x {ev.views} views)")
+
+
+@video_app.command("score")
+def score(
+    files: List[Path] = typer.Argument(..., help="Predictions files written by --save-predictions (several: "
+                                       "late fusion, the mean of their per-video probabilities)."),
+    out: Path = typer.Option(Path("score"), "--out", help="Folder for metrics.json and confusion.png."),
+) -> None:
+    """Re-score saved predictions, or late-fuse several runs, without decoding the videos again.
+
+    Example: vtk video score runs/a/val.npz runs/b/val.npz --out fused
+    """
+    from videovit.report import write_eval_report
+    from videovit.score import score_files
+
+    ev = score_files(files)
+    metrics_path, confusion_path = write_eval_report(out, ev, ev.checkpoint)
     _print_eval(ev, metrics_path, confusion_path)
 
 
@@ -365,13 +438,21 @@ def predict(
     std: Optional[str] = _opt_std(),
     classes: Optional[str] = _opt_classes(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    save_predictions: Optional[Path] = _opt_save_predictions(),
+    window: Optional[float] = typer.Option(None, "--window", help="Long videos: slide a window of SECONDS over "
+                                           "each video and write a per-window timeline (JSON, CSV, PNG)."),
+    hop: Optional[float] = typer.Option(None, "--hop", help="With --window: SECONDS between window starts "
+                                        "(default: the window, no overlap)."),
 ) -> None:
     """Top-k labels per video as a table and JSON, plus a PNG contact sheet of the sampled frames.
+
+    Under torchrun the files are split over the ranks; rank 0 writes predictions.json for all of them.
 
     Example: vtk video predict --model mvit --pretrained MVIT_B_16x4.pyth --input clip.mp4
     """
     from rich.console import Console
 
+    from engine.progress import ItemProgress
     from videovit.inference import Predictor, collect_videos
     from videovit.report import contact_sheet_names, write_contact_sheet, write_predictions
 
@@ -382,21 +463,90 @@ def predict(
                     std=std, classes=classes, model_arg=model_arg)
     source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol)
     predictor = Predictor(source, device=device, views=views, precision=precision)
+    if window is not None or hop is not None:
+        return _predict_windows(predictor, files, input, out, window, hop, top_k)
     names = contact_sheet_names(files, input if input.is_dir() else input.parent)
     console = Console()
-    results, sheets, failed = {}, {}, []
-    for path, result in predictor.predict_files(files, top_k):
-        if isinstance(result, UserError):
-            if len(files) == 1:
-                raise result
-            failed.append(str(path))
-            print(f"vtk: error: {' '.join(str(result).split())}", file=sys.stderr, flush=True)
-            continue
-        rows = [(r, t["label"], f"{t['score']:.4f}") for r, t in enumerate(result.top, 1)]
-        console.print(_table(str(path), ("rank", "label", "score"), rows))
-        results[str(path)], sheets[str(path)] = result.top, str(write_contact_sheet(result, out / names[path]))
+    results, sheets, failed, errors, scores = {}, {}, [], {}, {}
+    mine, alone = predictor.shard(files), not predictor.dist.distributed
+    with ItemProgress(len(mine), "predict", enabled=predictor.dist.is_main) as bar:
+        for path, result in predictor.predict_files(mine, top_k):
+            bar.advance()
+            if isinstance(result, UserError):
+                failed.append(str(path))
+                errors[str(path)] = " ".join(str(result).split())
+                if len(files) > 1:
+                    print(f"vtk: error: {errors[str(path)]}", file=sys.stderr, flush=True)
+                continue
+            if alone:
+                console.print(_table(str(path), ("rank", "label", "score"), _top_rows(result.top)))
+            results[str(path)], sheets[str(path)] = result.top, str(write_contact_sheet(result, out / names[path]))
+            scores[str(path)] = result.view_probs.numpy()
+    if not alone:  # every rank predicted its share; rank 0 merges them in file order and writes
+        parts = predictor.gather((results, sheets, failed, errors, scores))
+        if not predictor.dist.is_main:
+            return
+        merged = [dict(x for part in parts for x in part[k].items()) for k in (0, 1, 3, 4)]
+        results, sheets = ({str(f): m[str(f)] for f in files if str(f) in m} for m in merged[:2])
+        errors, scores = merged[2], merged[3]
+        failed = [str(f) for f in files if str(f) in errors]
+        for path, top in results.items():
+            console.print(_table(path, ("rank", "label", "score"), _top_rows(top)))
+    if failed and len(files) == 1:
+        raise UserError(errors[failed[0]])
     written = write_predictions(out, results, failed, sheets)
     console.print(f"wrote {written} ({len(results)} videos, {len(failed)} failed)")
+    if save_predictions is not None and results:
+        from videovit.score import save_predictions as save
+
+        save(save_predictions, list(results), [scores[p] for p in results], [-1] * len(results), predictor.classes,
+             checkpoint=str(source), views=predictor.views_text, split="", data="", data_dir=str(input), missing=0)
+        console.print(f"wrote {save_predictions}")
     if failed:
         raise UserError(f"{input}: {len(failed)} of {len(files)} videos could not be decoded: "
                         f"{', '.join(Path(f).name for f in failed)}")
+
+
+def _top_rows(top):
+    return [(r, t["label"], f"{t['score']:.4f}") for r, t in enumerate(top, 1)]
+
+
+def _predict_windows(predictor, files, input: Path, out: Path, window: Optional[float], hop: Optional[float],
+                     top_k: int) -> None:
+    """``predict --window``: a timeline per video (this rank's share under torchrun), one line per problem."""
+    from rich.console import Console
+
+    from engine.progress import ItemProgress
+    from videovit.report import contact_sheet_names
+    from videovit.windows import predict_timeline, write_timeline
+
+    if window is None:
+        raise UserError("--hop: only with --window SECONDS")
+    names = contact_sheet_names(files, input if input.is_dir() else input.parent)
+    console, problems = Console(), []
+    for path in predictor.shard(files):
+        try:
+            with ItemProgress(0, f"windows {path.name}", unit="windows", enabled=predictor.dist.is_main) as bar:
+                tl = predict_timeline(predictor, path, window, hop, top_k, progress=bar)
+        except UserError as e:
+            if len(files) == 1:
+                raise
+            problems.append(" ".join(str(e).split()))
+            print(f"vtk: error: {problems[-1]}", file=sys.stderr, flush=True)
+            continue
+        written = write_timeline(tl, out / names[path].with_suffix(""))
+        rows = [(f"{r['start']:.2f}-{r['end']:.2f}", r["top"][0]["label"], f"{r['top'][0]['score']:.3f}")
+                for r in tl.windows]
+        if len(rows) > 20:
+            rows = rows[:10] + [("...", f"{len(rows) - 20} more windows", "")] + rows[-10:]
+        console.print(_table(f"{path}: {len(tl.windows)} windows", ("seconds", "top-1", "score"), rows))
+        console.print(f"wrote {', '.join(map(str, written))} (at most {tl.max_cached_frames} decoded frames held)")
+        if tl.stopped:
+            problems.append(f"{' '.join(tl.stopped.split())}; predicted {len(tl.windows)} of {tl.planned} windows "
+                            f"(timeline written)")
+            if len(files) > 1:
+                print(f"vtk: error: {problems[-1]}", file=sys.stderr, flush=True)
+    problems = [p for part in predictor.gather(problems) for p in part]
+    if problems:
+        raise UserError(problems[0] if len(problems) == 1 else f"{input}: {len(problems)} videos with problems, "
+                        "listed above")

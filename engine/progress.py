@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
-__all__ = ["TrainProgress", "WorkProgress", "format_eta"]
+__all__ = ["TrainProgress", "WorkProgress", "ItemProgress", "format_eta"]
 
 T = TypeVar("T")
 
@@ -194,3 +194,69 @@ class WorkProgress:
             self._bar.console.print(text, markup=False, highlight=False)
         else:
             print(text, flush=True)
+
+
+class ItemProgress:
+    """Progress of eval/predict work counted in items (videos, windows): a rich bar with items/s and ETA, or plain
+    lines such as ``eval val: 120/20000 videos 14.2 videos/s eta 0:23:21`` on stderr when stderr is no terminal.
+
+    Args:
+        total: Items to do (this rank's share under torchrun).
+        description: What is being done (``eval val``).
+        unit: Item name in the plain lines and the bar (``videos``).
+        enabled: Whether this process shows anything (rank 0).
+        every_s: Plain-mode line period in seconds (the first and the last item always print).
+    """
+
+    def __init__(self, total: int, description: str, unit: str = "videos", enabled: bool = True,
+                 every_s: float = 10.0) -> None:
+        self.total, self.description, self.unit = int(total), description, unit
+        self.enabled, self.every_s = enabled, every_s
+        self.done = 0
+        self._bar: Optional[Any] = None
+        self._t0 = self._last = time.perf_counter()
+
+    def __enter__(self) -> "ItemProgress":
+        self._t0 = self._last = time.perf_counter()
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn(self.unit), TextColumn("{task.fields[rate]}"), TextColumn("eta"),
+                                 TimeRemainingColumn(), console=Console(stderr=True))
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, rate="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def set_total(self, total: int) -> None:
+        """Change the number of items to do (known only once the work is planned)."""
+        self.total = int(total)
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
+    @property
+    def rate(self) -> float:
+        """Items per second so far."""
+        return self.done / max(time.perf_counter() - self._t0, 1e-9)
+
+    def advance(self, n: int = 1) -> None:
+        """Report ``n`` more items done."""
+        self.done += n
+        if not self.enabled or self.total <= 0:
+            return
+        rate = self.rate
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, rate=f"{rate:.2f} {self.unit}/s")
+            return
+        now = time.perf_counter()
+        if self.done in (n, self.total) or now - self._last >= self.every_s:
+            self._last = now
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            print(f"{self.description}: {self.done}/{self.total} {self.unit} {rate:.2f} {self.unit}/s "
+                  f"eta {format_eta(eta)}", file=sys.stderr, flush=True)

@@ -19,23 +19,25 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 
 from engine.errors import UserError
+from engine.progress import ItemProgress
 from engine.pretrained import model_overrides
 
 from .data.dataset import VideoViewDataset
 from .data.decode import VideoReader
 from .data.samplers import parse_views, uniform_clips
 from .data.transforms import eval_transform
-from .task import VideoOptions, classification_metrics, load_split, predict_views, video_options
+from .task import VideoOptions, classification_metrics, load_split, video_options
 
 __all__ = ["Predictor", "Evaluation", "Prediction", "select_device", "build_model_from_run", "predict_video",
-           "class_names", "collect_videos"]
+           "class_names", "collect_videos", "shard", "score_views"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 Views = Union[str, Tuple[int, int]]
@@ -92,8 +94,8 @@ def _views(views: Views) -> Tuple[int, int]:
     return t, s
 
 
-def predict_video(model: nn.Module, path: Path, opts: VideoOptions, views: Tuple[int, int], device: torch.device
-                  ) -> Tuple[Tensor, np.ndarray, np.ndarray]:
+def predict_video(model: Callable[[Tensor], Tensor], path: Path, opts: VideoOptions, views: Tuple[int, int],
+                  device: torch.device, per_view: bool = False) -> Tuple[Tensor, np.ndarray, np.ndarray]:
     """Class probabilities of one video file (softmax averaged over ``views``) and the sampled frames.
 
     Args:
@@ -102,6 +104,7 @@ def predict_video(model: nn.Module, path: Path, opts: VideoOptions, views: Tuple
         opts: Clip sampling, crop and normalisation of the run (:func:`videovit.task.video_options`).
         views: ``(T, S)``: ``T`` uniform clips x ``S`` spatial crops.
         device: Model device.
+        per_view: Return the ``(T*S, K)`` per-view softmax instead of its mean.
 
     Returns:
         ``(probs (K,), frames, indices)`` with ``frames`` the uint8 ``(num_frames, H, W, 3)`` of the centre clip
@@ -117,8 +120,8 @@ def predict_video(model: nn.Module, path: Path, opts: VideoOptions, views: Tuple
     transform = eval_transform(opts.crop_size, views[1], opts.mean, opts.std, opts.short_side)
     batch = torch.cat([transform(f) for f in frames])  # (T*S, C, F, h, w)
     with torch.no_grad():
-        probs = model(batch.to(device)).float().softmax(-1).mean(0).cpu()  # (K,)
-    return probs, frames[len(frames) // 2], clips[len(clips) // 2]
+        probs = torch.as_tensor(model(batch.to(device))).float().softmax(-1).cpu()  # (T*S, K)
+    return (probs if per_view else probs.mean(0)), frames[len(frames) // 2], clips[len(clips) // 2]
 
 
 @dataclasses.dataclass
@@ -135,6 +138,8 @@ class Evaluation:
         data: Dataset name.
         data_dir: Dataset folder.
         missing: Listed videos whose file does not exist (skipped).
+        view_probs: ``(N, T*S, K)`` softmax of every view (``probs`` is their mean), clip-major.
+        paths: The ``N`` video files, in the split's order.
     """
 
     probs: Tensor
@@ -146,6 +151,8 @@ class Evaluation:
     data: str
     data_dir: str
     missing: int
+    view_probs: Optional[Tensor] = None
+    paths: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def videos(self) -> int:
@@ -163,6 +170,7 @@ class Prediction:
         probs: ``(K,)`` class probabilities.
         frames: uint8 ``(num_frames, H, W, 3)``: the centre clip as sampled.
         indices: The frame numbers of ``frames`` in the file.
+        view_probs: ``(T*S, K)`` softmax of every view.
     """
 
     path: Path
@@ -170,6 +178,7 @@ class Prediction:
     probs: Tensor
     frames: np.ndarray
     indices: np.ndarray
+    view_probs: Optional[Tensor] = None
 
 
 class Predictor:
@@ -177,10 +186,15 @@ class Predictor:
 
     Args:
         checkpoint: Run folder (``checkpoints/best``, else ``last``) or ``.safetensors`` file.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Under ``torchrun`` each rank joins the process group
+            (gloo on CPU, NCCL on CUDA with ``cuda:LOCAL_RANK``); :meth:`evaluate` and :meth:`shard` then split
+            the videos over the ranks and :meth:`gather` collects the results on every rank.
         views: ``"TxS"`` or ``(T, S)``: clips x spatial crops averaged per video.
         precision: ``auto`` (bf16 where the device multiplies it natively, else fp32), ``32``, ``bf16`` or ``16``;
             the network runs under :func:`engine.context.autocast_for`, the probabilities are fp32.
+
+    ``self.model`` may be replaced by any callable mapping a ``(B, C, T, H, W)`` tensor to ``(B, K)`` logits (an
+    ONNX session wrapper, for instance); nothing here needs it to be an ``nn.Module``.
 
     Raises:
         UserError: Unreadable checkpoint, a checkpoint of another task, bad ``views`` or an unavailable device.
@@ -196,7 +210,8 @@ class Predictor:
         if self.cfg.task != "video":
             raise UserError(f"{checkpoint}: checkpoint is for task {self.cfg.task!r}, not video")
         self.checkpoint = Path(checkpoint)
-        self.device = select_device(device)
+        self.dist = _join_ranks(device)
+        self.device = self.dist.device if self.dist.distributed else select_device(device)
         self.precision = precision_option(precision, self.device)  # 32, bf16 or 16-mixed
         self.model = build_model_from_run(self.cfg, state_dict, self.device)
         self.options = video_options(self.cfg)
@@ -249,13 +264,41 @@ class Predictor:
         o = self.options
         ds = VideoViewDataset(vl, o.num_frames, o.stride, o.crop_size, self.views, o.mean, o.std, o.backend,
                               o.short_side)
-        pairs = list(predict_views(model, ds, range(len(ds)), self.device, batch_size, num_workers,
-                                   autocast=self._autocast))
-        probs = torch.stack([p for p, _ in pairs]) if pairs else torch.zeros(0, len(classes))  # (N, K)
-        labels = torch.tensor([y for _, y in pairs], dtype=torch.long)  # (N,)
+        mine = self.shard(range(len(ds)))
+        with ItemProgress(len(mine), f"eval {split}", enabled=self.dist.is_main) as bar:
+            with self._autocast():  # probabilities come back fp32 (softmax of .float() logits)
+                local = _attempt(lambda: [(i, v.numpy(), y) for i, v, y in
+                                          score_views(model, ds, mine, self.device, batch_size, num_workers,
+                                                      bar)])
+        rows = sorted((r for part in self.gather(local) for r in part), key=lambda r: r[0])  # split order
+        V, K = self.views[0] * self.views[1], len(classes)
+        view_probs = torch.from_numpy(np.stack([v for _, v, _ in rows])) if rows else torch.zeros(0, V, K)
+        probs = view_probs.mean(1)  # (N, K): the softmax averaged over each video's views
+        labels = torch.tensor([y for _, _, y in rows], dtype=torch.long)  # (N,)
         metrics = classification_metrics(probs, labels, len(classes))
         return Evaluation(probs, labels, metrics, classes, split, self.views_text, cfg.data, str(cfg.data_dir),
-                          len(vl.missing))
+                          len(vl.missing), view_probs, [str(vl.samples[i][0]) for i, _, _ in rows])
+
+    def shard(self, items: Sequence[Any]) -> List[Any]:
+        """This rank's share of ``items`` (every ``world_size``-th from ``rank``; all of them in one process).
+
+        Shards may be uneven and empty (3 videos on 2 ranks: 2 and 1; 1 video on 2 ranks: 1 and 0).
+        """
+        return list(items)[self.dist.rank::self.dist.world_size]
+
+    def gather(self, obj: Any) -> List[Any]:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process).
+
+        An ``_Failed`` from any rank is raised on every rank, so one rank's bad video never leaves the others
+        waiting in a collective.
+        """
+        from engine.distributed import all_gather_object
+
+        parts = all_gather_object(obj)
+        for part in parts:
+            if isinstance(part, _Failed):
+                raise part.error
+        return parts
 
     def _model_for(self, videos, where) -> Tuple[nn.Module, List[str]]:
         """The model scoring ``videos``' classes, and their names.
@@ -283,11 +326,13 @@ class Predictor:
         """
         path = Path(path)
         with self._autocast():  # probs come back fp32 (softmax of .float() logits)
-            probs, frames, indices = predict_video(self.model, path, self.options, self.views, self.device)
+            view_probs, frames, indices = predict_video(self.model, path, self.options, self.views, self.device,
+                                                        per_view=True)
+        probs = view_probs.mean(0)  # (K,)
         scores, idx = probs.topk(min(top_k, probs.numel()))
         top = [{"label": self._label(i), "index": int(i), "score": float(s)}
                for s, i in zip(scores.tolist(), idx.tolist())]
-        return Prediction(path, top, probs, frames, indices)
+        return Prediction(path, top, probs, frames, indices, view_probs)
 
     def _autocast(self):
         from engine.context import autocast_for
@@ -304,6 +349,81 @@ class Predictor:
                 yield Path(path), self.predict_file(path, top_k)
             except UserError as e:
                 yield Path(path), e
+
+
+class _Failed:
+    """A rank's exception, carried through :meth:`Predictor.gather` to every rank."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error if isinstance(error, UserError) else UserError(f"{type(error).__name__}: {error}")
+
+
+def _attempt(work: Callable[[], Any]) -> Any:
+    """``work()``, or a :class:`_Failed` under torchrun (raised on every rank by :meth:`Predictor.gather`)."""
+    from engine.distributed import _active
+
+    try:
+        return work()
+    except Exception as e:  # noqa: BLE001 - re-raised on every rank after the gather
+        if not _active():
+            raise
+        return _Failed(e)
+
+
+def _join_ranks(device: str):
+    """The :class:`engine.distributed.DistInfo` of this process; joins the torchrun group when ``WORLD_SIZE > 1``."""
+    import os
+
+    from engine.distributed import DistInfo, setup
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    if not _DEVICE_RE.match(str(device)):
+        raise UserError(f"--device: {device!r} is not one of auto, cpu, cuda, cuda:N")
+    return setup(device)
+
+
+def shard(items: Sequence[Any], rank: int, world_size: int) -> List[Any]:
+    """Every ``world_size``-th item from ``rank`` (uneven and empty shards allowed)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+    return list(items)[rank::world_size]
+
+
+def _collate(samples: List[Tuple[Tensor, int]]) -> Tuple[Tensor, Tensor]:
+    return torch.stack([v for v, _ in samples]), torch.tensor([y for _, y in samples], dtype=torch.long)
+
+
+def score_views(model: Callable[[Tensor], Tensor], dataset, indices: Sequence[int], device: torch.device,
+                batch_size: int = 1, num_workers: int = 0, progress: Optional[ItemProgress] = None
+                ) -> Iterator[Tuple[int, Tensor, int]]:
+    """Yield ``(index, view_probs (V, K), label)`` per video of ``indices``: the softmax of each of its views.
+
+    Args:
+        model: Maps ``(B*V, C, T, H, W)`` to logits ``(B*V, K)``; any callable (module or exported runtime).
+        dataset: A :class:`VideoViewDataset` (items ``(views (V, C, T, H, W), label)``); its decoders are opened
+            inside each DataLoader worker (in ``__getitem__``), never before the fork.
+        indices: The videos to score, in order.
+        device: Where the input goes.
+        batch_size: Videos per forward pass.
+        num_workers: DataLoader workers decoding in parallel.
+        progress: Advanced by one per video.
+    """
+    indices = list(indices)
+    if not indices:
+        return
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    it = iter(indices)
+    for views, labels in loader:
+        B, V = views.shape[:2]
+        with torch.no_grad():
+            logits = torch.as_tensor(model(views.flatten(0, 1).to(device)))  # (B*V, K)
+        probs = logits.float().softmax(-1).reshape(B, V, -1).cpu()  # (B, V, K)
+        for p, y in zip(probs, labels.tolist()):
+            yield next(it), p, y
+        if progress is not None:
+            progress.advance(B)
 
 
 def _placeholder_names(names: Sequence[str]) -> bool:

@@ -74,7 +74,9 @@ def load_split(cfg, split: str, classes: Optional[Sequence[str]] = None) -> Vide
         raise UserError("--data-dir is required")
     keys = ("layout", "fold", "train_csv", "val_csv", "test_csv", "num_classes")
     args = {k: cfg.data_args[k] for k in keys if k in cfg.data_args}
-    vl = load_dataset(cfg.data, Path(cfg.data_dir), split, classes=classes, **args)
+    from .data.prepare import apply_manifest  # a prepared copy: drop the videos its manifest lists as corrupt
+
+    vl = apply_manifest(load_dataset(cfg.data, Path(cfg.data_dir), split, classes=classes, **args), cfg.data_dir)
     if classes is not None:
         _check_split_classes(vl, classes, split, cfg.data_dir)
     return vl

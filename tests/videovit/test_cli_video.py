@@ -171,5 +171,6 @@ def test_bench_video_loader(tmp_path, capsys):
     rc = main(["bench", "video-loader", "--num-frames", "4", "--stride", "2", "--rounds", "1", "--videos", "2",
                "--repeats", "6", "--video-frames", "30", "--workers", "0", "--dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert rc == 0 and "pytorchvideo: 8 clips" in out and "vtk (decord): 8 clips" in out
+    assert rc == 0 and "pytorchvideo (pyav): 8 clips" in out and "vtk (decord): 8 clips" in out
+    assert "pytorchvideo (decord): 8 clips" in out and "vtk (seek): 8 clips" in out and "| 4x2 |" in out
     assert "ratio vtk / pytorchvideo (median of 1)" in out

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from engine.errors import UserError
 
-from .decode import VideoReader
+from .decode import open_reader
 from .layouts import VideoList
 from .samplers import random_clip, uniform_clips
 from .transforms import eval_transform
@@ -70,7 +70,7 @@ class VideoClipDataset(Dataset):
 
     def _load(self, index: int, rng: np.random.Generator) -> Tuple[np.ndarray, int]:
         path, label = self.videos.samples[index]
-        reader = VideoReader(path, backend=self.backend)
+        reader = open_reader(path, self.backend)  # backend "seek": reused per worker process
         return reader.get_batch(random_clip(len(reader), self.num_frames, self.stride, rng)), label
 
     def __getitem__(self, index: int):
@@ -129,7 +129,7 @@ class VideoViewDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.videos.samples[index]
-        reader = VideoReader(path, backend=self.backend)
+        reader = open_reader(path, self.backend)
         clips = uniform_clips(len(reader), self.num_frames, self.stride, self.views[0])
         frames = reader.get_batch(np.concatenate(clips))  # one decode for every clip: (T*F, H, W, 3)
         per_clip = frames.reshape(len(clips), self.num_frames, *frames.shape[1:])

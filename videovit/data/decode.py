@@ -22,7 +22,8 @@ import numpy as np
 
 from engine.errors import UserError
 
-__all__ = ["VideoReader", "open_video", "read_frames", "list_videos", "index_frame_count", "verify_complete"]
+__all__ = ["VideoReader", "open_video", "read_frames", "list_videos", "index_frame_count", "verify_complete",
+           "DecodeStopped", "stream_info", "iter_frames", "SeekReader", "open_reader"]
 
 PathLike = Union[str, os.PathLike]
 _DECORD_LOCK = threading.Lock()
@@ -239,3 +240,208 @@ def read_frames(path: PathLike, indices: Sequence[int], backend: str = "auto") -
 def list_videos(folder: PathLike, exts: Sequence[str] = (".mp4", ".avi", ".mkv", ".webm", ".mov")) -> List[Path]:
     """Video files directly under ``folder`` or below it, sorted."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+# ------------------------------------------------------------------------- streaming (long videos, bounded memory)
+class DecodeStopped(UserError):
+    """Decoding of ``path`` ended at frame ``frame`` (0-based, the first frame that did not decode) before the end
+    its container announced; ``reason`` says why (a decoder error, or the data ran out)."""
+
+    def __init__(self, path: PathLike, frame: int, total: int, fps: float, reason: str) -> None:
+        self.path, self.frame, self.total, self.fps, self.reason = Path(path), int(frame), int(total), fps, reason
+        at = f" ({frame / fps:.2f} s)" if fps > 0 else ""
+        super().__init__(f"{self.path}: decoding stopped at frame {frame}{at} of {total}: {reason}")
+
+
+def stream_info(path: PathLike) -> "tuple[int, float]":
+    """``(frames, fps)`` of the first video stream from the container's header, without decoding (PyAV).
+
+    The frame count is the stream's own (mp4, avi), else duration x rate (mkv, webm). A file whose tail is
+    corrupt still reports its full length here; :func:`iter_frames` finds where decoding really stops.
+
+    Raises:
+        UserError: Missing, empty or unreadable file, no video stream, or no frame rate.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such video file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            frames = int(stream.frames or 0)
+            if frames <= 0 and fps > 0:
+                seconds = (float(stream.duration * stream.time_base) if stream.duration else
+                           (container.duration or 0) / 1e6)
+                frames = int(round(seconds * fps))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - av.error.* subclasses several bases
+        raise UserError(f"{path}: cannot open video ({_first_line(e)})") from None
+    if fps <= 0:
+        raise UserError(f"{path}: the container gives no frame rate")
+    if frames <= 0:
+        raise UserError(f"{path}: the container gives no frame count or duration")
+    return frames, fps
+
+
+def iter_frames(path: PathLike, wanted: Sequence[int], total: int = 0, fps: float = 0.0):
+    """Decode ``path`` once, front to back (PyAV), yielding ``(index, uint8 (H, W, 3))`` for the ``wanted`` frames.
+
+    Only the wanted frames are converted to RGB and none is kept here, so memory does not grow with the video's
+    length (a 30,000-frame file is never decoded at once). Decoding stops after the last wanted frame.
+
+    Raises:
+        DecodeStopped: After the last frame that decoded, when a wanted frame was never reached (a corrupt or
+            truncated tail): ``.frame`` is where it stopped.
+    """
+    import av
+
+    want = np.unique(np.asarray(wanted, dtype=np.int64))
+    if want.size == 0:
+        return
+    last, k, decoded = int(want[-1]), 0, 0
+    reason = "the data ends early (truncated file)"
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                index, decoded = decoded, decoded + 1
+                if index == want[k]:
+                    yield index, frame.to_ndarray(format="rgb24")
+                    k += 1
+                    if index >= last:
+                        return
+    except Exception as e:  # noqa: BLE001 - av.error.InvalidDataError and friends mid-stream
+        reason = f"decoder error ({_first_line(e)})"
+    raise DecodeStopped(path, decoded, total, fps, reason)
+
+
+# ------------------------------------------------------------------- random clips: seek + skip (training loaders)
+class SeekReader:
+    """Random clip access with PyAV that decodes only what a clip needs.
+
+    Opening demuxes the packet timestamps once (no decoding): frame ``i`` is the ``i``-th presentation timestamp,
+    so variable frame rates index exactly as a front-to-back decode does. :meth:`get_batch` seeks to the keyframe
+    at or before the first wanted frame, decodes forward to the last one, converts only the wanted frames to RGB, and
+    tells the decoder to skip the non-reference frames it does not need (``skip_frame = NONREF``: nothing else
+    depends on them). Decoding is single-threaded, as suits DataLoader workers.
+
+    Args:
+        path: Video file.
+
+    Raises:
+        UserError: The file is missing, empty, has no video stream or no frame.
+    """
+
+    backend = "seek"
+
+    def __init__(self, path: PathLike) -> None:
+        import av
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: no such video file")
+        if self.path.stat().st_size == 0:
+            raise UserError(f"{self.path}: empty file")
+        try:
+            self._container = av.open(str(self.path))
+            if not self._container.streams.video:
+                raise RuntimeError("no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "SLICE"
+            self._stream.thread_count = 1
+            pts = sorted(p.pts for p in self._container.demux(self._stream) if p.pts is not None and p.size > 0)
+        except Exception as e:  # noqa: BLE001 - av.error.* subclasses several bases
+            self.close()
+            raise UserError(f"{self.path}: cannot decode video (pyav: {_first_line(e)})") from None
+        if not pts:
+            self.close()
+            raise UserError(f"{self.path}: no video frames")
+        self._pts = np.asarray(pts, dtype=np.int64)
+        self._fps = float(self._stream.average_rate or self._stream.guessed_rate or 0.0)
+
+    def __len__(self) -> int:
+        return len(self._pts)
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def close(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
+            self._container = None
+
+    def get_batch(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the frames at ``indices`` (any order, repeats allowed) as uint8 ``(len(indices), H, W, 3)``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= len(self):
+            raise ValueError(f"{self.path}: frame indices {idx.tolist()} out of range for {len(self)} frames")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        try:
+            frames = self._decode(uniq)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a file that opens but fails mid-stream
+            raise UserError(f"{self.path}: cannot decode frames {idx.tolist()[:4]}... ({_first_line(e)})") from e
+        return np.stack([frames[int(i)] for i in uniq])[inverse]
+
+    def _decode(self, uniq: np.ndarray) -> dict:
+        want = {int(self._pts[i]): int(i) for i in uniq}
+        stream, out = self._stream, {}
+        cc = stream.codec_context
+        self._container.seek(int(self._pts[uniq[0]]), stream=stream, backward=True, any_frame=False)
+        try:
+            for packet in self._container.demux(stream):
+                if packet.pts is not None:  # the decoder may drop this packet's frame unless a clip needs it
+                    cc.skip_frame = "DEFAULT" if packet.pts in want else "NONREF"
+                for frame in packet.decode():
+                    i = want.get(frame.pts)
+                    if i is not None:
+                        out[i] = frame.to_ndarray(format="rgb24")
+                if len(out) == len(want):
+                    break
+        finally:
+            cc.skip_frame = "DEFAULT"
+        if len(out) < len(want):  # a stream whose seek lands after the frame, or a truncated tail
+            if not out and uniq[0] > 0:
+                return {int(i): f for i, f in zip(uniq, VideoReader(self.path, backend="pyav").get_batch(uniq))}
+            if not out:
+                raise UserError(f"{self.path}: no decodable video frames")
+            last = out[max(out)]
+            out.update({i: last for i in want.values() if i not in out})
+        return out
+
+
+_SEEK_READERS: "dict" = {}
+_SEEK_READERS_MAX = 8
+
+
+def open_reader(path: PathLike, backend: str = "auto"):
+    """A reader for ``path``: :class:`SeekReader` for ``backend="seek"``, else :class:`VideoReader`.
+
+    Seek readers are reused within a process (the last 8 files: an open container and its timestamp index), and
+    only in the process that opened them: after a fork, a DataLoader worker opens its own, never sharing a
+    parent's file offset.
+    """
+    if backend != "seek":
+        return VideoReader(path, backend=backend)
+    key = (os.getpid(), str(path))
+    reader = _SEEK_READERS.pop(key, None)
+    if reader is None:
+        for stale in [k for k in _SEEK_READERS if k[0] != key[0]]:
+            _SEEK_READERS.pop(stale)  # the parent's: dropped here, never used nor closed (its fd is the parent's)
+        reader = SeekReader(path)
+        while len(_SEEK_READERS) >= _SEEK_READERS_MAX:
+            _SEEK_READERS.pop(next(iter(_SEEK_READERS))).close()
+    _SEEK_READERS[key] = reader  # most recently used last
+    return reader
