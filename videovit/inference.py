@@ -19,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 
 from engine.errors import UserError
 from engine.progress import ItemProgress
@@ -34,7 +33,7 @@ from .data.dataset import VideoViewDataset
 from .data.decode import VideoReader
 from .data.samplers import parse_views, uniform_clips
 from .data.transforms import eval_transform
-from .task import VideoOptions, classification_metrics, load_split, video_options
+from .task import VideoOptions, classification_metrics, load_split, score_views, video_options
 
 __all__ = ["Predictor", "Evaluation", "Prediction", "select_device", "build_model_from_run", "predict_video",
            "class_names", "collect_videos", "shard", "score_views"]
@@ -388,42 +387,6 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> List[Any]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
     return list(items)[rank::world_size]
-
-
-def _collate(samples: List[Tuple[Tensor, int]]) -> Tuple[Tensor, Tensor]:
-    return torch.stack([v for v, _ in samples]), torch.tensor([y for _, y in samples], dtype=torch.long)
-
-
-def score_views(model: Callable[[Tensor], Tensor], dataset, indices: Sequence[int], device: torch.device,
-                batch_size: int = 1, num_workers: int = 0, progress: Optional[ItemProgress] = None
-                ) -> Iterator[Tuple[int, Tensor, int]]:
-    """Yield ``(index, view_probs (V, K), label)`` per video of ``indices``: the softmax of each of its views.
-
-    Args:
-        model: Maps ``(B*V, C, T, H, W)`` to logits ``(B*V, K)``; any callable (module or exported runtime).
-        dataset: A :class:`VideoViewDataset` (items ``(views (V, C, T, H, W), label)``); its decoders are opened
-            inside each DataLoader worker (in ``__getitem__``), never before the fork.
-        indices: The videos to score, in order.
-        device: Where the input goes.
-        batch_size: Videos per forward pass.
-        num_workers: DataLoader workers decoding in parallel.
-        progress: Advanced by one per video.
-    """
-    indices = list(indices)
-    if not indices:
-        return
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate)
-    it = iter(indices)
-    for views, labels in loader:
-        B, V = views.shape[:2]
-        with torch.no_grad():
-            logits = torch.as_tensor(model(views.flatten(0, 1).to(device)))  # (B*V, K)
-        probs = logits.float().softmax(-1).reshape(B, V, -1).cpu()  # (B, V, K)
-        for p, y in zip(probs, labels.tolist()):
-            yield next(it), p, y
-        if progress is not None:
-            progress.advance(B)
 
 
 def _placeholder_names(names: Sequence[str]) -> bool:

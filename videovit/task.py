@@ -15,6 +15,7 @@ the model's registry recipe and saved in the run's ``config.yaml`` / checkpoint 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -38,7 +39,7 @@ from .data.samplers import parse_views
 from .data.transforms import KINETICS_MEAN, KINETICS_STD, MixupCutmix, soft_cross_entropy, train_transform
 
 __all__ = ["SYNTH_MARKER", "DATASETS", "DATA_KEYS", "VideoTask", "VideoOptions", "video_options", "model_recipe",
-           "load_split", "check_data_args", "predict_views", "classification_metrics"]
+           "load_split", "check_data_args", "predict_views", "score_views", "classification_metrics"]
 
 DATASETS = ("kinetics400", "ucf101", "csv")
 # Every key ``cfg.data_args`` may hold (``--data-arg KEY=VALUE``, the CLI's own options, recipes, run configs).
@@ -357,49 +358,80 @@ def _model_keywords(factory: Callable[..., nn.Module], name: str) -> Optional[Li
     return None if keys is None else sorted(keys | {"pretrained"})
 
 
-def _collate_views(samples: List[Any]) -> Tuple[Optional[Tensor], Tensor, List[Unreadable]]:
-    """``(views (B, V, C, T, H, W) or None, labels (B,), unreadable)``: the :class:`Unreadable` items apart."""
+class _Tagged(Dataset):
+    """``dataset[i]`` as ``(*item, i)``: each item carries its index through the DataLoader."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        return item if isinstance(item, Unreadable) else (*item, i)
+
+
+def _collate_views(samples: List[Any]) -> Tuple[Optional[Tensor], Tensor, List[int], List[Unreadable]]:
+    """``(views (B, V, C, T, H, W) or None, labels (B,), indices, unreadable)``: the :class:`Unreadable` apart."""
     bad = [s for s in samples if isinstance(s, Unreadable)]
     good = [s for s in samples if not isinstance(s, Unreadable)]
     views = torch.stack([s[0] for s in good]) if good else None
-    return views, torch.tensor([s[1] for s in good], dtype=torch.long), bad
+    return views, torch.tensor([s[1] for s in good], dtype=torch.long), [s[2] for s in good], bad
 
 
-def predict_views(model: nn.Module, dataset: Dataset, indices: Sequence[int], device: torch.device,
-                  batch_size: int = 1, num_workers: int = 0, autocast: Optional[Callable] = None,
-                  on_skip: Optional[Callable[[Unreadable], Any]] = None) -> Iterator[Tuple[Tensor, int]]:
-    """Yield ``(probs, label)`` per video: the softmax averaged over the video's ``T*S`` views.
+def score_views(model: Callable[[Tensor], Tensor], dataset: Dataset, indices: Sequence[int], device: torch.device,
+                batch_size: int = 1, num_workers: int = 0, progress: Any = None,
+                autocast: Optional[Callable] = None,
+                on_skip: Optional[Callable[[Unreadable], Any]] = None) -> Iterator[Tuple[int, Tensor, int]]:
+    """Yield ``(index, view_probs (V, K), label)`` per readable video of ``indices``: the softmax of each view.
 
     Args:
-        dataset: A :class:`VideoViewDataset` (items ``(views (V, C, T, H, W), label)``), or one wrapped in
-            :class:`~videovit.data.dataset.SkipUnreadable` (undecodable videos become :class:`Unreadable` items).
-        indices: The videos to evaluate (e.g. ``ctx.shard_indices(len(dataset))``).
-        device: Model device.
+        model: Maps ``(B*V, C, T, H, W)`` to logits ``(B*V, K)``; any callable (module or exported runtime).
+        dataset: A :class:`VideoViewDataset` (items ``(views (V, C, T, H, W), label)``); its decoders are opened
+            inside each DataLoader worker, never before the fork. Undecodable videos travel as
+            :class:`Unreadable` items (a worker's raise would carry its traceback into the message).
+        indices: The videos to score, in order (e.g. this rank's shard).
+        device: Where the input goes.
         batch_size: Videos per forward pass (each brings ``V`` views).
         num_workers: DataLoader workers decoding in parallel.
-        autocast: A callable returning a context manager (``ctx.autocast``), or ``None``.
+        progress: An :class:`engine.progress.ItemProgress` advanced by one per video (skipped ones included).
+        autocast: A callable returning a context manager for the forward pass (``ctx.autocast``), or ``None``.
         on_skip: Receives each :class:`Unreadable` item (those videos yield nothing); ``None`` raises its error.
 
     Raises:
         UserError: An unreadable video without ``on_skip`` (its one-line message, raised in this process even when
             a DataLoader worker decoded it).
     """
-    if not isinstance(dataset, SkipUnreadable):  # errors travel as items: a worker's raise would carry its traceback
-        dataset = SkipUnreadable(dataset)
-    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate_views)
-    for views, labels, bad in loader:
+    indices = list(indices)
+    if not indices:
+        return
+    base = dataset.dataset if isinstance(dataset, SkipUnreadable) else dataset
+    loader = DataLoader(Subset(SkipUnreadable(_Tagged(base)), indices), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=_collate_views)
+    for views, labels, idx, bad in loader:
         for item in bad:
             if on_skip is None:
                 raise UserError(item.message)
             on_skip(item)
-        if views is None:
-            continue
-        B, V = views.shape[:2]
-        with torch.no_grad(), (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
-            logits = model(views.flatten(0, 1).to(device))  # (B*V, K)
-        probs = logits.float().softmax(-1).reshape(B, V, -1).mean(1).cpu()  # (B, K)
-        yield from zip(probs, labels.tolist())
+        if views is not None:
+            B, V = views.shape[:2]
+            with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
+                logits = torch.as_tensor(model(views.flatten(0, 1).to(device)))  # (B*V, K)
+            probs = logits.float().softmax(-1).reshape(B, V, -1).cpu()  # (B, V, K)
+            yield from zip(idx, probs, labels.tolist())
+        if progress is not None:
+            progress.advance(len(idx) + len(bad))
+
+
+def predict_views(model: nn.Module, dataset: Dataset, indices: Sequence[int], device: torch.device,
+                  batch_size: int = 1, num_workers: int = 0, autocast: Optional[Callable] = None,
+                  on_skip: Optional[Callable[[Unreadable], Any]] = None) -> Iterator[Tuple[Tensor, int]]:
+    """Yield ``(probs (K,), label)`` per video: the softmax averaged over the video's ``T*S`` views (see
+    :func:`score_views` for the arguments)."""
+    for _, view_probs, label in score_views(model, dataset, indices, device, batch_size, num_workers,
+                                            autocast=autocast, on_skip=on_skip):
+        yield view_probs.mean(0), label
 
 
 def classification_metrics(probs: Tensor, labels: Tensor, num_classes: int) -> Dict[str, Any]:

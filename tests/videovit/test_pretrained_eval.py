@@ -83,8 +83,8 @@ def test_k400_class_list_is_the_standard_order():
 
 def test_eval_from_weights_equals_pytorchvideo(pv_model, weights, k400_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = main(["video", "eval", "--model", "mvit", "--pretrained", str(weights), "--data", "kinetics400",
-               "--data-dir", str(k400_dir), "--num-workers", "0", "--out", str(out), *COMMON])
+    rc = main(["video", "eval", "--precision", "32", "--model", "mvit", "--pretrained", str(weights), "--data",
+               "kinetics400", "--data-dir", str(k400_dir), "--num-workers", "0", "--out", str(out), *COMMON])
     assert rc == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "pytorchvideo_mvit format" in text and "3 videos x 5x1 views" in text  # the registry's 5x1 views
@@ -102,7 +102,7 @@ def test_eval_from_weights_equals_pytorchvideo(pv_model, weights, k400_dir, tmp_
     from videovit.inference import Predictor
 
     pred = Predictor.from_weights("mvit", weights, device="cpu", num_frames=4, crop_size=32,
-                                  model_args={"embed_dim": 8})
+                                  model_args={"embed_dim": 8}, precision="32")  # parity in fp32
     ev = pred.evaluate("val", data="kinetics400", data_dir=k400_dir, num_workers=0)
     expected = torch.stack([p[cols] / p[cols].sum() for p, _ in ref.values()])
     torch.testing.assert_close(ev.probs, expected, atol=1e-5, rtol=1e-4)
@@ -111,7 +111,7 @@ def test_eval_from_weights_equals_pytorchvideo(pv_model, weights, k400_dir, tmp_
 
 def test_predict_from_weights_prints_k400_names(pv_model, weights, k400_dir, tmp_path, capsys):
     out = tmp_path / "pred"
-    rc = main(["video", "predict", "--model", "mvit", "--pretrained", str(weights), "--input",
+    rc = main(["video", "predict", "--precision", "32", "--model", "mvit", "--pretrained", str(weights), "--input",
                str(k400_dir / "val"), "--out", str(out), *COMMON])
     assert rc == 0, capsys.readouterr().err
     preds = json.loads((out / "predictions.json").read_text())["predictions"]
