@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -117,7 +117,7 @@ class VideoReader:
         try:
             if self._decord is not None:
                 try:
-                    return self._decord.get_batch(uniq.tolist()).asnumpy()[inverse]
+                    return _as_numpy(self._decord.get_batch(uniq.tolist()))[inverse]
                 except Exception:  # noqa: BLE001 - decord trips on some streams that ffmpeg via PyAV reads
                     self._decord = None
                     self.backend = "pyav"
@@ -183,6 +183,14 @@ def verify_complete(path: PathLike, frames: int) -> None:
     if listed is not None and frames < listed:
         raise UserError(f"{path}: truncated video: its index lists {listed} frames but the file holds only "
                         f"{frames} (an incomplete download or copy)")
+
+
+def _as_numpy(batch: Any) -> np.ndarray:
+    """A decord batch as uint8 numpy, whatever bridge another library set process-wide (pytorchvideo's decord
+    path calls ``decord.bridge.set_bridge("torch")``, after which ``get_batch`` returns torch tensors)."""
+    if hasattr(batch, "asnumpy"):
+        return batch.asnumpy()
+    return batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
 
 
 def _quiet_decord(decord) -> None:
