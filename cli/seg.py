@@ -364,7 +364,8 @@ def _print_postprocessing(summary: dict) -> None:
 
     pp = summary["postprocessing"]
     keys = [k for k in ("dice", "hd95", "nsd", "object_f1", "object_dice") if k in pp["none"]]
-    table = Table("postprocessing", *[k.replace("hd95", "HD95 (mm)").replace("_", " ") for k in keys],
+    labels = {"dice": "Dice", "hd95": "HD95 (mm)", "nsd": "NSD", "object_f1": "object F1", "object_dice": "object Dice"}
+    table = Table("postprocessing", *[labels[k] for k in keys],
                   title=f"with and without largest-component postprocessing ({pp['cases']} {pp['split']} case(s))")
     for v, label in (("none", "none"), ("lcc", "largest component per class")):
         table.add_row(label, *[_num(pp[v][k], 2 if k == "hd95" else 3) for k in keys])
