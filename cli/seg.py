@@ -214,6 +214,16 @@ def _weights_or_run(checkpoint: Optional[Path], model: Optional[str], pretrained
     return run
 
 
+def _model_file_alone(model_file: Path, checkpoint: Optional[Path], model: Optional[str],
+                      pretrained: Optional[Path], protocol: dict) -> None:
+    """``--model-file`` replays the protocol in the file: no run, weights or protocol option with it."""
+    given = (["--checkpoint"] if checkpoint else []) + (["--model"] if model else []) + (
+        ["--pretrained"] if pretrained else []) + [_PROTOCOL_OPTIONS[k] for k, v in protocol.items()
+                                                   if v is not None and v != []]
+    if given:
+        raise UserError(f"{given[0]}: not with --model-file {model_file} (the file holds its model and protocol)")
+
+
 @seg_app.command("eval")
 def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
@@ -295,6 +305,8 @@ def predict(
     num_classes: Optional[int] = _opt_num_classes(),
     class_names: Optional[str] = _opt_class_names(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", help="A `vtk models export` file (.onnx runs "
+                                              "in onnxruntime, .pt in TorchScript) with its protocol inside."),
 ) -> None:
     """Write NIfTI masks in each input's own grid (same shape, affine and header) plus PNG overlays.
 
@@ -303,11 +315,16 @@ def predict(
     from medvit.inference import Predictor, predict_files
     from medvit.io import nifti_inputs
 
-    files = nifti_inputs(input)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
-    pred = Predictor(_weights_or_run(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,
-                     amp)
+    if model_file is not None:
+        _model_file_alone(model_file, checkpoint, model, pretrained, protocol)
+    files = nifti_inputs(input)
+    if model_file is not None:
+        pred = Predictor.from_model_file(model_file, device, overlap, sw_batch_size, mode, amp)
+    else:
+        pred = Predictor(_weights_or_run(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size,
+                         mode, amp)
     for r in predict_files(pred, files, out, overlay):
         extra = f" + {r['overlay'].name}" if r["overlay"] is not None else ""
         typer.echo(f"{r['input'].name}: {r['mask']} {r['shape']}{extra}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backbones.runtime import exported_model
 from engine.choices import check_choice
 from engine.io import atomic_savefig
 from engine.pretrained import model_overrides
@@ -196,7 +197,7 @@ class Predictor:
         if self.cfg.task and self.cfg.task != "seg":
             raise UserError(f"{checkpoint}: a {self.cfg.task!r} checkpoint, not a seg one")
         self.device = _device(device)
-        self.model = build_model_from_run(self.cfg, state_dict, self.device)
+        self.model = exported_model(checkpoint) or build_model_from_run(self.cfg, state_dict, self.device)
         da = self.cfg.data_args
         self.dims = int(getattr(self.model, "spatial_dims", da.get("spatial_dims", 3)))
         self.names = list(da.get("names") or [])
@@ -224,6 +225,15 @@ class Predictor:
         pred = cls(run, *args, **kwargs)
         pred.report = run.report
         return pred
+
+    @classmethod
+    def from_model_file(cls, path, *args: Any, **kwargs: Any) -> "Predictor":
+        """A ``vtk models export`` file (ONNX through onnxruntime, or TorchScript) with the ROI, spacing, intensity
+        window and class names of its metadata (:func:`backbones.runtime.load_model_file`); ``*args, **kwargs``
+        as for the constructor."""
+        from backbones.runtime import load_model_file
+
+        return cls(load_model_file(path, "seg"), *args, **kwargs)
 
     def predict_nifti(self, vol: NiftiVolume) -> np.ndarray:
         """Label map (uint8) in ``vol``'s grid."""
