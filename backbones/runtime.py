@@ -150,6 +150,11 @@ def _parse_metadata(path: Path, text: Union[str, bytes, None], where: str) -> Di
 
 
 def _load_torchscript(path: Path) -> Tuple[Any, Dict[str, Any]]:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    if not any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        raise UserError(f"{path}: not a TorchScript archive (a zip file without TorchScript code: a torch.save "
+                        "checkpoint or state dict is not an export; export one with `vtk models export`)")
     extra = {EXTRA_FILE: ""}
     try:
         with warnings.catch_warnings():
