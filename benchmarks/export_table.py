@@ -155,6 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     models = _names(a.models)
     if not models:
         p.error(f"no model matches {a.models!r}")
+    from engine.io import atomic_write_text
+
     torch.set_num_threads(a.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vtk-export-") as tmp:
@@ -162,15 +164,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             start = time.perf_counter()
             rows.append(measure(reg, name, a.size, a.batch, a.steps, a.warmup, Path(tmp), a.stat))
             print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+            if a.out is not None:  # the rows so far: a run killed midway (out of memory) keeps them
+                atomic_write_text(a.out, format_table(rows) + "\n")
     table = format_table(rows)
     from backbones.export import _version
 
     print(f"torch {torch.__version__}, onnxruntime {_version('onnxruntime')}, {a.size} configs, batch {a.batch}, "
           f"{a.threads} thread(s), {a.stat} of {a.steps} forward passes\n")
     print(table)
-    if a.out is not None:
-        from engine.io import atomic_write_text
-        atomic_write_text(a.out, table + "\n")
     return 0
 
 
