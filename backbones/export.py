@@ -34,7 +34,6 @@ import re
 import sys
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass
 from importlib import metadata as _dist
 from pathlib import Path
@@ -49,19 +48,15 @@ from engine.choices import check_choice
 from engine.errors import RunError, UserError
 from engine.io import atomic_write_bytes
 
+from .runtime import (DEPLOY_INSTALL, EXTRA_FILE, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
+                      REQUIRED_KEYS, ExportedModel, load_exported, onnx_runner, onnx_session, require, spatial_axes)
+
 __all__ = ["FORMATS", "OPSET", "FORMAT_VERSION", "METADATA_KEY", "EXTRA_FILE", "REQUIRED_KEYS", "INPUT_NAME",
            "OUTPUT_NAME", "DEPLOY_INSTALL", "ExportReport", "ExportedModel", "protocol_metadata", "prepare_export",
            "export_model", "load_exported", "format_from_suffix", "example_input", "spatial_probes"]
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17  # LayerNormalization is a native op from 17 on
-FORMAT_VERSION = 1
-METADATA_KEY = "vtk"  # ONNX metadata_props key holding the JSON metadata
-EXTRA_FILE = "vtk.json"  # TorchScript extra file holding the same JSON
-INPUT_NAME, OUTPUT_NAME = "input", "output"
-REQUIRED_KEYS = ("format_version", "model", "package", "task", "input_size", "input_name", "output_name", "dynamic",
-                 "protocol")
-DEPLOY_INSTALL = "pip install 'vtk[deploy]'"
 _TASKS = {"medvit": "seg", "videovit": "video", "backbones": "backbone"}
 _SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
              ".jit": "torchscript"}
@@ -88,10 +83,16 @@ def _version(dist: str) -> str:
 
 
 def _scaled_protocol(meta: Dict[str, Any], size: Sequence[int], task: str) -> Dict[str, Any]:
-    """The registry protocol with its sizes following the built model's input size (e.g. a tiny config)."""
+    """The registry protocol with its sizes following the built model's input size (e.g. a tiny config), and the
+    segmentation window and spacing the pipeline defaults to where the entry names none (``medvit.recipes``)."""
     protocol = dict(meta.get("protocol") or {})
     if task == "seg":
+        from medvit.recipes import default_spacing, default_window
+
         protocol["roi"] = list(size[1:])
+        protocol["a_min"], protocol["a_max"] = default_window(meta, len(size) - 1)
+        if len(size) == 4:
+            protocol["spacing"] = default_spacing(meta)
     elif task == "video" and "crop_size" in protocol:
         crop = int(size[-1])
         if protocol.get("short_side") and protocol["crop_size"] != crop:
@@ -101,16 +102,22 @@ def _scaled_protocol(meta: Dict[str, Any], size: Sequence[int], task: str) -> Di
 
 
 def _run_protocol(cfg: Any, task: str, protocol: Dict[str, Any], top: Dict[str, Any]) -> None:
-    """Overwrite ``protocol`` / top-level keys with what the run trained and evaluates with (``cfg.data_args``)."""
+    """Overwrite ``protocol`` / top-level keys with what the run evaluates with (``cfg.data_args``, with the
+    defaults of the pipelines' ``Predictor`` where a run did not record a value)."""
     da = dict(cfg.data_args or {})
     if task == "seg":
-        protocol.update({k: _json_safe(da[k]) for k in ("roi", "spacing", "a_min", "a_max") if k in da})
+        from medvit.data.transforms import RECIPE_3D  # medvit.inference.Predictor's defaults
+
+        protocol.update({k: _json_safe(da.get(k, RECIPE_3D[k])) for k in ("spacing", "a_min", "a_max")})
+        protocol.update({k: _json_safe(da[k]) for k in ("roi",) if k in da})
         protocol.update(dataset=cfg.data or protocol.get("dataset"))
         top["class_names"] = list(da["names"]) if da.get("names") else top["class_names"]
     elif task == "video":
         from videovit.data.transforms import KINETICS_MEAN, KINETICS_STD  # the video task's defaults
 
-        protocol.update({k: da[k] for k in ("stride", "crop_size", "short_side") if k in da})
+        protocol.update({k: da[k] for k in ("stride", "crop_size") if k in da})
+        # The test-time short side (``data_args.short_side`` is the training one); none: resize to the crop.
+        protocol["short_side"] = int(da.get("eval_short_side") or protocol["crop_size"])
         protocol["views"] = da.get("val_views", protocol.get("views"))
         top.update(mean=list(da.get("mean", KINETICS_MEAN)), std=list(da.get("std", KINETICS_STD)))
         top["num_frames"] = int(da.get("num_frames", top.get("num_frames") or 0)) or top.get("num_frames")
@@ -118,13 +125,14 @@ def _run_protocol(cfg: Any, task: str, protocol: Dict[str, Any], top: Dict[str, 
 
 
 def _default_class_names(task: str, protocol: Dict[str, Any], num_classes: Optional[int]) -> Optional[List[str]]:
-    """Segmentation entries name their dataset; its label names when they match the model's classes."""
-    if task != "seg" or not protocol.get("dataset") or not num_classes:
+    """A segmentation entry's dataset label names when they match the model's classes, else ``background``,
+    ``class 1``, ... (what ``vtk seg predict --model NAME --pretrained FILE`` names them)."""
+    if task != "seg" or not num_classes:
         return None
     from medvit.data.layouts import label_names
 
-    names = list(label_names(protocol["dataset"], num_classes))
-    return names if len(names) == num_classes else None
+    names = list(label_names(protocol.get("dataset") or "", num_classes))
+    return names if len(names) == num_classes else list(label_names("", num_classes))
 
 
 def protocol_metadata(registry: Any, name: str, model: nn.Module, *, model_args: Optional[Dict[str, Any]] = None,
@@ -268,15 +276,10 @@ def example_input(input_size: Sequence[int], batch: int = 1, seed: int = 0) -> T
     return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
 
 
-def _spatial_axes(ndim: int, task: str) -> List[int]:
-    """Input dims that may vary besides the batch: (H, W) of a video (B, C, T, H, W), else every dim after C."""
-    return [3, 4] if task == "video" else list(range(2, ndim))
-
-
 def spatial_probes(input_size: Sequence[int], task: str, seed: int = 2) -> List[Tensor]:
     """Inputs at half and at twice the spatial size of ``input_size`` (batch 1) that decide dynamic spatial size;
     empty when a spatial side is odd."""
-    axes = [d - 1 for d in _spatial_axes(len(input_size) + 1, task)]
+    axes = [d - 1 for d in spatial_axes(len(input_size) + 1, task)]
     if any(input_size[a] % 2 or input_size[a] < 2 for a in axes):
         return []
     out = []
@@ -306,19 +309,9 @@ def _max_diff(fn: Callable[[Tensor], Tensor], x: Tensor, ref: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- ONNX
-def _require(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"ONNX export and inference need {module}; install the deploy extra: {DEPLOY_INSTALL}") \
-            from None
-
-
 def _onnx_axes(in_ndim: int, out_ndim: int, task: str, spatial: bool) -> Dict[str, Dict[int, str]]:
     names = {2: ["height", "width"], 3: ["depth", "height", "width"]}
-    axes_in = _spatial_axes(in_ndim, task) if spatial else []
+    axes_in = spatial_axes(in_ndim, task) if spatial else []
     labels = dict(zip(axes_in, names.get(len(axes_in), [f"dim{d}" for d in axes_in])))
     out = {0: "batch", **({d: labels[d] for d in axes_in} if out_ndim == in_ndim else {})}
     return {INPUT_NAME: {0: "batch", **labels}, OUTPUT_NAME: out}
@@ -353,7 +346,7 @@ def _onnx_error(e: Exception, name: str, opset: int) -> Optional[UserError]:
 
 def _onnx_bytes(model: nn.Module, x: Tensor, out_ndim: int, task: str, spatial: bool, name: str,
                 opset: int) -> bytes:
-    _require("onnx")
+    require("onnx")
     buf = io.BytesIO()
     try:
         with _export_mode(model), _quiet_stdout():
@@ -368,23 +361,8 @@ def _onnx_bytes(model: nn.Module, x: Tensor, out_ndim: int, task: str, spatial: 
     return buf.getvalue()
 
 
-def _onnx_session(data: Union[bytes, str], threads: Optional[int] = None) -> Any:
-    ort = _require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.log_severity_level = 4  # fatal only: a failed run raises its own exception
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
-def _onnx_runner(session: Any) -> Callable[[Tensor], Tensor]:
-    def run(x: Tensor) -> Tensor:
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]).to(x.device)
-    return run
-
-
 def _onnx_with_metadata(data: bytes, meta: Dict[str, Any]) -> bytes:
-    onnx = _require("onnx")
+    onnx = require("onnx")
     proto = onnx.load_from_string(data)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
@@ -440,7 +418,7 @@ class _Trial:
         self.fmt = fmt
         if fmt == "onnx":
             self.data = _onnx_bytes(model, x, out_ndim, task, spatial, name, opset)
-            self.run = _onnx_runner(_onnx_session(self.data))
+            self.run = onnx_runner(onnx_session(self.data))
         else:
             self.module = _torchscript(model, x)
             self.run = self.module
@@ -527,121 +505,3 @@ def export_model(model: nn.Module, path: Union[str, os.PathLike], fmt: str, meta
     data = trial.serialize(meta)
     path = atomic_write_bytes(path, data)
     return ExportReport(path, fmt, diff, spatial, time.perf_counter() - start, len(data), meta)
-
-
-# --------------------------------------------------------------------------------------------------- load
-class ExportedModel:
-    """A loaded export that runs like the model's ``forward``: ``runner(x) -> Tensor`` (no gradients).
-
-    ONNX files run in an onnxruntime ``InferenceSession`` (CPU), TorchScript archives with ``torch.jit.load``.
-    Inputs are checked against the recorded ``input_size`` (channels, frames and, when the export is static in
-    space, the spatial size; the batch is always free).
-    """
-
-    def __init__(self, path: Path, fmt: str, metadata: Dict[str, Any], run: Callable[[Tensor], Tensor]) -> None:
-        self.path, self.format, self.metadata, self._run = path, fmt, metadata, run
-
-    def expected_shape(self) -> List[Optional[int]]:
-        """``[None (batch), C, ...]`` with ``None`` at every dimension that may vary."""
-        size = [None] + list(self.metadata["input_size"])
-        if self.metadata["dynamic"].get("spatial"):
-            for d in _spatial_axes(len(size), self.metadata["task"]):
-                size[d] = None
-        return size
-
-    def _check(self, x: Tensor) -> None:
-        want = self.expected_shape()
-        if x.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, x.shape)):
-            shown = "x".join("N" if w is None else str(w) for w in want)
-            raise UserError(f"{self.path}: {self.metadata['model']} expects input {shown}, got "
-                            f"{'x'.join(map(str, x.shape))}")
-
-    def __call__(self, x: Tensor) -> Tensor:
-        self._check(x)
-        with torch.no_grad():
-            return self._run(x)
-
-    def __repr__(self) -> str:
-        return f"ExportedModel({str(self.path)!r}, format={self.format!r}, model={self.metadata['model']!r})"
-
-
-def _parse_metadata(path: Path, text: Union[str, bytes, None], where: str) -> Dict[str, Any]:
-    if not text:
-        raise UserError(f"{path}: not a vtk export: {where} (export one with `vtk models export`)")
-    try:
-        meta = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: bad vtk metadata ({e})") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{path}: bad vtk metadata (a JSON {type(meta).__name__}, not an object)")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise UserError(f"{path}: not a vtk export: its vtk metadata lacks key(s) {', '.join(missing)}")
-    if int(meta["format_version"]) > FORMAT_VERSION:
-        raise UserError(f"{path}: vtk export format {meta['format_version']} is newer than this vtk reads "
-                        f"({FORMAT_VERSION}); upgrade vtk")
-    return meta
-
-
-def _load_torchscript(path: Path) -> Tuple[Any, Dict[str, Any]]:
-    extra = {EXTRA_FILE: ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise UserError(f"{path}: not a TorchScript archive ({first}); a torch.save checkpoint is not an export")\
-            from None
-    meta = _parse_metadata(path, extra[EXTRA_FILE], f"the TorchScript archive has no extra file {EXTRA_FILE!r}")
-    return module.eval(), meta
-
-
-def _load_onnx(path: Path, threads: Optional[int]) -> Tuple[Any, Dict[str, Any]]:
-    _require("onnxruntime")
-    try:
-        session = _onnx_session(str(path), threads)
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for unreadable files
-        first = str(e).strip().splitlines()[0][:160]
-        raise UserError(f"{path}: neither an ONNX model nor a TorchScript archive ({first})") from None
-    props = session.get_modelmeta().custom_metadata_map
-    meta = _parse_metadata(path, props.get(METADATA_KEY), f"its ONNX metadata_props have no {METADATA_KEY!r} entry")
-    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-    if names != ([meta["input_name"]], [meta["output_name"]]):
-        raise UserError(f"{path}: graph inputs/outputs {names} do not match the vtk metadata "
-                        f"({meta['input_name']!r} -> {meta['output_name']!r})")
-    return session, meta
-
-
-def load_exported(path: Union[str, os.PathLike], *, threads: Optional[int] = None) -> Tuple[ExportedModel,
-                                                                                           Dict[str, Any]]:
-    """Load a vtk export (``.onnx`` or TorchScript; detected from the content) for inference.
-
-    Args:
-        path: A file written by :func:`export_model` / ``vtk models export``.
-        threads: onnxruntime intra-op threads (default: ``torch.get_num_threads()``).
-
-    Returns:
-        ``(runner, metadata)``: ``runner(x)`` behaves like the model's forward on a CPU or CUDA tensor (the result
-        comes back on ``x``'s device); ``metadata`` is the JSON written at export (``input_size``, ``protocol``,
-        ``class_names``, ``mean``/``std``, ``dynamic``, ...).
-
-    Raises:
-        UserError: The file is missing, is neither ONNX nor TorchScript, or is not a vtk export (the message
-            names the missing metadata entry or key).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    if zipfile.is_zipfile(path):
-        module, meta = _load_torchscript(path)
-        device = {"now": torch.device("cpu")}
-
-        def run(x: Tensor) -> Tensor:
-            if x.device != device["now"]:
-                module.to(x.device)
-                device["now"] = x.device
-            return module(x)
-        return ExportedModel(path, "torchscript", meta, run), meta
-    session, meta = _load_onnx(path, threads)
-    return ExportedModel(path, "onnx", meta, _onnx_runner(session)), meta

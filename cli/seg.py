@@ -291,6 +291,16 @@ def _opt_stitch():
                         "(auto: on the GPU only when it fits).")
 
 
+def _model_file_alone(model_file: Path, checkpoint: Optional[Path], model: Optional[str],
+                      pretrained: Optional[Path], protocol: dict) -> None:
+    """``--model-file`` replays the protocol in the file: no run, weights or protocol option with it."""
+    given = (["--checkpoint"] if checkpoint else []) + (["--model"] if model else []) + (
+        ["--pretrained"] if pretrained else []) + [_PROTOCOL_OPTIONS[k] for k, v in protocol.items()
+                                                   if v is not None and v != []]
+    if given:
+        raise UserError(f"{given[0]}: not with --model-file {model_file} (the file holds its model and protocol)")
+
+
 @seg_app.command("eval")
 def evaluate(
     checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
@@ -411,6 +421,8 @@ def predict(
     num_classes: Optional[int] = _opt_num_classes(),
     class_names: Optional[str] = _opt_class_names(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", help="A `vtk models export` file (.onnx runs "
+                                              "in onnxruntime, .pt in TorchScript) with its protocol inside."),
 ) -> None:
     """Write masks in each input's own grid and format (NIfTI, NRRD, MHA; NIfTI for DICOM) plus PNG overlays.
 
@@ -430,8 +442,13 @@ def predict(
             check_volume_header(f)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
-    pred = Predictor(_sources(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode, amp,
-                     precision, tta=tta, stitch=stitch, postprocess=postprocess)
+    options = dict(tta=tta, stitch=stitch, postprocess=postprocess)
+    if model_file is not None:
+        _model_file_alone(model_file, checkpoint, model, pretrained, protocol)
+        pred = Predictor.from_model_file(model_file, device, overlap, sw_batch_size, mode, amp, precision, **options)
+    else:
+        pred = Predictor(_sources(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,
+                         amp, precision, **options)
     rank, world = dist_rank()
     prefix = f"rank {rank}/{world}: " if world > 1 else ""
     mine = shard(files, rank, world)

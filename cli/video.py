@@ -416,6 +416,15 @@ def _print_eval(ev, metrics_path: Path, confusion_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- predict
+def _model_file_alone(model_file: Path, checkpoint: Optional[Path], model: Optional[str],
+                      pretrained: Optional[Path], protocol: Dict[str, Any]) -> None:
+    """``--model-file`` replays the protocol in the file: no run, weights or protocol option with it."""
+    given = (["--checkpoint"] if checkpoint else []) + (["--model"] if model else []) + (
+        ["--pretrained"] if pretrained else []) + [_PROTOCOL_OPTIONS[k] for k, v in protocol.items() if v]
+    if given:
+        raise UserError(f"{given[0]}: not with --model-file {model_file} (the file holds its model and protocol)")
+
+
 @video_app.command("predict")
 def predict(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
@@ -443,6 +452,9 @@ def predict(
                                            "each video and write a per-window timeline (JSON, CSV, PNG)."),
     hop: Optional[float] = typer.Option(None, "--hop", help="With --window: SECONDS between window starts "
                                         "(default: the window, no overlap)."),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", help="A `vtk models export` file (.onnx runs "
+                                              "in onnxruntime, .pt in TorchScript) with its protocol inside; "
+                                              "--views defaults to its protocol's."),
 ) -> None:
     """Top-k labels per video as a table and JSON, plus a PNG contact sheet of the sampled frames.
 
@@ -458,11 +470,17 @@ def predict(
 
     if top_k < 1:
         raise UserError(f"--top-k: must be >= 1, got {top_k}")
-    files = collect_videos(input)
     protocol = dict(num_frames=num_frames, stride=stride, crop_size=crop_size, short_side=short_side, mean=mean,
                     std=std, classes=classes, model_arg=model_arg)
-    source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol)
-    predictor = Predictor(source, device=device, views=views, precision=precision)
+    if model_file is not None:
+        _model_file_alone(model_file, checkpoint, model, pretrained, protocol)
+    files = collect_videos(input)
+    if model_file is not None:
+        predictor = Predictor.from_model_file(model_file, device=device, views=views, precision=precision)
+        source = model_file
+    else:
+        source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol)
+        predictor = Predictor(source, device=device, views=views, precision=precision)
     if window is not None or hop is not None:
         return _predict_windows(predictor, files, input, out, window, hop, top_k)
     names = contact_sheet_names(files, input if input.is_dir() else input.parent)

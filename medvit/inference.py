@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backbones.runtime import exported_model
 from engine.choices import check_choice
 from engine.io import atomic_savefig
 from engine.pretrained import model_overrides
@@ -463,7 +464,7 @@ class Predictor:
             cfg, state_dict = load_run(src)
             if cfg.task and cfg.task != "seg":
                 raise UserError(f"{src}: a {cfg.task!r} checkpoint, not a seg one")
-            loaded.append((src, cfg, build_model_from_run(cfg, state_dict, dev)))
+            loaded.append((src, cfg, exported_model(src) or build_model_from_run(cfg, state_dict, dev)))
         self._setup(loaded, dev, overlap, sw_batch_size, mode, amp, tta, stitch, postprocess)
         self.precision = prec
 
@@ -599,6 +600,15 @@ class Predictor:
                                  probabilities=probabilities, **hooks)
         out.mask = apply_postprocess(out.mask, self.postprocess, self.num_classes)
         return out
+
+    @classmethod
+    def from_model_file(cls, path, *args: Any, **kwargs: Any) -> "Predictor":
+        """A ``vtk models export`` file (ONNX through onnxruntime, or TorchScript) with the ROI, spacing, intensity
+        window and class names of its metadata (:func:`backbones.runtime.load_model_file`); ``*args, **kwargs``
+        as for the constructor."""
+        from backbones.runtime import load_model_file
+
+        return cls(load_model_file(path, "seg"), *args, **kwargs)
 
     def predict_nifti(self, vol: NiftiVolume) -> np.ndarray:
         """Label map (uint8) in ``vol``'s grid."""

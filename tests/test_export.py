@@ -109,7 +109,8 @@ def test_cli_export_of_a_video_run_carries_its_protocol(tmp_path: Path, capsys, 
     name, classes = "timesformer_base_patch16_224", ["push", "pull", "wave"]
     args = {**videovit.registry.tiny_overrides(name), "num_classes": 3}
     cfg = TrainConfig(task="video", model=name, model_args=args, data="ucf101",
-                      data_args={"classes": classes, "num_frames": 4, "stride": 8, "crop_size": 32, "short_side": 40,
+                      data_args={"classes": classes, "num_frames": 4, "stride": 8, "crop_size": 32, "short_side": 48,
+                                 "eval_short_side": 40,
                                  "val_views": "2x3", "mean": [0.5] * 3, "std": [0.25] * 3})
     trained = perturb_(videovit.create_model(name, **args))
     ckpt = _save_run(tmp_path, cfg, trained)
@@ -325,3 +326,16 @@ def test_protocol_metadata_is_json_for_every_entry() -> None:
             meta = protocol_metadata(reg, name, model)
             assert json.loads(json.dumps(meta, allow_nan=False)) == meta, name
             assert meta["task"] in ("seg", "video", "backbone") and meta["protocol"] is not None, name
+
+
+def test_segmentation_protocol_without_a_run_is_complete() -> None:
+    """A 2D entry naming no window gets the pipeline's (medvit.recipes), and generic class names: a predictor reads
+    everything from the file."""
+    import medvit
+    from medvit.recipes import WINDOW_2D
+
+    model = type("M", (), {"pretrained_cfg": {"input_size": (3, 32, 32)}, "num_classes": 2})()
+    meta = protocol_metadata(medvit.registry, "medt", model)
+    p = meta["protocol"]
+    assert p["roi"] == [32, 32] and (p["a_min"], p["a_max"]) == tuple(WINDOW_2D) and "spacing" not in p
+    assert meta["class_names"] == ["background", "class 1"] and meta["spatial_dims"] == 2

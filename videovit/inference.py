@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from backbones.runtime import exported_model
 from engine.errors import UserError
 from engine.progress import ItemProgress
 from engine.pretrained import model_overrides
@@ -212,7 +213,7 @@ class Predictor:
         self.dist = _join_ranks(device)
         self.device = self.dist.device if self.dist.distributed else select_device(device)
         self.precision = precision_option(precision, self.device)  # 32, bf16 or 16-mixed
-        self.model = build_model_from_run(self.cfg, state_dict, self.device)
+        self.model = exported_model(checkpoint) or build_model_from_run(self.cfg, state_dict, self.device)
         self.options = video_options(self.cfg)
         self.classes = class_names(self.cfg)
 
@@ -239,6 +240,17 @@ class Predictor:
         predictor = cls(run, device=device, views=run.cfg.data_args["val_views"], precision=precision)
         predictor.report = run.report
         return predictor
+
+    @classmethod
+    def from_model_file(cls, path: Union[str, Path], device: str = "auto", views: Optional[Views] = None,
+                        precision: str = "32") -> "Predictor":
+        """A ``vtk models export`` file (ONNX through onnxruntime, or TorchScript) with the frames, stride, crop,
+        mean/std, class names and (unless ``views`` is given) views of its metadata
+        (:func:`backbones.runtime.load_model_file`)."""
+        from backbones.runtime import load_model_file
+
+        run = load_model_file(path, "video")
+        return cls(run, device=device, views=views or run.cfg.data_args["val_views"], precision=precision)
 
     @property
     def views_text(self) -> str:
