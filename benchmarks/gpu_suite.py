@@ -57,7 +57,7 @@ def _kernel_for(q, k, v, kwargs: Dict[str, Any]) -> str:
 
     for name in KERNELS:
         try:
-            with sdpa_kernel([_backend(name)]):
+            with sdpa_kernel([_backend(name)]), torch.enable_grad():  # the probe runs inside a no-grad forward
                 qq, kk, vv = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
                 F.scaled_dot_product_attention(qq, kk, vv, **kwargs).float().sum().backward()
             return name
