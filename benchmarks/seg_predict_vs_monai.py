@@ -44,6 +44,7 @@ __all__ = ["main", "synth_ct", "save_weights", "monai_predict", "vtk_predict", "
 
 ROI, SPACING, A_MIN, A_MAX, K = 96, (1.5, 1.5, 2.0), -175.0, 250.0, 14
 UNETR_SIZES = {"tiny": dict(hidden_size=64, mlp_dim=256, num_heads=2, feature_size=4, roi=32),
+               "reduced": dict(hidden_size=192, mlp_dim=768, num_heads=3, feature_size=8, roi=ROI),
                "full": dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16, roi=ROI)}
 
 
@@ -151,7 +152,7 @@ def _mask(path: Path) -> np.ndarray:
 def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str, monai_precision: str,
         work: Path, weights: Optional[Path] = None, sw_batch_size: int = 4) -> Dict[str, object]:
     """Time both pipelines (median of ``rounds`` each, interleaved) and compare their masks."""
-    shape = (512, 512, slices) if size == "full" else (128, 128, slices)
+    shape = (128, 128, slices) if size == "tiny" else (512, 512, slices)
     ct = synth_ct(work / "ct.nii.gz", shape)
     w = save_weights(work / "unetr_monai.pt", size, weights)
     times: Dict[str, list] = {"vtk": [], "monai": []}
@@ -183,7 +184,9 @@ def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slices", type=int, default=100, help="axial slices of the 512x512 CT")
-    p.add_argument("--size", choices=tuple(UNETR_SIZES), default="full", help="full UNETR-B, or tiny (seconds)")
+    p.add_argument("--size", choices=tuple(UNETR_SIZES), default="full",
+                   help="full UNETR-B; reduced (ViT-Ti width, feature 8, same 96^3 windows, same 512x512 CT); tiny "
+                        "(seconds: 128x128 CT, 32^3 windows)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each pipeline (interleaved)")
     p.add_argument("--precision", default="auto", help="vtk's --precision")

@@ -44,7 +44,7 @@ def test_dry_run_writes_the_schema_and_reports_a_missing_reference(tmp_path, mon
 
 
 def test_budget_skips_families_and_bad_family_is_rejected(tmp_path):
-    res = gpu_suite.run_suite(True, ["vit_b"], 1, 0, budget_s=-1.0)
-    assert res["families"] == [] and res["skipped"][0]["family"] == "vit_b"
+    res = gpu_suite.run_suite(True, ["vit_b"], 1, 0, budget_s=-1.0, sliding_window=False)
+    assert res["families"] == [] and res["skipped"][0]["family"] == "vit_b" and res["sliding_window"] is None
     with pytest.raises(SystemExit):
         gpu_suite.main(["--dry-run", "--family", "vit_z", "--out", str(tmp_path / "x.json")])
