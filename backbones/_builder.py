@@ -26,6 +26,8 @@ import fnmatch
 import logging
 import math
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -39,7 +41,7 @@ from engine.errors import UserError
 
 __all__ = [
     "LoadReport", "read_checkpoint", "load_pretrained", "build_model", "adapt_input_conv", "take_indices",
-    "checkpoint_module", "collect_load_reports",
+    "checkpoint_module", "collect_load_reports", "load_state_strict", "pickled_code_message",
 ]
 
 _logger = logging.getLogger("backbones")
@@ -151,6 +153,18 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")  # torch's weights_only refusal names the class/function it met
+
+
+def pickled_code_message(path: Union[str, os.PathLike], error: BaseException) -> str:
+    """The one-line refusal of a checkpoint that ``torch.load(weights_only=True)`` rejected: it holds pickled code
+    (a class or function reference), which vtk never runs."""
+    found = _GLOBAL_RE.search(str(error))
+    what = f" ({found.group(1)})" if found else ""
+    return (f"{path}: the file contains pickled code{what}, and vtk only loads weights (tensors); it was not run. "
+            "Re-save it where you trust it as a plain state dict or .safetensors")
+
+
 def _load_file(path: Path) -> Any:
     name = path.name.lower()
     if name.endswith(".safetensors"):
@@ -187,6 +201,10 @@ def read_checkpoint(src: Union[str, os.PathLike, Mapping[str, Any]]) -> StateDic
             obj = _load_file(path)
         except UserError:
             raise
+        except pickle.UnpicklingError as e:
+            if _GLOBAL_RE.search(str(e)) is None:  # a corrupt file, not a refused class or function
+                raise UserError(f"{path}: cannot read checkpoint (UnpicklingError: {' '.join(str(e).split())[:160]})")
+            raise UserError(pickled_code_message(path, e)) from None
         except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
             raise UserError(f"{path}: cannot read checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
     sd = _flatten(_unwrap(obj)) if isinstance(obj, Mapping) else {}
@@ -295,6 +313,15 @@ def _check_keys(sd: StateDict, model_sd: StateDict, ignore: Sequence[str], keep_
         raise UserError(f"{name}: {len(bad)} model weights are missing from the checkpoint "
                         f"(e.g. {', '.join(bad[:3])})")
     return allowed
+
+
+def load_state_strict(model: nn.Module, sd: StateDict, name: str) -> nn.Module:
+    """``model.load_state_dict(sd)`` for a vtk checkpoint of this very model: a tensor of the wrong shape, an
+    unexpected or a missing key is a one-line ``UserError`` starting with ``name`` (the file or option) that
+    names the tensor and both shapes."""
+    _check_keys(sd, model.state_dict(), (), [], name)
+    model.load_state_dict(sd)
+    return model
 
 
 def _strip_module_prefix(sd: StateDict) -> StateDict:

@@ -221,6 +221,9 @@ def _config_from_metadata(meta: Dict[str, str], wpath: Path) -> TrainConfig:
         run_yaml = wpath.parent.parent / "config.yaml"
         if run_yaml.is_file():
             return TrainConfig.from_yaml(run_yaml)
+        if not meta.get("model"):  # a foreign .safetensors (a released weights file), not a vtk run's
+            raise UserError(f"{wpath}: not a vtk run checkpoint (its metadata names no model); for a released "
+                            f"weights file use --model NAME --pretrained {wpath}")
         return TrainConfig(task=meta.get("task", ""), model=meta.get("model", ""),
                            model_args=json.loads(meta.get("model_args", "{}")))
     except (json.JSONDecodeError, TypeError) as e:

@@ -169,8 +169,10 @@ class TrainConfig:
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise UserError(f"{path}: no such config file") from None
+        except UnicodeDecodeError as e:  # a binary file (a checkpoint, an image) given to --config
+            raise UserError(f"{path}: not a text YAML config (binary data at byte {e.start})") from None
         except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{path}: cannot read config ({' '.join(str(e).split())})") from None
+            raise UserError(f"{path}: cannot read config ({' '.join(str(e).split())[:200]})") from None
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a YAML mapping of config keys")
         return cls.from_dict(data, source=str(path))

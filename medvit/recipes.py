@@ -19,9 +19,12 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from engine.errors import UserError
 from engine.pretrained import record_pretrained
@@ -30,6 +33,7 @@ __all__ = [
     "PAPER_RECIPES", "DEFAULT_RECIPE", "DATASET_NUM_CLASSES", "DEFAULT_EDGE", "WINDOW_2D", "recipe_defaults",
     "with_recipe_defaults", "model_metadata", "spatial_dims", "default_edge", "default_window", "default_spacing",
     "default_num_classes", "datalist_names", "default_class_names", "folder2d_channels", "resolve_seg_config",
+    "DATA_ARG_KEYS", "check_data_args", "check_model_args", "model_keywords",
 ]
 
 _VOLUME_RECIPE = dict(optimizer="adamw", lr=1e-4, weight_decay=1e-5, schedule="warmup-cosine", batch_size=1)
@@ -65,9 +69,21 @@ def recipe_defaults(model: Optional[str], max_steps: Optional[int]) -> Dict[str,
         return {}
     key = _recipe_key(model)
     out = dict(PAPER_RECIPES[key], val_every=100, ckpt_every=100)
+    out["batch_size"] = _per_world(out["batch_size"])
     if key in _WARMUP_RECIPES:
         out["warmup_steps"] = max(0, (max_steps or 1000) // 100)
     return out
+
+
+def _per_world(batch_size: int) -> int:
+    """The recipe's global batch rounded up to a multiple of torchrun's ``WORLD_SIZE``: UNETR's one volume per step
+    becomes one volume per rank, so ``torchrun --nproc_per_node N vtk seg train ...`` works without
+    ``--batch-size`` (an explicit ``--batch-size`` is the global batch and is never changed)."""
+    try:
+        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        world = 1
+    return -(-int(batch_size) // world) * world
 
 
 def with_recipe_defaults(model: Optional[str], given: Mapping[str, Any]) -> Dict[str, Any]:
@@ -141,6 +157,8 @@ def default_num_classes(data: str, data_dir: str) -> int:
     """Classes including background: fixed for btcv/synapse/folder2d, else the datalist's ``labels`` (min 2)."""
     if data in DATASET_NUM_CLASSES:
         return DATASET_NUM_CLASSES[data]
+    if data == "nnunet":  # dataset.json labels (medvit/data/nnunet.py)
+        return len(_nnunet_names(data_dir))
     meta = _read_datalist(data_dir)
     if meta is None:
         raise UserError(f"{data_dir}: no {_DATALIST} with 'labels'; pass --num-classes")
@@ -162,8 +180,16 @@ def default_class_names(data: str, data_dir: str, num_classes: int) -> List[str]
     """Class names, background first: the datalist's (decathlon, folder), else the dataset kind's."""
     from medvit.data.layouts import label_names
 
+    if data == "nnunet":
+        return _nnunet_names(data_dir)
     from_json = datalist_names(data_dir, num_classes) if data in ("decathlon", "folder") else None
     return from_json or list(label_names(data, num_classes))
+
+
+def _nnunet_names(data_dir: str) -> List[str]:
+    from medvit.data.nnunet import nnunet_label_names
+
+    return nnunet_label_names(data_dir)
 
 
 def folder2d_channels(data_dir: str) -> int:
@@ -173,6 +199,121 @@ def folder2d_channels(data_dir: str) -> int:
 
     train_items, _ = resolve_splits("folder2d", data_dir)
     return int(read_image2d(train_items[0]["image"]).shape[0])
+
+
+# Every ``--data-arg`` key the seg pipeline reads (medvit.task, medvit.data.transforms, medvit.inference); a key
+# not listed is refused with this list. A new data option adds its key here.
+DATA_ARG_KEYS: Tuple[str, ...] = (
+    "roi", "spacing", "a_min", "a_max", "num_samples", "cache", "spatial_dims", "sw_batch_size", "overlap", "names",
+    "crop", "ratios", "pos", "neg", "flip_prob", "rot90_prob", "shift_prob", "class_weights", "dice_batch",
+    "val_fraction", "folds", "fold", "normalization", "intensity_stats",
+)
+_DATA_ARG_OPTIONS = {"roi": "--img-size", "num_samples": "--num-samples", "cache": "--cache"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _arg(key: str, value: Any) -> str:
+    """``--data-arg spacing=[-1, 1, 1]`` (or ``--num-samples 0`` for keys with their own option)."""
+    if key in _DATA_ARG_OPTIONS:
+        return f"{_DATA_ARG_OPTIONS[key]} {value}"
+    return f"--data-arg {key}={value}"
+
+
+def _data_arg_rule(key: str, v: Any) -> Optional[str]:
+    """What is wrong with one data option's value (``None`` when it is fine or has no rule)."""
+    if key == "spacing":
+        ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v)
+        return None if ok else "expected 3 positive numbers in mm, e.g. spacing=[1.5,1.5,2.0]"
+    if key == "roi":
+        edges = list(v) if isinstance(v, (list, tuple)) else [v]
+        ok = 1 <= len(edges) <= 3 and all(_is_int(x) and x >= 1 for x in edges)
+        return None if ok else "expected a positive integer edge or a list of 2-3 of them, e.g. roi=96"
+    if key in ("num_samples", "sw_batch_size"):
+        return None if _is_int(v) and v >= 1 else "expected an integer >= 1"
+    if key in ("a_min", "a_max", "pos", "neg"):
+        return None if _is_number(v) and (key.startswith("a_") or v >= 0) else "expected a finite number" + (
+            "" if key.startswith("a_") else " >= 0")
+    if key in ("flip_prob", "rot90_prob", "shift_prob"):
+        return None if _is_number(v) and 0 <= v <= 1 else "expected a probability in [0, 1]"
+    if key == "overlap":
+        return None if _is_number(v) and 0 <= v < 1 else "expected a number in [0, 1)"
+    if key == "val_fraction":
+        return None if _is_number(v) and 0 < v < 1 else "expected a fraction in (0, 1)"
+    if key in ("cache", "dice_batch"):
+        return None if isinstance(v, bool) else "expected true or false"
+    if key == "spatial_dims":
+        return None if v in (2, 3) and not isinstance(v, bool) else "expected 2 or 3"
+    if key in ("class_weights", "ratios"):
+        ok = v is None or (isinstance(v, (list, tuple)) and v and all(_is_number(x) and x >= 0 for x in v))
+        return None if ok else "expected a list of numbers >= 0, one per class"
+    if key == "names":
+        ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+        return None if ok else "expected a list of class names"
+    if key in ("folds", "fold"):  # the pair's relation is checked by medvit.task.resolve_training_options
+        return None if _is_int(v) and v >= (2 if key == "folds" else 0) else (
+            "expected an integer >= 2" if key == "folds" else "expected an integer >= 0")
+    if key == "intensity_stats":
+        return None if isinstance(v, Mapping) else "expected the CT scheme's statistics (a mapping)"
+    return None
+
+
+def check_data_args(data_args: Mapping[str, Any]) -> None:
+    """Refuse unknown ``--data-arg`` keys (listing :data:`DATA_ARG_KEYS`) and values that break their rule.
+
+    Raises:
+        UserError: ``--data-arg: 'bogus' is not a known key, i.e. one of a_max, a_min, ...`` or
+            ``--data-arg spacing=['a', 'b']: expected 3 positive numbers in mm, ...``.
+    """
+    from engine.choices import check_keys
+
+    check_keys("--data-arg", list(data_args), DATA_ARG_KEYS)
+    for key, value in data_args.items():
+        problem = _data_arg_rule(key, value)
+        if problem:
+            raise UserError(f"{_arg(key, value)}: {problem}")
+    a_min, a_max = data_args.get("a_min"), data_args.get("a_max")
+    if _is_number(a_min) and _is_number(a_max) and a_max <= a_min:
+        raise UserError(f"--data-arg a_min={a_min} / a_max={a_max}: the intensity window must be increasing")
+
+
+def model_keywords(model: str) -> Optional[FrozenSet[str]]:
+    """The ``--model-arg`` keys ``model`` accepts: its class's constructor arguments (read from a registry
+    ``tiny`` instance, so no full-size model is built), or ``None`` when the constructor takes ``**kwargs``."""
+    import medvit
+
+    name = medvit.registry.resolve(model)
+    return _keywords_of(medvit.registry.entrypoint(name), name)
+
+
+@functools.lru_cache(maxsize=None)
+def _keywords_of(entry: Any, name: str) -> Optional[FrozenSet[str]]:  # cached per entry-point function
+    import medvit
+    from engine.choices import accepted_keywords
+
+    try:
+        net = medvit.create_model(name, **medvit.registry.tiny_overrides(name))
+    except Exception:  # noqa: BLE001 - an entry whose tiny build fails is checked by building it for real
+        return None
+    keys = accepted_keywords(type(net).__init__, exclude=("self",))
+    return None if keys is None else frozenset(keys)
+
+
+def check_model_args(model: str, model_args: Mapping[str, Any]) -> None:
+    """Refuse ``--model-arg`` keys the model's constructor does not take, listing the ones it does."""
+    from engine.choices import check_keys
+    from engine.pretrained import model_overrides
+
+    model_metadata(model)  # an unknown --model first
+    keys = model_keywords(model)
+    if keys is not None:
+        check_keys("--model-arg", list(model_overrides(model_args)), keys)
 
 
 def _edge_of(value: Any) -> int:
@@ -199,6 +340,8 @@ def resolve_seg_config(cfg):
         raise UserError("--data and --data-dir are required (or --config FILE / --resume RUN)")
     check_choice("--data", cfg.data, DATA_CHOICES)
     meta = model_metadata(cfg.model)
+    check_model_args(cfg.model, cfg.model_args)
+    check_data_args(cfg.data_args)
     cfg = copy.copy(cfg)
     ma, da = dict(cfg.model_args), dict(cfg.data_args)
     ma.setdefault("num_classes", default_num_classes(cfg.data, cfg.data_dir))

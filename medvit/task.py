@@ -9,6 +9,10 @@ absent from both the ground truth and the prediction of a case is not counted fo
 Pipeline options live in ``cfg.data_args`` (``roi``, ``spacing``, ``a_min``, ``a_max``, ``num_samples``,
 ``cache``, ``spatial_dims``, ``sw_batch_size``, ``overlap``, ``names``, ``crop``, ``ratios``) so predict/eval
 replay them; ``class_weights`` and ``dice_batch`` set the loss's per-class weights and batch-wise Dice.
+``folds``/``fold`` train one fold of nnU-Net's cross-validation split (:mod:`medvit.data.folds`; the split is
+written to the run folder as ``splits.json``); ``normalization`` (``auto``, ``ct``, ``mr``, ``window``, ``none``)
+picks the intensity normalisation (:mod:`medvit.data.transforms`), ``auto`` from the dataset's modality, and
+``ct`` stores the training foreground's statistics as ``intensity_stats``.
 :meth:`SegTask.resolve_config` fills them (:mod:`medvit.recipes`); the steps read them from ``cfg`` / ``ctx.cfg``.
 """
 
@@ -23,7 +27,7 @@ from torch import nn
 from engine.errors import UserError
 from engine.pretrained import build_run_model
 
-__all__ = ["SegTask"]
+__all__ = ["SegTask", "dataset_defaults", "resolve_training_options", "run_split"]
 
 
 class SegTask:
@@ -42,7 +46,7 @@ class SegTask:
         """
         from medvit.recipes import resolve_seg_config
 
-        return resolve_seg_config(cfg)
+        return resolve_training_options(resolve_seg_config(dataset_defaults(cfg)))
 
     def build_model(self, cfg) -> nn.Module:
         import medvit
@@ -58,17 +62,20 @@ class SegTask:
         return model
 
     def build_datasets(self, cfg):
-        from medvit.data.layouts import SYNAPSE_FROM_BTCV, resolve_splits
+        from medvit.data.layouts import SYNAPSE_FROM_BTCV
 
         da = cfg.data_args
         if cfg.data == "folder2d" and int(da.get("spatial_dims", 2)) == 3:
             raise UserError(f"{cfg.data_dir}: --data folder2d holds 2D images; --model {cfg.model} is a 3D model "
                             "(use transunet or medt)")
-        train_items, val_items = resolve_splits(cfg.data, cfg.data_dir, float(da.get("val_fraction", 0.2)))
+        if da.get("normalization", "window") != "window" and int(da.get("spatial_dims", 3)) == 2:
+            raise UserError(f"--data-arg normalization={da['normalization']}: 3D models only (2D models use the "
+                            "a_min/a_max window)")
+        train_items, val_items = run_split(cfg, write=True)
         label_map = SYNAPSE_FROM_BTCV if cfg.data == "synapse" else None
         num_classes = _num_classes(cfg)
         if cfg.data == "folder2d":
-            return self._folder2d(train_items, val_items, da)
+            return self._folder2d(train_items, val_items, da, num_classes)
         preflight(train_items + val_items, num_classes, label_map)
         if int(da.get("spatial_dims", 3)) == 2:
             return self._slices(train_items, val_items, da, label_map)
@@ -94,11 +101,11 @@ class SegTask:
         return SliceDataset(load_slices_3d(train_items, **kw)), SliceDataset(load_slices_3d(val_items, **kw),
                                                                             train=False)
 
-    def _folder2d(self, train_items, val_items, da):
+    def _folder2d(self, train_items, val_items, da, num_classes: Optional[int] = None):
         from medvit.data.datasets import SliceDataset, load_folder2d
 
-        train = SliceDataset(load_folder2d(train_items, da["roi"]), hflip_only=True)
-        return train, SliceDataset(load_folder2d(val_items, da["roi"]), train=False)
+        train = SliceDataset(load_folder2d(train_items, da["roi"], num_classes), hflip_only=True)
+        return train, SliceDataset(load_folder2d(val_items, da["roi"], num_classes), train=False)
 
     def collate(self, samples: list) -> Tuple[torch.Tensor, torch.Tensor]:
         """Flatten RandCropByPosNegLabel's crop lists; returns image (N, C, *S) float and label (N, 1, *S) long."""
@@ -179,20 +186,104 @@ def _num_classes(cfg) -> int:
 
 
 def preflight(items: List[dict], num_classes: int, label_map: Optional[dict]) -> None:
-    """Read every image/label pair once before training: missing, truncated, NaN, non-3D, shape/affine mismatch,
-    label values out of range all raise ``UserError`` naming the file."""
-    from medvit.data.layouts import remap_labels
-    from medvit.io import check_pair, read_nifti
+    """Read every image/label pair once before training: forged headers, missing, truncated, NaN, non-3D,
+    shape/affine mismatch, float or out-of-range labels (:func:`medvit.data.check.check_label`) all raise
+    ``UserError`` naming the file."""
+    from medvit.data.check import check_label
+    from medvit.data.layouts import BTCV_LABELS
+    from medvit.io import check_pair, check_volume_header, read_nifti
 
+    for item in items:  # every header first: a forged one is refused before any volume is read
+        for key in ("image", "label"):
+            if key in item:
+                check_volume_header(item[key])
+    file_classes = len(BTCV_LABELS) if label_map is not None else None
     for item in items:
         img = read_nifti(item["image"])
         if "label" not in item:
             continue
         lab = read_nifti(item["label"])
         check_pair(img, lab)
-        values = np.unique(np.rint(lab.data).astype(np.int64))
-        if label_map is not None:
-            values = np.unique(remap_labels(values, label_map))
-        if values.min() < 0 or values.max() >= num_classes:
-            raise UserError(f"{lab.path}: label values {values.min()}..{values.max()} outside 0..{num_classes - 1}"
-                            f" (--num-classes {num_classes})")
+        check_label(lab, num_classes, label_map, file_classes)
+
+
+def dataset_defaults(cfg):
+    """Defaults a dataset kind implies: ``--data nnunet`` trains with ``normalization=auto`` (from its
+    ``channel_names``), as nnU-Net does; explicit options win. Returns a copy."""
+    import copy
+
+    if cfg.data != "nnunet" or "normalization" in cfg.data_args:
+        return cfg
+    cfg = copy.copy(cfg)
+    cfg.data_args = {**cfg.data_args, "normalization": "auto"}
+    return cfg
+
+
+def resolve_training_options(cfg):
+    """Check ``folds``/``fold``, resolve ``normalization=auto`` from the modality and compute the CT scheme's
+    foreground statistics over the training cases (once: kept when present, so resume and replays agree)."""
+    import copy
+
+    from medvit.data.transforms import resolve_normalization
+
+    cfg = copy.copy(cfg)
+    cfg.data_args = da = dict(cfg.data_args)
+    if "folds" in da or "fold" in da:
+        folds, fold = _int_arg(da, "folds", 5), _int_arg(da, "fold", 0)
+        if folds < 2 or not 0 <= fold < folds:
+            raise UserError(f"--folds {folds} --fold {fold}: need folds >= 2 and 0 <= fold < folds")
+        da.update(folds=folds, fold=fold)
+    if "normalization" not in da:
+        return cfg
+    if da["normalization"] == "auto":
+        from medvit.data.fingerprint import dataset_modality
+
+        da["normalization"] = resolve_normalization("auto", dataset_modality(cfg.data, cfg.data_dir))
+    else:
+        resolve_normalization(da["normalization"], None)  # the choice check
+    if da["normalization"] == "ct" and not da.get("intensity_stats"):
+        da["intensity_stats"] = _foreground_stats(cfg)
+    return cfg
+
+
+def _int_arg(da: Dict[str, Any], key: str, default: int) -> int:
+    try:
+        return int(da.get(key, default))
+    except (TypeError, ValueError):
+        raise UserError(f"--{key} {da.get(key)!r}: expected an integer") from None
+
+
+def _foreground_stats(cfg) -> Dict[str, float]:
+    """nnU-Net's CT statistics over the foreground of the training cases of this run's split."""
+    from medvit.data.fingerprint import case_fingerprint
+    from medvit.data.layouts import SYNAPSE_FROM_BTCV
+    from medvit.data.transforms import foreground_stats
+
+    train_items, _ = run_split(cfg)
+    label_map = SYNAPSE_FROM_BTCV if cfg.data == "synapse" else None
+    values = [case_fingerprint(item, label_map=label_map)[1] for item in train_items]
+    values = np.concatenate(values) if values else np.zeros((0,))
+    if values.size == 0:
+        raise UserError(f"{cfg.data_dir}: normalization=ct needs labelled foreground voxels in the training cases")
+    return foreground_stats(values)
+
+
+def run_split(cfg, write: bool = False) -> Tuple[List[dict], List[dict]]:
+    """Training and validation items of the run: the layout's split, or fold ``fold`` of ``folds`` over all its
+    labelled cases (written to ``RUN/splits.json`` with ``write``)."""
+    from medvit.data.folds import fold_items, write_splits
+    from medvit.data.layouts import resolve_splits
+
+    da = cfg.data_args
+    train_items, val_items = resolve_splits(cfg.data, cfg.data_dir, float(da.get("val_fraction", 0.2)))
+    if "folds" not in da:
+        return train_items, val_items
+    pool, seen = [], set()
+    for item in train_items + val_items:
+        if item["image"] not in seen:
+            seen.add(item["image"])
+            pool.append(item)
+    train_items, val_items, splits = fold_items(pool, int(da["folds"]), int(da.get("fold", 0)))
+    if write and cfg.out:
+        write_splits(cfg.out, splits)
+    return train_items, val_items

@@ -190,6 +190,8 @@ class Predictor:
             (gloo on CPU, NCCL on CUDA with ``cuda:LOCAL_RANK``); :meth:`evaluate` and :meth:`shard` then split
             the videos over the ranks and :meth:`gather` collects the results on every rank.
         views: ``"TxS"`` or ``(T, S)``: clips x spatial crops averaged per video.
+        precision: ``auto`` (bf16 where the device multiplies it natively, else fp32), ``32``, ``bf16`` or ``16``;
+            the network runs under :func:`engine.context.autocast_for`, the probabilities are fp32.
 
     ``self.model`` may be replaced by any callable mapping a ``(B, C, T, H, W)`` tensor to ``(B, K)`` logits (an
     ONNX session wrapper, for instance); nothing here needs it to be an ``nn.Module``.
@@ -198,8 +200,10 @@ class Predictor:
         UserError: Unreadable checkpoint, a checkpoint of another task, bad ``views`` or an unavailable device.
     """
 
-    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", views: Views = (1, 1)) -> None:
+    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", views: Views = (1, 1),
+                 precision: str = "auto") -> None:
         from engine import load_run
+        from engine.context import precision_option
 
         self.views = _views(views)
         self.cfg, state_dict = load_run(checkpoint)
@@ -208,6 +212,7 @@ class Predictor:
         self.checkpoint = Path(checkpoint)
         self.dist = _join_ranks(device)
         self.device = self.dist.device if self.dist.distributed else select_device(device)
+        self.precision = precision_option(precision, self.device)  # 32, bf16 or 16-mixed
         self.model = build_model_from_run(self.cfg, state_dict, self.device)
         self.options = video_options(self.cfg)
         self.classes = class_names(self.cfg)
@@ -215,13 +220,13 @@ class Predictor:
     @classmethod
     def from_weights(cls, model: str, pretrained: Union[str, Path], device: str = "auto",
                      views: Optional[Views] = None, classes: Optional[Union[str, Sequence[str]]] = None,
-                     **protocol: Any) -> "Predictor":
+                     precision: str = "auto", **protocol: Any) -> "Predictor":
         """A released weights file with its model's registry test protocol, no run needed.
 
         Args:
             model: Registry name or alias of the weights' model (``mvit``, ``timesformer``, ...).
             pretrained: The weights file, in any format the model's converters read.
-            device: As for the constructor.
+            device, precision: As for the constructor.
             views: ``"TxS"``; default the registry protocol's (MViT-B: ``5x1``).
             classes: Class names (``kinetics400``, ``ucf101``, a file or a list); default the shipped list of the
                 classifier's size.
@@ -232,7 +237,7 @@ class Predictor:
 
         text = None if views is None else (views if isinstance(views, str) else "x".join(map(str, views)))
         run = weights_run(model, pretrained, classes=classes, views=text, **protocol)
-        predictor = cls(run, device=device, views=run.cfg.data_args["val_views"])
+        predictor = cls(run, device=device, views=run.cfg.data_args["val_views"], precision=precision)
         predictor.report = run.report
         return predictor
 
@@ -261,8 +266,10 @@ class Predictor:
                               o.short_side)
         mine = self.shard(range(len(ds)))
         with ItemProgress(len(mine), f"eval {split}", enabled=self.dist.is_main) as bar:
-            local = _attempt(lambda: [(i, v.numpy(), y) for i, v, y in
-                                      score_views(model, ds, mine, self.device, batch_size, num_workers, bar)])
+            with self._autocast():  # probabilities come back fp32 (softmax of .float() logits)
+                local = _attempt(lambda: [(i, v.numpy(), y) for i, v, y in
+                                          score_views(model, ds, mine, self.device, batch_size, num_workers,
+                                                      bar)])
         rows = sorted((r for part in self.gather(local) for r in part), key=lambda r: r[0])  # split order
         V, K = self.views[0] * self.views[1], len(classes)
         view_probs = torch.from_numpy(np.stack([v for _, v, _ in rows])) if rows else torch.zeros(0, V, K)
@@ -318,13 +325,19 @@ class Predictor:
             UserError: The file cannot be decoded (the message names it).
         """
         path = Path(path)
-        view_probs, frames, indices = predict_video(self.model, path, self.options, self.views, self.device,
-                                                    per_view=True)
+        with self._autocast():  # probs come back fp32 (softmax of .float() logits)
+            view_probs, frames, indices = predict_video(self.model, path, self.options, self.views, self.device,
+                                                        per_view=True)
         probs = view_probs.mean(0)  # (K,)
         scores, idx = probs.topk(min(top_k, probs.numel()))
         top = [{"label": self._label(i), "index": int(i), "score": float(s)}
                for s, i in zip(scores.tolist(), idx.tolist())]
         return Prediction(path, top, probs, frames, indices, view_probs)
+
+    def _autocast(self):
+        from engine.context import autocast_for
+
+        return autocast_for(self.precision, self.device)
 
     def _label(self, index: int) -> str:
         return self.classes[index] if index < len(self.classes) else str(index)

@@ -28,8 +28,9 @@ from engine.errors import UserError
 from medvit.io import IMAGE2D_SUFFIXES
 
 __all__ = [
-    "BTCV_LABELS", "SYNAPSE_LABELS", "SYNAPSE_FROM_BTCV", "DATA_CHOICES", "load_datalist", "nifti_folder_pairs",
-    "folder2d_pairs", "resolve_splits", "label_names", "remap_labels",
+    "BTCV_LABELS", "SYNAPSE_LABELS", "SYNAPSE_FROM_BTCV", "DATA_CHOICES", "load_datalist", "read_datalist_json",
+    "datalist_problems", "entry_problem", "nifti_folder_pairs", "folder2d_pairs", "resolve_splits", "label_names",
+    "remap_labels",
 ]
 
 BTCV_LABELS: Tuple[str, ...] = (
@@ -41,7 +42,7 @@ SYNAPSE_LABELS: Tuple[str, ...] = (
     "background", "spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas",
 )
 SYNAPSE_FROM_BTCV: Dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8}
-DATA_CHOICES = ("btcv", "synapse", "decathlon", "folder", "folder2d")
+DATA_CHOICES = ("btcv", "synapse", "decathlon", "folder", "folder2d", "nnunet")
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
 
@@ -64,6 +65,62 @@ def remap_labels(label: np.ndarray, mapping: Dict[int, int]) -> np.ndarray:
     return lut[label.astype(np.int64)]
 
 
+_SPLITS = ("training", "validation", "test")
+
+
+def read_datalist_json(path: os.PathLike) -> dict:
+    """The parsed datalist; ``UserError`` naming the file when it is missing, not JSON or not a JSON object."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: datalist not found")
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError) as e:  # UnicodeDecodeError (a binary file) is a ValueError
+        raise UserError(f"{p}: unreadable datalist ({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{p}: expected a JSON object with a \"training\" list, got a JSON {_json_kind(meta)}")
+    return meta
+
+
+def entry_problem(entry: object, split: str) -> Optional[str]:
+    """What is wrong with one datalist entry, or ``None``.
+
+    ``training``/``validation`` entries are ``{"image": path, "label": path}`` objects; ``test`` entries may
+    also be bare path strings (and need no label).
+    """
+    if isinstance(entry, str) and split == "test":
+        return None
+    if isinstance(entry, str):
+        return f'missing "label" (a bare path {entry!r}; expected {{"image": ..., "label": ...}})'
+    if not isinstance(entry, dict):
+        return f'expected an object with "image" and "label", got a JSON {_json_kind(entry)} {entry!r:.40}'
+    keys = ("image", "label") if split != "test" else ("image",)
+    for key in keys:
+        if key not in entry:
+            return f'missing "{key}"'
+    for key in ("image", "label"):
+        if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+            return f'"{key}" must be a file path, got {entry[key]!r:.40}'
+    return None
+
+
+def datalist_problems(meta: dict, splits: Tuple[str, ...] = _SPLITS) -> List[Tuple[str, str]]:
+    """Every schema problem of a parsed datalist as ``(where, problem)``, e.g. ``("training[3]", 'missing
+    "label"')``; an absent or empty ``training`` list is one."""
+    out: List[Tuple[str, str]] = []
+    for split in splits:
+        if split not in meta:
+            continue
+        entries = meta[split]
+        if not isinstance(entries, list):
+            out.append((split, f"expected a list of entries, got a JSON {_json_kind(entries)}"))
+            continue
+        out += [(f"{split}[{i}]", err) for i, e in enumerate(entries) if (err := entry_problem(e, split))]
+    if not meta.get("training"):
+        out.append(("training", "missing or empty list"))
+    return out
+
+
 def load_datalist(path: os.PathLike, split: str = "training", base_dir: Optional[os.PathLike] = None,
                   check_files: bool = True) -> List[dict]:
     """Read a decathlon datalist (``dataset_0.json``) and return the ``split`` entries with absolute paths.
@@ -73,16 +130,17 @@ def load_datalist(path: os.PathLike, split: str = "training", base_dir: Optional
         split: ``training``, ``validation`` or ``test``.
         base_dir: Folder the entries are relative to (default: the JSON's folder).
         check_files: Raise ``UserError`` naming the first missing file.
+
+    Raises:
+        UserError: naming the file and the entry: ``dataset_0.json: training[3]: missing "label"``.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: datalist not found")
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{p}: unreadable datalist ({' '.join(str(e).split())})") from None
+    meta = read_datalist_json(p)
     if split not in meta:
-        raise UserError(f"{p}: no '{split}' list (keys: {', '.join(sorted(meta))})")
+        raise UserError(f"{p}: no \"{split}\" list (keys: {', '.join(sorted(map(str, meta)))})")
+    for where, err in datalist_problems({split: meta[split]}, (split,)):
+        if where != "training" or split == "training":
+            raise UserError(f"{p}: {where}: {err}")
     base = Path(base_dir) if base_dir is not None else p.parent
     out = []
     for i, entry in enumerate(meta[split]):
@@ -94,6 +152,11 @@ def load_datalist(path: os.PathLike, split: str = "training", base_dir: Optional
                     raise UserError(f"{entry[key]}: file listed in {p.name} ({split}[{i}].{key}) is missing")
         out.append(entry)
     return out
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def nifti_folder_pairs(data_dir: os.PathLike) -> List[dict]:
@@ -161,9 +224,13 @@ def resolve_splits(data: str, data_dir: os.PathLike, val_fraction: float = 0.2) 
         return _hold_out(folder2d_pairs(sub.get("train", root)), val_fraction)
     if data == "folder":
         return _hold_out(nifti_folder_pairs(root), val_fraction)
+    if data == "nnunet":  # nnU-Net v2 raw layout (medvit/data/nnunet.py)
+        from medvit.data.nnunet import nnunet_splits
+
+        return nnunet_splits(root, val_fraction)
     js = _find_datalist(root)
     train = load_datalist(js, "training")
-    meta = json.loads(js.read_text())
+    meta = read_datalist_json(js)
     if meta.get("validation"):
         return train, load_datalist(js, "validation")
     return _hold_out(train, val_fraction)

@@ -8,10 +8,21 @@ class with the given ``ratios`` (one per class, background first; default equal)
 often as a large one.
 Files are read by :class:`LoadNiftid`, which validates them (``UserError`` naming the file) instead of MONAI's
 ``LoadImaged``.
+
+Intensity normalisation (``data_args.normalization``) follows nnU-Net (Isensee et al., Nature Methods 18, 2021):
+``ct`` clips to the 0.5 / 99.5 percentiles of the training foreground (voxels inside the labels) and subtracts the
+foreground mean and divides by its standard deviation (``CTNormalization``; the statistics are stored in the run as
+``data_args.intensity_stats``); ``mr`` z-scores each image inside its foreground (the non-zero region with holes
+filled, nnU-Net's ``ZScoreNormalization`` with ``use_mask_for_norm``; outside it becomes 0); ``none`` leaves the
+intensities as they are; ``window`` (the default of the paper recipes) is the fixed ``a_min``/``a_max`` window
+scaled to [0, 1]. ``auto`` is resolved from the dataset's modality by :func:`resolve_normalization`. Every
+scheme but ``window`` runs in the image's own grid before resampling, as in nnU-Net, and prediction replays it
+(:func:`normalize_image`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,13 +31,17 @@ import torch
 from medvit.io import check_pair, read_nifti
 
 __all__ = ["LoadNiftid", "RECIPE_3D", "CROP_MODES", "train_transforms_3d", "val_transforms_3d", "to_ras", "from_ras",
-           "scale_intensity"]
+           "scale_intensity", "NORMALIZATIONS", "foreground_stats", "ct_normalize", "mr_normalize",
+           "normalize_image", "resolve_normalization", "Normalized"]
 
 # Defaults of the UNETR BTCV recipe; stored in the run's data_args so predict replays them.
 RECIPE_3D = {"spacing": (1.5, 1.5, 2.0), "a_min": -175.0, "a_max": 250.0, "num_samples": 2,
              "pos": 1.0, "neg": 1.0, "flip_prob": 0.2, "rot90_prob": 0.2, "shift_prob": 0.5,
-             "crop": "posneg", "ratios": None}
+             "crop": "posneg", "ratios": None, "normalization": "window", "intensity_stats": None}
 CROP_MODES = ("posneg", "classes")
+NORMALIZATIONS = ("auto", "ct", "mr", "window", "none")
+_CT_WORDS = ("ct",)
+_MR_WORDS = ("mr", "mri", "t1", "t2", "flair", "t1ce", "t1gd", "adc", "dwi", "pd", "bold")
 
 
 class LoadNiftid:
@@ -65,16 +80,18 @@ class LoadNiftid:
         return out
 
 
-def _deterministic(spacing: Sequence[float], a_min: float, a_max: float, keys: Tuple[str, ...], loader) -> list:
+def _deterministic(spacing: Sequence[float], a_min: float, a_max: float, keys: Tuple[str, ...], loader,
+                   normalization: str = "window", intensity_stats: Optional[Mapping] = None) -> list:
     from monai import transforms as T
 
     modes = ("bilinear", "nearest")[: len(keys)]
-    return [
-        loader,
+    scheme = _scheme(normalization)
+    pre = [] if scheme == "window" else [Normalized(scheme, intensity_stats)]  # nnU-Net: before resampling
+    post = [T.ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)]
+    return [loader] + pre + [
         T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
-        T.ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
-    ]
+    ] + (post if scheme == "window" else [])
 
 
 def train_transforms_3d(roi: Sequence[int], loader: LoadNiftid, **recipe) -> "object":
@@ -83,7 +100,8 @@ def train_transforms_3d(roi: Sequence[int], loader: LoadNiftid, **recipe) -> "ob
 
     r = {**RECIPE_3D, **recipe}
     keys = ("image", "label")
-    return T.Compose(_deterministic(r["spacing"], r["a_min"], r["a_max"], keys, loader) + [
+    return T.Compose(_deterministic(r["spacing"], r["a_min"], r["a_max"], keys, loader, r["normalization"],
+                                    r["intensity_stats"]) + [
         T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True),
         T.SpatialPadd(keys=keys, spatial_size=tuple(roi)),
         _rand_crop(roi, r, loader.num_classes),
@@ -128,7 +146,8 @@ def val_transforms_3d(loader: LoadNiftid, **recipe) -> "object":
     from monai import transforms as T
 
     r = {**RECIPE_3D, **recipe}
-    return T.Compose(_deterministic(r["spacing"], r["a_min"], r["a_max"], ("image", "label"), loader))
+    return T.Compose(_deterministic(r["spacing"], r["a_min"], r["a_max"], ("image", "label"), loader,
+                                    r["normalization"], r["intensity_stats"]))
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -159,3 +178,109 @@ def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
 def scale_intensity(x: np.ndarray, a_min: float, a_max: float) -> np.ndarray:
     """Clip to ``[a_min, a_max]`` and scale to ``[0, 1]`` (ScaleIntensityRange with clip)."""
     return ((np.clip(x, a_min, a_max) - a_min) / (a_max - a_min)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------ intensity normalisation
+def _scheme(name: Optional[str]) -> str:
+    from engine.choices import check_choice
+
+    name = "window" if name is None else str(name)
+    check_choice("--data-arg normalization", name, NORMALIZATIONS, what="normalisation")
+    if name == "auto":
+        raise ValueError("normalization 'auto' must be resolved first (resolve_normalization)")
+    return name
+
+
+def foreground_stats(values: np.ndarray) -> Dict[str, float]:
+    """nnU-Net's intensity statistics of foreground voxel values: mean, std, median, min, max, 0.5/99.5 pct."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("no foreground voxels to compute intensity statistics from")
+    lo, med, hi = np.percentile(v, [0.5, 50.0, 99.5])
+    return {"mean": float(v.mean()), "std": float(v.std()), "median": float(med), "min": float(v.min()),
+            "max": float(v.max()), "percentile_00_5": float(lo), "percentile_99_5": float(hi)}
+
+
+def ct_normalize(x: np.ndarray, stats: Mapping[str, float]) -> np.ndarray:
+    """nnU-Net ``CTNormalization``: clip to the foreground 0.5/99.5 percentiles, then (x - mean) / std."""
+    lo, hi = float(stats["percentile_00_5"]), float(stats["percentile_99_5"])
+    std = max(float(stats["std"]), 1e-8)
+    return ((np.clip(x, lo, hi) - float(stats["mean"])) / std).astype(np.float32)
+
+
+def nonzero_mask(x: np.ndarray) -> np.ndarray:
+    """nnU-Net's foreground of an image without labels: the non-zero voxels, holes filled."""
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(x != 0)
+
+
+def mr_normalize(x: np.ndarray) -> np.ndarray:
+    """nnU-Net ``ZScoreNormalization`` inside the foreground (:func:`nonzero_mask`); 0 outside it."""
+    x = np.asarray(x, np.float32)
+    mask = nonzero_mask(x)
+    if not mask.any():
+        return np.zeros_like(x)
+    fg = x[mask].astype(np.float64)
+    out = np.zeros_like(x)
+    out[mask] = (fg - fg.mean()) / max(float(fg.std()), 1e-8)
+    return out
+
+
+def normalize_image(x: np.ndarray, data_args: Mapping) -> np.ndarray:
+    """Normalise an image (any shape, own grid) as its run was trained (``data_args.normalization``)."""
+    scheme = _scheme(data_args.get("normalization"))
+    if scheme == "window":
+        return scale_intensity(x, float(data_args.get("a_min", RECIPE_3D["a_min"])),
+                               float(data_args.get("a_max", RECIPE_3D["a_max"])))
+    if scheme == "ct":
+        stats = data_args.get("intensity_stats")
+        if not stats:
+            raise ValueError("normalization 'ct' needs data_args.intensity_stats (the training foreground's)")
+        return ct_normalize(x, stats)
+    if scheme == "mr":
+        return mr_normalize(x)
+    return np.asarray(x, np.float32)
+
+
+def resolve_normalization(requested: Optional[str], modality: Optional[str]) -> str:
+    """The scheme for ``auto``: ``ct`` for a CT modality, ``mr`` for an MR one (T1, T2, FLAIR, ADC, ...), else
+    ``window``; any other request is returned as is (after the choice check)."""
+    from engine.choices import check_choice
+
+    name = "window" if requested is None else str(requested)
+    check_choice("--data-arg normalization", name, NORMALIZATIONS, what="normalisation")
+    if name != "auto":
+        return name
+    words = set(re.findall(r"[a-z0-9]+", str(modality or "").lower()))
+    if words & set(_CT_WORDS):
+        return "ct"
+    if words & set(_MR_WORDS):
+        return "mr"
+    return "window"
+
+
+class Normalized:
+    """Dict transform: :func:`normalize_image` on ``image`` (a MONAI ``MetaTensor``, meta kept).
+
+    Args:
+        scheme: ``ct``, ``mr`` or ``none``.
+        stats: Foreground statistics for ``ct`` (:func:`foreground_stats`).
+    """
+
+    def __init__(self, scheme: str, stats: Optional[Mapping] = None) -> None:
+        if _scheme(scheme) == "ct" and not stats:
+            raise ValueError("normalization 'ct' needs the training foreground's intensity statistics")
+        self.data_args = {"normalization": scheme, "intensity_stats": stats}
+
+    def __call__(self, item: Mapping) -> Dict:
+        from monai.data import MetaTensor
+
+        out = dict(item)
+        img = out["image"]
+        arr = np.asarray(img.detach().cpu().numpy() if torch.is_tensor(img) else img)
+        res = np.stack([normalize_image(c, self.data_args) for c in arr])  # channel by channel
+        meta = dict(getattr(img, "meta", {}) or {})
+        affine = getattr(img, "affine", None)
+        out["image"] = MetaTensor(torch.from_numpy(res), affine=affine, meta=meta)
+        return out
