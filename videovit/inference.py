@@ -31,7 +31,7 @@ from engine.progress import ItemProgress
 from engine.pretrained import model_overrides
 
 from .data.dataset import VideoViewDataset
-from .data.decode import VideoReader
+from .data.decode import open_reader
 from .data.samplers import parse_views, uniform_clips
 from .data.transforms import eval_transform
 from .task import VideoOptions, classification_metrics, load_split, score_views, video_options
@@ -113,7 +113,7 @@ def predict_video(model: Callable[[Tensor], Tensor], path: Path, opts: VideoOpti
     Raises:
         UserError: The file cannot be decoded (the message names it).
     """
-    reader = VideoReader(path, backend=opts.backend)
+    reader = open_reader(path, opts.backend)
     clips = uniform_clips(len(reader), opts.num_frames, opts.stride, views[0])
     flat = reader.get_batch(np.concatenate(clips))  # (T*F, H, W, 3)
     frames = flat.reshape(len(clips), opts.num_frames, *flat.shape[1:])  # (T, F, H, W, 3)
