@@ -11,7 +11,7 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "bench_video_loader", "run_benchmark_script"]
+__all__ = ["bench_backbones", "bench_video_loader", "bench_train_step", "run_benchmark_script"]
 
 
 def run_benchmark_script(script: str, argv: List[str]) -> int:
@@ -76,5 +76,44 @@ def bench_video_loader(num_frames: int = typer.Option(8, "--num-frames", help="F
             str(workers), "--videos", str(videos), "--repeats", str(repeats), "--video-frames", str(video_frames),
             "--dir", str(cache)]
     rc = run_benchmark_script("video_loader", argv)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@bench_app.command("train-step")
+def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-separated families: vit_b, swin_t, "
+                                                "unetr, swin_unetr, transunet, medt, timesformer, vivit, stam, vtn, "
+                                                "mvit (default all)."),
+                     precision: str = typer.Option("32,bf16", "--precision", help="Comma-separated: 32, bf16."),
+                     size: str = typer.Option("small", "--size", help="tiny (seconds), small (real models, small "
+                                              "inputs: minutes on a CPU) or full (the papers' inputs)."),
+                     steps: int = typer.Option(3, "--steps", help="Timed train steps per model and precision."),
+                     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up steps per model."),
+                     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
+                                                          "available)."),
+                     memory: bool = typer.Option(True, "--memory/--no-memory", help="Peak memory of each step (a "
+                                                 "subprocess per model and precision)."),
+                     out: Optional[Path] = typer.Option(None, "--out", help="Write the markdown table here."),
+                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON here.")
+                     ) -> None:
+    """Train step of every family vs its reference (timm, MONAI, HF, pytorchvideo, official re-typings) in fp32 and
+    bf16: time ratios, vtk's default vs the reference's default, MFU and peak memory, as a markdown table.
+
+    Example: nice vtk bench train-step --family vit_b,timesformer --size small --out train_step.md
+    """
+    from benchmarks.train_step_suite import FAMILIES, PRECISIONS, SIZES
+    from engine.choices import check_choice
+
+    for f in ([] if family == "all" else [v.strip() for v in family.split(",")]):
+        check_choice("--family", f, list(FAMILIES))
+    for p in [v.strip() for v in precision.split(",")]:
+        check_choice("--precision", p, PRECISIONS)
+    check_choice("--size", size, SIZES)
+    if steps < 1 or warmup < 0:
+        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    argv = ["--family", family, "--precision", precision, "--size", size, "--steps", str(steps), "--warmup",
+            str(warmup)] + (["--device", device] if device else []) + ([] if memory else ["--no-memory"])
+    argv += (["--out", str(out)] if out else []) + (["--json", str(json_out)] if json_out else [])
+    rc = run_benchmark_script("train_step_suite", argv)
     if rc:
         raise typer.Exit(rc)

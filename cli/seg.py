@@ -225,10 +225,32 @@ def _check_window_options(sw_batch_size: int, out: Optional[Path]) -> None:
         raise UserError(f"{out}: --out is an existing file, not a folder")
 
 
+def _sources(checkpoints, model, pretraineds, protocol):
+    """Every ``--checkpoint`` or ``--pretrained`` (several: an ensemble), each through :func:`_weights_or_run`."""
+    checkpoints, pretraineds = list(checkpoints or []), list(pretraineds or [])
+    if checkpoints:
+        runs = [_weights_or_run(c, model, pretraineds[0] if pretraineds else None, protocol) for c in checkpoints]
+    elif pretraineds:
+        runs = [_weights_or_run(None, model, p, protocol) for p in pretraineds]
+    else:
+        runs = [_weights_or_run(None, model, None, protocol)]
+    return runs if len(runs) > 1 else runs[0]
+
+
+def _opt_tta():
+    return typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation: all 2^3 (3D) or 2^2 (2D) "
+                        "axis flips, averaged in probability space.")
+
+
+def _opt_stitch():
+    return typer.Option("auto", "--stitch", help="auto, device or cpu: where the sliding-window output is stitched "
+                        "(auto: on the GPU only when it fits).")
+
+
 @seg_app.command("eval")
 def evaluate(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
-                                              "--model NAME --pretrained FILE)."),
+    checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
+                                                    "--model NAME --pretrained FILE); repeat for an ensemble."),
     data: Optional[str] = typer.Option(None, "--data", help="Default: the run's --data."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default: the run's --data-dir."),
     split: str = typer.Option("validation", "--split", help="validation, training or all."),
@@ -236,12 +258,18 @@ def evaluate(
     sw_batch_size: int = typer.Option(4, "--sw-batch-size"),
     mode: str = typer.Option("gaussian", "--mode", help="gaussian or constant window blending."),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="Autocast (bf16 on CPU, fp16 on CUDA)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware multiplies it "
+                                  "natively, else fp32), 32, bf16 or 16; probabilities and metrics stay fp32."),
     device: str = typer.Option("auto", "--device"),
     tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance in mm."),
+    tta: bool = _opt_tta(),
+    stitch: str = _opt_stitch(),
+    postprocess: str = typer.Option("auto", "--postprocess", help="Which variant the report holds: lcc (largest "
+                                    "component per class), none, or auto (the better one; both are shown)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Default: RUN/eval (eval-<weights file> with "
                                        "--pretrained)."),
     model: Optional[str] = _opt_model(),
-    pretrained: Optional[Path] = _opt_pretrained(),
+    pretrained: Optional[List[Path]] = _opt_pretrained(),
     roi: Optional[int] = _opt_roi(),
     spacing: Optional[str] = _opt_spacing(),
     a_min: Optional[float] = _opt_a_min(),
@@ -254,18 +282,22 @@ def evaluate(
 
     Example: vtk seg eval --model swin_unetr --pretrained swin_unetr_btcv.pt --data btcv --data-dir DIR
     """
-    from medvit.evaluate import default_eval_dir, evaluate_checkpoint
+    from medvit.evaluate import default_eval_dir, evaluate_checkpoint, write_choice
     from medvit.metrics import write_reports
 
     _check_window_options(sw_batch_size, out)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
-    source = _weights_or_run(checkpoint, model, pretrained, protocol)
+    source = _sources(checkpoint, model, pretrained, protocol)
     result = evaluate_checkpoint(source, data, data_dir, split, tolerance, device=device, overlap=overlap,
-                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp)
-    target = out or (default_eval_dir(checkpoint) if checkpoint else Path(f"eval-{Path(source).stem}"))
+                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp, precision=precision, tta=tta,
+                                 stitch=stitch, postprocess=postprocess, progress=True)
+    first = source[0] if isinstance(source, list) else source
+    target = out or (default_eval_dir(checkpoint) if checkpoint else Path(f"eval-{Path(first).stem}"))
     write_reports(target, result.rows, result.summary, result.names)
+    write_choice(target, result)
     _print_summary(result.summary, result.names, target)
+    _print_postprocessing(result.summary)
 
 
 def _print_summary(summary: dict, names, target: Path) -> None:
@@ -282,24 +314,51 @@ def _print_summary(summary: dict, names, target: Path) -> None:
     typer.echo(f"wrote {target}/metrics.json, per_case.csv, dice_per_organ.png")
 
 
+def _print_postprocessing(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    pp = summary["postprocessing"]
+    keys = [k for k in ("dice", "hd95", "nsd", "object_f1", "object_dice") if k in pp["none"]]
+    table = Table("postprocessing", *[k.replace("hd95", "HD95 (mm)").replace("_", " ") for k in keys],
+                  title=f"with and without largest-component postprocessing ({pp['cases']} {pp['split']} case(s))")
+    for v, label in (("none", "none"), ("lcc", "largest component per class")):
+        table.add_row(label, *[_num(pp[v][k], 2 if k == "hd95" else 3) for k in keys])
+    Console(width=120).print(table)
+    typer.echo(f"better on these cases: {pp['better']} ({pp['reason']}); the report holds "
+               f"{summary['postprocess']}; vtk seg predict --postprocess auto uses {pp['better']}")
+
+
 def _num(v, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 @seg_app.command("predict")
 def predict(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
-                                              "--model NAME --pretrained FILE)."),
-    input: Path = typer.Option(..., "--input", help="A .nii/.nii.gz file or a folder of them."),
+    checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
+                                                    "--model NAME --pretrained FILE); repeat for an ensemble."),
+    input: Path = typer.Option(..., "--input", help="A NIfTI, NRRD or MHA/MHD file, a DICOM series folder, or a "
+                               "folder of them."),
     out: Path = typer.Option(..., "--out", help="Output folder for masks and overlays."),
     overlap: float = typer.Option(0.5, "--overlap"),
     sw_batch_size: int = typer.Option(4, "--sw-batch-size"),
     mode: str = typer.Option("gaussian", "--mode"),
     amp: bool = typer.Option(False, "--amp/--no-amp"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware multiplies it "
+                                  "natively, else fp32), 32, bf16 or 16; probabilities and metrics stay fp32."),
     device: str = typer.Option("auto", "--device"),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write a PNG of 3 orthogonal mid-slices."),
+    tta: bool = _opt_tta(),
+    stitch: str = _opt_stitch(),
+    postprocess: str = typer.Option("auto", "--postprocess", help="lcc (largest component per class), none, or "
+                                    "auto (what vtk seg eval found better for this run; none if never evaluated)."),
+    save_probabilities: Optional[str] = typer.Option(None, "--save-probabilities", help="Also write the class "
+                                                     "probabilities in the input grid: npz (float16) or nifti "
+                                                     "(uint16 scaled)."),
+    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID to read from a DICOM folder "
+                                         "holding several series."),
     model: Optional[str] = _opt_model(),
-    pretrained: Optional[Path] = _opt_pretrained(),
+    pretrained: Optional[List[Path]] = _opt_pretrained(),
     roi: Optional[int] = _opt_roi(),
     spacing: Optional[str] = _opt_spacing(),
     a_min: Optional[float] = _opt_a_min(),
@@ -308,23 +367,34 @@ def predict(
     class_names: Optional[str] = _opt_class_names(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
 ) -> None:
-    """Write NIfTI masks in each input's own grid (same shape, affine and header) plus PNG overlays.
+    """Write masks in each input's own grid and format (NIfTI, NRRD, MHA; NIfTI for DICOM) plus PNG overlays.
 
-    Example: vtk seg predict --model unetr --pretrained UNETR_model_best_acc.pth --input ct.nii.gz --out preds
+    Under torchrun every rank predicts its share of the files. Example: vtk seg predict --model unetr
+    --pretrained UNETR_model_best_acc.pth --input ct.nii.gz --out preds --tta
     """
-    from medvit.inference import Predictor, predict_files
-    from medvit.io import nifti_inputs
+    from engine.progress import WorkProgress
+    from medvit.formats import volume_inputs
+    from medvit.inference import Predictor, dist_rank, predict_files, shard
 
     from medvit.io import check_volume_header
 
     _check_window_options(sw_batch_size, out)
-    files = nifti_inputs(input)
-    for f in files:  # every header before the model is built: a forged one costs no memory
-        check_volume_header(f)
+    files = volume_inputs(input)
+    for f in files:  # every NIfTI header before the model is built: a forged one costs no memory
+        if str(f).endswith((".nii", ".nii.gz")):
+            check_volume_header(f)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
-    pred = Predictor(_weights_or_run(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,
-                     amp)
-    for r in predict_files(pred, files, out, overlay):
-        extra = f" + {r['overlay'].name}" if r["overlay"] is not None else ""
-        typer.echo(f"{r['input'].name}: {r['mask']} {r['shape']}{extra}")
+    pred = Predictor(_sources(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode, amp,
+                     precision, tta=tta, stitch=stitch, postprocess=postprocess)
+    rank, world = dist_rank()
+    prefix = f"rank {rank}/{world}: " if world > 1 else ""
+    mine = shard(files, rank, world)
+    typer.echo(f"{prefix}{len(mine)} of {len(files)} input(s); {pred.describe()}")
+    with WorkProgress(len(mine), enabled=rank == 0) as bar:
+        for r in predict_files(pred, files, out, overlay, probabilities=save_probabilities, series=series,
+                               progress=bar):
+            extra = f" + {r['overlay'].name}" if r["overlay"] is not None else ""
+            extra += f" + {r['probs'].name}" if r["probs"] is not None else ""
+            line = f"{prefix}{r['input'].name}: {r['mask']} {r['shape']}{extra}"
+            bar.message(line) if rank == 0 else typer.echo(line)

@@ -80,7 +80,8 @@ def _check(data: str, data_dir: Path, layout: str, fold: int) -> None:
     console.print(_table(f"{data} at {data_dir}", SUMMARY_COLUMNS, result.summary))
     if not result.ok:
         console.print(_table(f"{len(result.problems)} problem(s)", PROBLEM_COLUMNS, result.problems, fold=True))
-        raise UserError(f"{data_dir}: {len(result.problems)} missing or unreadable video(s), listed above")
+        raise UserError(f"{data_dir}: {len(result.problems)} problem(s) (missing or unreadable videos, unusable "
+                        "split lists), listed above")
     console.print("all videos readable")
 
 
@@ -295,6 +296,8 @@ def evaluate(
     batch_size: int = typer.Option(4, "--batch-size", help="Videos per forward pass."),
     num_workers: int = typer.Option(2, "--num-workers"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware multiplies it "
+                                  "natively, else fp32), 32, bf16 or 16; probabilities and metrics stay fp32."),
     model: Optional[str] = _opt_model(),
     pretrained: Optional[Path] = _opt_pretrained(),
     num_frames: Optional[int] = _opt_num_frames(),
@@ -319,7 +322,7 @@ def evaluate(
     protocol = dict(num_frames=num_frames, stride=stride, crop_size=crop_size, short_side=short_side, mean=mean,
                     std=std, classes=classes, model_arg=model_arg)
     source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol, data)
-    predictor = Predictor(source, device=device, views=views)
+    predictor = Predictor(source, device=device, views=views, precision=precision)
     ev = predictor.evaluate(split, data=data, data_dir=data_dir, batch_size=batch_size, num_workers=num_workers)
     out = out or (default_eval_dir(checkpoint, split, ev.views) if checkpoint else
                   Path(f"eval-{Path(source).stem}-{split}-{ev.views}"))
@@ -350,6 +353,8 @@ def predict(
                                         "run, the registry protocol's with --pretrained)."),
     top_k: int = typer.Option(5, "--top-k"),
     device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware multiplies it "
+                                  "natively, else fp32), 32, bf16 or 16; probabilities and metrics stay fp32."),
     model: Optional[str] = _opt_model(),
     pretrained: Optional[Path] = _opt_pretrained(),
     num_frames: Optional[int] = _opt_num_frames(),
@@ -376,7 +381,7 @@ def predict(
     protocol = dict(num_frames=num_frames, stride=stride, crop_size=crop_size, short_side=short_side, mean=mean,
                     std=std, classes=classes, model_arg=model_arg)
     source, views = _weights_or_run(checkpoint, model, pretrained, views, protocol)
-    predictor = Predictor(source, device=device, views=views)
+    predictor = Predictor(source, device=device, views=views, precision=precision)
     names = contact_sheet_names(files, input if input.is_dir() else input.parent)
     console = Console()
     results, sheets, failed = {}, {}, []

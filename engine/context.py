@@ -11,10 +11,12 @@ import torch
 
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 
-__all__ = ["Context", "autocast_dtype", "resolve_precision", "cpu_has_native_bf16", "autocast_for"]
+__all__ = ["Context", "autocast_dtype", "resolve_precision", "cpu_has_native_bf16", "autocast_for",
+           "precision_option", "INFERENCE_PRECISIONS"]
 
 T = TypeVar("T")
 _DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+INFERENCE_PRECISIONS = ("auto", "32", "bf16", "16")  # what eval/predict/bench's --precision offers
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:
@@ -53,6 +55,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "32"
     return "32"
+
+
+def precision_option(value: str, device: torch.device, option: str = "--precision") -> str:
+    """``--precision`` of an eval/predict/bench command, normalised (``fp32``, ``16``, ``bf16-mixed``... accepted)
+    and resolved for ``device``: ``32``, ``bf16`` or ``16-mixed``.
+
+    Raises:
+        UserError: A value that is no precision (one line naming ``option``).
+    """
+    from engine.config import normalize_precision
+    from engine.errors import UserError
+
+    try:
+        canonical = normalize_precision(value)
+    except UserError:
+        from engine.choices import check_choice
+
+        check_choice(option, str(value), INFERENCE_PRECISIONS)  # raises with the close-match hint
+        raise
+    return resolve_precision(canonical, device)
 
 
 def autocast_for(precision: str, device: torch.device) -> ContextManager[Any]:

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
-__all__ = ["TrainProgress", "format_eta"]
+__all__ = ["TrainProgress", "WorkProgress", "format_eta"]
 
 T = TypeVar("T")
 
@@ -102,3 +102,95 @@ class TrainProgress:
                 self._bar.advance(task)
         finally:
             self._bar.remove_task(task)
+
+
+class WorkProgress:
+    """Progress over cases and the units of work inside each (sliding windows of inference), with an ETA.
+
+    A rich bar with two rows (cases, windows of the current case) on a terminal; otherwise plain lines such as
+    ``img0001.nii.gz: windows 120/480 eta case 0:00:41 eta all 0:02:03`` at most every ``every_s`` seconds and
+    at the end of each case.
+
+    Args:
+        cases: Number of cases.
+        enabled: Whether this process shows anything.
+        quiet: Plain lines instead of a bar; forced when stdout is not a terminal.
+        every_s: Plain-mode line period in seconds.
+    """
+
+    def __init__(self, cases: int, enabled: bool = True, quiet: bool = False, every_s: float = 10.0) -> None:
+        self.cases, self.enabled, self.every_s = cases, enabled, every_s
+        self.quiet = quiet or not sys.stdout.isatty()
+        self._bar: Optional[Any] = None
+        self._case_task = self._unit_task = None
+        self._done_cases, self._name, self._units, self._done = 0, "", 0, 0
+        self._t0 = self._case_t0 = self._last = time.perf_counter()
+
+    def __enter__(self) -> "WorkProgress":
+        self._t0 = time.perf_counter()
+        if self.enabled and not self.quiet:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False)
+            self._bar.start()
+            self._case_task = self._bar.add_task("cases", total=self.cases)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def start_case(self, name: str, units: int) -> None:
+        """A case of ``units`` windows begins."""
+        self._name, self._units, self._done = name, max(1, int(units)), 0
+        self._case_t0 = self._last = time.perf_counter()
+        if self._bar is not None:
+            if self._unit_task is not None:
+                self._bar.remove_task(self._unit_task)
+            self._unit_task = self._bar.add_task(f"{name} windows", total=self._units)
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more windows of the current case are done."""
+        self._done += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.advance(self._unit_task, n)
+        elif time.perf_counter() - self._last >= self.every_s:
+            self._last = time.perf_counter()
+            print(self.line(), flush=True)
+
+    def end_case(self) -> None:
+        """The current case is done (written)."""
+        self._done = self._units
+        if self.enabled and self._bar is None:
+            print(self.line(), flush=True)
+        self._done_cases += 1
+        if self.enabled and self._bar is not None:
+            self._bar.advance(self._case_task)
+
+    def eta(self) -> tuple:
+        """``(seconds left in this case, seconds left in all cases)`` extrapolated from the work so far."""
+        now = time.perf_counter()
+        case = (now - self._case_t0) / max(1, self._done) * max(0, self._units - self._done)
+        per_case = (now - self._t0) / max(1e-9, self._done_cases + min(1.0, self._done / self._units))
+        left = max(0, self.cases - self._done_cases - 1) * per_case + case
+        return case, left
+
+    def line(self) -> str:
+        """The plain-mode progress line."""
+        case, left = self.eta()
+        return (f"case {min(self._done_cases + 1, self.cases)}/{self.cases} {self._name}: windows "
+                f"{min(self._done, self._units)}/{self._units} eta case {format_eta(case)} eta all {format_eta(left)}")
+
+    def message(self, text: str) -> None:
+        """Print a line without breaking the bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, flush=True)

@@ -289,21 +289,15 @@ def nifti_inputs(path: PathLike) -> list:
 
 
 def read_image2d(path: PathLike, *, mask: bool = False) -> np.ndarray:
-    """Read a PNG/BMP/TIF image as (C, H, W) float32 in [0, 1], or a mask as (H, W) int64 class ids.
+    """Read a PNG/BMP/TIF image (``skimage.io.imread``) as (C, H, W) float32 in [0, 1], or a mask as (H, W) int64
+    class ids.
 
     Masks stored as 0/255 (GlaS, MoNuSeg) become 0/1; other masks keep their integer values.
     """
-    from PIL import Image
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: file not found")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            arr = np.asarray(im.convert("L") if mask else im)
-    except Exception as e:
-        raise UserError(f"{p}: unreadable image ({_reason(e)})") from None
+    arr = _imread2d(p, mask)
     if mask:
         arr = arr.astype(np.int64)
         values = np.unique(arr)
@@ -326,6 +320,26 @@ def _quiet_nibabel() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def _imread2d(p: Path, mask: bool) -> np.ndarray:
+    """Pixels of a 2D image by ``skimage.io.imread``; a mask stored as RGB(A) becomes one channel (its grey level,
+    as PIL's ``L``: the common channel when R = G = B)."""
+    from skimage.io import imread
+
+    try:
+        arr = np.asarray(imread(str(p)))
+    except Exception as e:
+        raise UserError(f"{p}: unreadable image ({_reason(e)})") from None
+    if arr.ndim not in (2, 3):
+        raise UserError(f"{p}: expected a 2D image, got pixel array of shape {arr.shape}")
+    if mask and arr.ndim == 3:
+        rgb = arr[..., :3]
+        if (rgb == rgb[..., :1]).all():
+            arr = rgb[..., 0]
+        else:  # ITU-R 601-2 luma, PIL's RGB -> L
+            arr = np.floor(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114 + 0.5).astype(np.uint8)
+    return arr
 
 
 def _reason(e: BaseException) -> str:

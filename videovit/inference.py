@@ -179,13 +179,17 @@ class Predictor:
         checkpoint: Run folder (``checkpoints/best``, else ``last``) or ``.safetensors`` file.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         views: ``"TxS"`` or ``(T, S)``: clips x spatial crops averaged per video.
+        precision: ``auto`` (bf16 where the device multiplies it natively, else fp32), ``32``, ``bf16`` or ``16``;
+            the network runs under :func:`engine.context.autocast_for`, the probabilities are fp32.
 
     Raises:
         UserError: Unreadable checkpoint, a checkpoint of another task, bad ``views`` or an unavailable device.
     """
 
-    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", views: Views = (1, 1)) -> None:
+    def __init__(self, checkpoint: Union[str, Path], device: str = "auto", views: Views = (1, 1),
+                 precision: str = "auto") -> None:
         from engine import load_run
+        from engine.context import precision_option
 
         self.views = _views(views)
         self.cfg, state_dict = load_run(checkpoint)
@@ -193,6 +197,7 @@ class Predictor:
             raise UserError(f"{checkpoint}: checkpoint is for task {self.cfg.task!r}, not video")
         self.checkpoint = Path(checkpoint)
         self.device = select_device(device)
+        self.precision = precision_option(precision, self.device)  # 32, bf16 or 16-mixed
         self.model = build_model_from_run(self.cfg, state_dict, self.device)
         self.options = video_options(self.cfg)
         self.classes = class_names(self.cfg)
@@ -200,13 +205,13 @@ class Predictor:
     @classmethod
     def from_weights(cls, model: str, pretrained: Union[str, Path], device: str = "auto",
                      views: Optional[Views] = None, classes: Optional[Union[str, Sequence[str]]] = None,
-                     **protocol: Any) -> "Predictor":
+                     precision: str = "auto", **protocol: Any) -> "Predictor":
         """A released weights file with its model's registry test protocol, no run needed.
 
         Args:
             model: Registry name or alias of the weights' model (``mvit``, ``timesformer``, ...).
             pretrained: The weights file, in any format the model's converters read.
-            device: As for the constructor.
+            device, precision: As for the constructor.
             views: ``"TxS"``; default the registry protocol's (MViT-B: ``5x1``).
             classes: Class names (``kinetics400``, ``ucf101``, a file or a list); default the shipped list of the
                 classifier's size.
@@ -217,7 +222,7 @@ class Predictor:
 
         text = None if views is None else (views if isinstance(views, str) else "x".join(map(str, views)))
         run = weights_run(model, pretrained, classes=classes, views=text, **protocol)
-        predictor = cls(run, device=device, views=run.cfg.data_args["val_views"])
+        predictor = cls(run, device=device, views=run.cfg.data_args["val_views"], precision=precision)
         predictor.report = run.report
         return predictor
 
@@ -244,7 +249,8 @@ class Predictor:
         o = self.options
         ds = VideoViewDataset(vl, o.num_frames, o.stride, o.crop_size, self.views, o.mean, o.std, o.backend,
                               o.short_side)
-        pairs = list(predict_views(model, ds, range(len(ds)), self.device, batch_size, num_workers))
+        pairs = list(predict_views(model, ds, range(len(ds)), self.device, batch_size, num_workers,
+                                   autocast=self._autocast))
         probs = torch.stack([p for p, _ in pairs]) if pairs else torch.zeros(0, len(classes))  # (N, K)
         labels = torch.tensor([y for _, y in pairs], dtype=torch.long)  # (N,)
         metrics = classification_metrics(probs, labels, len(classes))
@@ -276,11 +282,17 @@ class Predictor:
             UserError: The file cannot be decoded (the message names it).
         """
         path = Path(path)
-        probs, frames, indices = predict_video(self.model, path, self.options, self.views, self.device)
+        with self._autocast():  # probs come back fp32 (softmax of .float() logits)
+            probs, frames, indices = predict_video(self.model, path, self.options, self.views, self.device)
         scores, idx = probs.topk(min(top_k, probs.numel()))
         top = [{"label": self._label(i), "index": int(i), "score": float(s)}
                for s, i in zip(scores.tolist(), idx.tolist())]
         return Prediction(path, top, probs, frames, indices)
+
+    def _autocast(self):
+        from engine.context import autocast_for
+
+        return autocast_for(self.precision, self.device)
 
     def _label(self, index: int) -> str:
         return self.classes[index] if index < len(self.classes) else str(index)

@@ -16,6 +16,9 @@ the model's registry recipe and saved in the run's ``config.yaml`` / checkpoint 
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -25,19 +28,23 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from engine.choices import check_choice
+from engine.choices import accepted_keywords, check_choice, check_keys
 from engine.errors import UserError
 from engine.pretrained import build_run_model, record_pretrained
 
-from .data.dataset import VideoClipDataset, VideoViewDataset
-from .data.layouts import VideoList, load_dataset
+from .data.dataset import SkipUnreadable, Unreadable, VideoClipDataset, VideoViewDataset
+from .data.layouts import KINETICS_LAYOUTS, MissingSplit, VideoList, load_dataset
 from .data.samplers import parse_views
 from .data.transforms import KINETICS_MEAN, KINETICS_STD, MixupCutmix, soft_cross_entropy, train_transform
 
-__all__ = ["SYNTH_MARKER", "DATASETS", "VideoTask", "VideoOptions", "video_options", "model_recipe", "load_split",
-           "predict_views", "classification_metrics"]
+__all__ = ["SYNTH_MARKER", "DATASETS", "DATA_KEYS", "VideoTask", "VideoOptions", "video_options", "model_recipe",
+           "load_split", "check_data_args", "predict_views", "classification_metrics"]
 
 DATASETS = ("kinetics400", "ucf101", "csv")
+# Every key ``cfg.data_args`` may hold (``--data-arg KEY=VALUE``, the CLI's own options, recipes, run configs).
+DATA_KEYS = ("num_frames", "stride", "crop_size", "short_side", "eval_short_side", "min_scale", "hflip",
+             "randaugment", "mixup", "cutmix", "label_smoothing", "val_views", "classes", "num_classes", "layout",
+             "fold", "train_csv", "val_csv", "test_csv", "backend", "mean", "std")
 SYNTH_MARKER = "vtk_synth.json"  # written by `vtk data synth`; carries dataset-specific defaults (hflip: false)
 # The recipe of a model whose registry entry has no video metadata (TimeSformer's 8 frames x stride 32 at 224 px).
 _FALLBACK_RECIPE = dict(num_frames=8, stride=32, crop_size=224, mean=KINETICS_MEAN, std=KINETICS_STD)
@@ -57,12 +64,77 @@ def model_recipe(meta: Dict[str, Any]) -> Dict[str, Any]:
     return {**recipe, "mean": list(recipe["mean"]), "std": list(recipe["std"])}
 
 
-def load_split(cfg, split: str) -> VideoList:
-    """The :class:`VideoList` of ``split`` for ``cfg.data`` / ``cfg.data_dir`` / ``cfg.data_args``."""
+def load_split(cfg, split: str, classes: Optional[Sequence[str]] = None) -> VideoList:
+    """The :class:`VideoList` of ``split`` for ``cfg.data`` / ``cfg.data_dir`` / ``cfg.data_args``.
+
+    Args:
+        classes: The training classes: every label of ``split`` must be one of them (``file:line`` otherwise).
+    """
     if not cfg.data_dir:
         raise UserError("--data-dir is required")
-    args = {k: cfg.data_args[k] for k in ("layout", "fold", "train_csv", "val_csv") if k in cfg.data_args}
-    return load_dataset(cfg.data, Path(cfg.data_dir), split, **args)
+    keys = ("layout", "fold", "train_csv", "val_csv", "test_csv", "num_classes")
+    args = {k: cfg.data_args[k] for k in keys if k in cfg.data_args}
+    vl = load_dataset(cfg.data, Path(cfg.data_dir), split, classes=classes, **args)
+    if classes is not None:
+        _check_split_classes(vl, classes, split, cfg.data_dir)
+    return vl
+
+
+def _check_split_classes(vl: VideoList, classes: Sequence[str], split: str, where: str) -> None:
+    """Every label of ``vl`` indexes ``classes``, and names the same class (layouts that name their classes)."""
+    bad = next(((p, y) for p, y in vl.samples if not 0 <= y < len(classes)), None)
+    if bad is None and vl.layout != "csv":
+        bad = next(((p, y) for p, y in vl.samples if y >= len(vl.classes) or vl.classes[y] != classes[y]), None)
+    if bad is not None:
+        name = vl.classes[bad[1]] if 0 <= bad[1] < len(vl.classes) else bad[1]
+        raise UserError(f"{bad[0]}: the {split} label {name!r} is not one of the {len(classes)} training classes "
+                        f"of {where}")
+
+
+def _number(da: Dict[str, Any], key: str, option: str, low: float, high: float = math.inf,
+            high_open: bool = False, low_open: bool = False) -> None:
+    """``da[key]`` (when present) is a finite number in the range; else a one-line :class:`UserError`."""
+    if key not in da or da[key] is None:
+        return
+    try:
+        value = float(da[key])
+    except (TypeError, ValueError):
+        raise UserError(f"{option}: expected a number, got {da[key]!r}") from None
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+        raise UserError(f"{option}: {da[key]!r} is out of range, must be in {lo}{low:g}, {high:g}{hi}")
+
+
+def check_data_args(da: Dict[str, Any]) -> None:
+    """Reject unknown ``data_args`` keys (listing :data:`DATA_KEYS`) and out-of-range values, one line each.
+
+    Raises:
+        UserError: e.g. ``--mixup: -1.0 is out of range, must be in [0, inf)``, ``--data-arg: 'bogus' is not a
+            known key, i.e. one of ...``.
+    """
+    check_keys("--data-arg", list(da), DATA_KEYS)
+    _number(da, "mixup", "--mixup", 0.0)  # Beta(alpha, alpha); 0 turns it off
+    _number(da, "cutmix", "--cutmix", 0.0)
+    _number(da, "label_smoothing", "--label-smoothing", 0.0, 1.0, high_open=True)
+    _number(da, "min_scale", "--data-arg min_scale", 0.0, 1.0, low_open=True)
+    _number(da, "stride", "--stride", 0.0)
+    for key, option in (("num_frames", "--num-frames"), ("crop_size", "--img-size"), ("num_classes",
+                                                                                     "--data-arg num_classes")):
+        _number(da, key, option, 1.0)
+    if "val_views" in da:
+        try:
+            parse_views(da["val_views"])
+        except ValueError as e:
+            raise UserError(f"--val-views: {e}") from None
+    ra = da.get("randaugment")
+    if ra is not None and (not isinstance(ra, (list, tuple)) or len(ra) != 2 or min(ra) < 0):
+        raise UserError(f"--randaugment: expected N,M with N, M >= 0, got {ra!r}")
+    if "backend" in da:
+        check_choice("--data-arg backend", da["backend"], ("auto", "decord", "pyav"))
+    if "layout" in da:
+        check_choice("--data-arg layout", da["layout"], KINETICS_LAYOUTS)
 
 
 @dataclass
@@ -124,6 +196,7 @@ class VideoTask:
         self.model_factory = model_factory
         self.mixer: Optional[MixupCutmix] = None
         self.cfg = None
+        self._warned: set = set()  # unreadable validation videos already reported
 
     def resolve_config(self, cfg):
         """Finalise ``cfg`` in place before the engine writes ``config.yaml`` (idempotent); returns it.
@@ -142,6 +215,7 @@ class VideoTask:
         check_choice("--data", cfg.data, DATASETS)
         if not cfg.data_dir:
             raise UserError("--data-dir is required")
+        check_data_args(cfg.data_args)
         cfg.model = self._registry_name(cfg.model)
         recipe = model_recipe(self._metadata(cfg.model))
         ma, da = cfg.model_args, cfg.data_args
@@ -186,11 +260,27 @@ class VideoTask:
             return build_run_model(factory, cfg)  # loads model_args.pretrained on a fresh start, never on resume
         except ValueError as e:  # a bad model name or override value is a user error (exit 2)
             raise UserError(f"--model {cfg.model}: {e}") from e
+        except TypeError as e:  # an override the model does not take: name it and list the ones it does
+            key = _unexpected_keyword(e)
+            if key is None:
+                raise
+            valid = _model_keywords(factory, cfg.model)
+            if valid is None:
+                raise UserError(f"--model-arg: {key!r} is not an argument of {cfg.model}") from None
+            check_keys("--model-arg", [key], valid)
+            raise
 
     def build_datasets(self, cfg) -> Tuple[Dataset, Optional[Dataset]]:
+        """The training clips and the validation views (``None`` without a validation split).
+
+        Every label of both splits is checked against the run's classes here, before the first step.
+
+        Raises:
+            UserError: A label that is not a training class (``file:line`` where the layout has lines).
+        """
         self.cfg = self.resolve_config(cfg)
-        train_list = load_split(cfg, "train")
         o, da = video_options(cfg), cfg.data_args
+        train_list = load_split(cfg, "train", da["classes"])
         ra = da.get("randaugment")
         transform = train_transform(o.crop_size, da.get("short_side"), (float(da.get("min_scale", 0.4)), 1.0),
                                     bool(da["hflip"]), tuple(ra) if ra else None, o.mean, o.std)
@@ -201,8 +291,8 @@ class VideoTask:
             self.mixer = MixupCutmix(len(da["classes"]), mix, cut, prob=1.0 if mix or cut else 0.0,
                                      label_smoothing=smoothing)
         try:
-            val_list = load_split(cfg, "val")
-        except UserError:
+            val_list = load_split(cfg, "val", da["classes"])
+        except MissingSplit:  # no validation split at all; a malformed one is an error
             return train, None
         views = parse_views(da.get("val_views", "1x1"))
         return train, VideoViewDataset(val_list, o.num_frames, o.stride, o.crop_size, views, o.mean, o.std,
@@ -218,40 +308,91 @@ class VideoTask:
         return loss, {"top1": (logits.argmax(-1) == labels).float().mean().item()}
 
     def validate(self, model: nn.Module, dataset: Dataset, ctx: Any) -> Dict[str, float]:
+        """Top-1 / top-5 over this rank's shard, reduced over ranks, and ``skipped``: the number of validation
+        videos that could not be decoded (skipped with a warning line, never fatal)."""
         cfg = self.cfg or ctx.cfg
-        probs, labels = [], []
-        for p, y in predict_views(model, dataset, ctx.shard_indices(len(dataset)), ctx.device,
+        probs, labels, skipped = [], [], []
+        for p, y in predict_views(model, SkipUnreadable(dataset), ctx.shard_indices(len(dataset)), ctx.device,
                                   batch_size=max(1, cfg.batch_size // ctx.world_size),
-                                  num_workers=cfg.num_workers, autocast=ctx.autocast):
+                                  num_workers=cfg.num_workers, autocast=ctx.autocast, on_skip=skipped.append):
             probs.append(p)
             labels.append(y)
+        self._warn_skipped(skipped, ctx)
+        # the count is summed over ranks: each rank's weight is 1 / world_size, so the "mean" is the total
+        total = {"skipped": float(len(skipped))}, {"skipped": 1.0 / ctx.world_size}
         if not probs:
-            return ctx.reduce_mean({"top1": 0.0, "top5": 0.0}, {"top1": 0.0, "top5": 0.0})
+            m = {"top1": 0.0, "top5": 0.0}
+            return ctx.reduce_mean({**m, **total[0]}, {**m, **total[1]})
         m = classification_metrics(torch.stack(probs), torch.tensor(labels), len(cfg.data_args["classes"]))
         n = float(len(labels))
-        return ctx.reduce_mean({"top1": m["top1"] * n, "top5": m["top5"] * n}, {"top1": n, "top5": n})
+        return ctx.reduce_mean({"top1": m["top1"] * n, "top5": m["top5"] * n, **total[0]},
+                               {"top1": n, "top5": n, **total[1]})
+
+    def _warn_skipped(self, skipped: List[Unreadable], ctx: Any) -> None:
+        """One stderr line per unreadable validation video, the first time it is skipped in this run."""
+        for s in skipped:
+            if s.path not in self._warned:
+                self._warned.add(s.path)
+                print(f"vtk: warning: step {ctx.step}: validation skips an unreadable video (counted in "
+                      f"val/skipped): {' '.join(s.message.split())}", file=sys.stderr, flush=True)
 
 
-def _collate_views(samples: List[Tuple[Tensor, int]]) -> Tuple[Tensor, Tensor]:
-    return torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples])
+def _unexpected_keyword(e: TypeError) -> Optional[str]:
+    """The keyword of ``"... got an unexpected keyword argument 'bogus'"``, else ``None``."""
+    m = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+    return m.group(1) if m else None
+
+
+def _model_keywords(factory: Callable[..., nn.Module], name: str) -> Optional[List[str]]:
+    """The constructor keywords of ``name``'s model class (found by building its tiny variant), or ``None``."""
+    import videovit
+
+    try:
+        tiny = videovit.registry.tiny_overrides(name) if videovit.registry.is_model(name) else {}
+        keys = accepted_keywords(type(factory(name, **tiny)), exclude=("self",))
+    except Exception:  # noqa: BLE001 - only for the message: fall back to not listing
+        return None
+    return None if keys is None else sorted(keys | {"pretrained"})
+
+
+def _collate_views(samples: List[Any]) -> Tuple[Optional[Tensor], Tensor, List[Unreadable]]:
+    """``(views (B, V, C, T, H, W) or None, labels (B,), unreadable)``: the :class:`Unreadable` items apart."""
+    bad = [s for s in samples if isinstance(s, Unreadable)]
+    good = [s for s in samples if not isinstance(s, Unreadable)]
+    views = torch.stack([s[0] for s in good]) if good else None
+    return views, torch.tensor([s[1] for s in good], dtype=torch.long), bad
 
 
 def predict_views(model: nn.Module, dataset: Dataset, indices: Sequence[int], device: torch.device,
-                  batch_size: int = 1, num_workers: int = 0,
-                  autocast: Optional[Callable] = None) -> Iterator[Tuple[Tensor, int]]:
+                  batch_size: int = 1, num_workers: int = 0, autocast: Optional[Callable] = None,
+                  on_skip: Optional[Callable[[Unreadable], Any]] = None) -> Iterator[Tuple[Tensor, int]]:
     """Yield ``(probs, label)`` per video: the softmax averaged over the video's ``T*S`` views.
 
     Args:
-        dataset: A :class:`VideoViewDataset` (items ``(views (V, C, T, H, W), label)``).
+        dataset: A :class:`VideoViewDataset` (items ``(views (V, C, T, H, W), label)``), or one wrapped in
+            :class:`~videovit.data.dataset.SkipUnreadable` (undecodable videos become :class:`Unreadable` items).
         indices: The videos to evaluate (e.g. ``ctx.shard_indices(len(dataset))``).
         device: Model device.
         batch_size: Videos per forward pass (each brings ``V`` views).
         num_workers: DataLoader workers decoding in parallel.
         autocast: A callable returning a context manager (``ctx.autocast``), or ``None``.
+        on_skip: Receives each :class:`Unreadable` item (those videos yield nothing); ``None`` raises its error.
+
+    Raises:
+        UserError: An unreadable video without ``on_skip`` (its one-line message, raised in this process even when
+            a DataLoader worker decoded it).
     """
+    if not isinstance(dataset, SkipUnreadable):  # errors travel as items: a worker's raise would carry its traceback
+        dataset = SkipUnreadable(dataset)
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate_views)
-    for views, labels in loader:
+    for views, labels, bad in loader:
+        for item in bad:
+            if on_skip is None:
+                raise UserError(item.message)
+            on_skip(item)
+        if views is None:
+            continue
         B, V = views.shape[:2]
         with torch.no_grad(), (autocast() if autocast is not None else torch.autocast("cpu", enabled=False)):
             logits = model(views.flatten(0, 1).to(device))  # (B*V, K)

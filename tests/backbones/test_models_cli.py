@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import pytest
@@ -47,10 +46,7 @@ def test_bench_backbones_rejects_bad_options(capsys: pytest.CaptureFixture) -> N
 
 
 def test_bench_pair_interleaves_and_takes_medians() -> None:
-    from cli.bench import _BENCH_DIR
-    spec = importlib.util.spec_from_file_location("bench_bb", _BENCH_DIR / "backbones_train_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import benchmarks.backbones_train_step as mod  # installed with the package
     calls = []
     fast = lambda: calls.append("a")  # noqa: E731
     slow = lambda: (calls.append("b"), time.sleep(0.01))  # noqa: E731

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("ddp_train.py")
 # Dropout masks are per-rank random streams, so equivalence is checked without dropout; augmentation noise
 # stays on (it is seeded per sample, independent of the rank).
-OVERRIDES = {"model_args": {"dropout": 0.0}, "max_steps": 6, "val_every": 3, "ckpt_every": 3}
+OVERRIDES = {"model_args": {"dropout": 0.0}, "max_steps": 6, "val_every": 3, "ckpt_every": 3,
+             "precision": "32"}  # DDP equals one process up to fp32 rounding; bf16 autocast rounds per shard
 
 
 def _torchrun(runs: list, nproc: int = 2) -> subprocess.Popen:

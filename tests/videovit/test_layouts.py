@@ -72,7 +72,9 @@ def test_official_flat_folder_quoted_labels_with_spaces(tmp_path, synth_k400):
 def test_csv_absolute_paths_and_bad_lines(synth_k400, tmp_path):
     video = sorted((synth_k400 / "train").rglob("*.mp4"))[0]
     (tmp_path / "train.csv").write_text(f"{video} 2\n")
-    vl = load_kinetics(tmp_path, "train", "csv")
+    with pytest.raises(UserError, match=r"train.csv:1: label 2 makes 3 classes but no video has label 0-1"):
+        load_kinetics(tmp_path, "train", "csv")  # a plain csv must use every class 0..K-1 ...
+    vl = load_kinetics(tmp_path, "train", "csv", num_classes=3)  # ... or say how many there are
     assert vl.samples == [(video, 2)] and vl.classes == ["0", "1", "2"]
     (tmp_path / "train.csv").write_text("no_label_here\n")
     with pytest.raises(UserError, match="train.csv:1"):

@@ -1,7 +1,9 @@
 """``vtk data check``: every missing and every unreadable video of a dataset's splits, found in one pass.
 
 A listed video is *missing* when its file does not exist (``VideoList.missing``) and *unreadable* when its first or
-last frame does not decode (decord, then PyAV). The CLI prints :attr:`CheckResult.summary` and
+last frame does not decode (decord, then PyAV) or the file is truncated (its index lists more frames than it
+holds). A split whose list cannot be used (a malformed line, a label that is not a class, a validation label that
+is not a training class) is one problem row naming ``file:line``. The CLI prints :attr:`CheckResult.summary` and
 :attr:`CheckResult.problems` as tables.
 
 Example::
@@ -20,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 from engine.errors import UserError
 
 from .decode import VideoReader
-from .layouts import load_dataset
+from .layouts import MissingSplit, load_dataset
 
 __all__ = ["SUMMARY_COLUMNS", "PROBLEM_COLUMNS", "CheckResult", "probe_video", "check_dataset"]
 
@@ -68,11 +70,24 @@ def check_dataset(data: str, data_dir: Path, layout: str = "auto", fold: int = 1
         splits: Splits to check.
 
     Raises:
-        UserError: A split list cannot be read (the message names the file).
+        UserError: The training split does not exist (a malformed split is a problem row instead).
     """
     summary, problems = [], []
+    classes = None  # the training classes, once read: later splits' labels must be among them
     for split in splits:
-        vl = load_dataset(data, Path(data_dir), split, layout=layout, fold=fold)
+        try:
+            vl = load_dataset(data, Path(data_dir), split, classes=classes, layout=layout, fold=fold)
+        except MissingSplit:
+            if split == "train":
+                raise
+            continue  # no such split: nothing to check
+        except UserError as e:  # the split's list is unusable: one row, then the other splits
+            where, _, why = str(e).partition(": ")
+            problems.append((split, where, why or str(e)))
+            summary.append((split, "?", 0, 0, 0, 0))
+            continue
+        if split == "train":
+            classes = vl.classes
         problems += [(split, str(p), "missing") for p in vl.missing]
         bad = [(split, str(p), why) for p, _ in vl.samples if (why := probe_video(p)) is not None]
         problems += bad

@@ -9,7 +9,9 @@ resumed run replays exactly, whatever the number of workers.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from .layouts import VideoList
 from .samplers import random_clip, uniform_clips
 from .transforms import eval_transform
 
-__all__ = ["VideoClipDataset", "VideoViewDataset"]
+__all__ = ["VideoClipDataset", "VideoViewDataset", "SkipUnreadable", "Unreadable"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -133,3 +135,41 @@ class VideoViewDataset(Dataset):
         per_clip = frames.reshape(len(clips), self.num_frames, *frames.shape[1:])
         views = torch.cat([self.transform(f) for f in per_clip])  # (T*S, C, F, h, w)
         return views, label
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Stands in for the item of a video that cannot be decoded (see :class:`SkipUnreadable`).
+
+    Attributes:
+        index: The item's index in the wrapped dataset.
+        path: The video file.
+        message: The one-line error naming the file.
+    """
+
+    index: int
+    path: Path
+    message: str
+
+
+class SkipUnreadable(Dataset):
+    """Wraps a :class:`VideoViewDataset` so that an undecodable (or truncated) video gives an :class:`Unreadable`
+    item instead of raising: validation skips it and counts it instead of failing the run.
+
+    Args:
+        dataset: A dataset with ``videos.samples`` whose items raise :class:`~engine.errors.UserError` for files
+            that cannot be read.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except UserError as e:
+            videos = getattr(self.dataset, "videos", None)
+            return Unreadable(index, Path(videos.samples[index][0]) if videos is not None else Path(), str(e))

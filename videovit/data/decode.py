@@ -10,16 +10,19 @@ Frames are addressed by index in decode order, so variable-frame-rate files samp
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
 import threading
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from engine.errors import UserError
 
-__all__ = ["VideoReader", "open_video", "read_frames", "list_videos"]
+__all__ = ["VideoReader", "open_video", "read_frames", "list_videos", "index_frame_count", "verify_complete"]
 
 PathLike = Union[str, os.PathLike]
 _DECORD_LOCK = threading.Lock()
@@ -32,12 +35,14 @@ class VideoReader:
         path: Video file (anything ffmpeg reads: mp4/H.264, avi/msmpeg4/cinepak, mkv, webm, ...).
         backend: ``"auto"`` (decord, then PyAV), ``"decord"`` or ``"pyav"``.
         num_threads: Decoder threads for decord (1 is best inside DataLoader workers).
+        verify: Compare the frame count of the container's index with the frames the file holds
+            (:func:`verify_complete`), so a truncated download is unreadable instead of a shorter video.
 
     Raises:
-        UserError: The file is missing, empty or undecodable (the message names it).
+        UserError: The file is missing, empty, truncated or undecodable (the message names it).
     """
 
-    def __init__(self, path: PathLike, backend: str = "auto", num_threads: int = 1) -> None:
+    def __init__(self, path: PathLike, backend: str = "auto", num_threads: int = 1, verify: bool = True) -> None:
         if backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"backend={backend!r} must be one of 'auto', 'decord', 'pyav'")
         self.path = Path(path)
@@ -62,12 +67,14 @@ class VideoReader:
         if self._decord is None and self._pyav_len is None:
             raise UserError(f"{self.path}: cannot decode video ({'; '.join(errors)})")
         self.backend = "decord" if self._decord is not None else "pyav"
+        if verify:
+            verify_complete(self.path, len(self))
 
     def _open_decord(self, num_threads: int) -> None:
         import decord
 
         _quiet_decord(decord)
-        with _DECORD_LOCK:
+        with _DECORD_LOCK, _silenced_stderr():  # decord's C++ logger prints "ERROR opening ..." itself
             vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
         if len(vr) < 1:
             raise RuntimeError("no frames")
@@ -141,6 +148,42 @@ class VideoReader:
         return np.stack([frames[i] for i in idx.tolist()])
 
 
+# Containers whose index lists every sample (ISO BMFF: mp4, mov, m4v, 3gp): AVI counts dropped (empty) frames and
+# Matroska/WebM keep no frame count, so only these are compared.
+_INDEXED_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")
+
+
+def index_frame_count(path: PathLike) -> Optional[int]:
+    """The number of video frames the container's index lists (mp4/mov ``stsz``), read without decoding.
+
+    ``None`` when the format keeps no exact per-frame index (AVI, Matroska, WebM) or it cannot be read. With
+    ``faststart`` (index before the data) a truncated mp4 still opens and its index still lists every frame,
+    which is how :func:`verify_complete` finds it.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            names = set(container.format.name.split(","))
+            if not names & set(_INDEXED_FORMATS) or not container.streams.video:
+                return None
+            return int(container.streams.video[0].frames) or None
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the decoders with their own message
+        return None
+
+
+def verify_complete(path: PathLike, frames: int) -> None:
+    """Raise when the index of ``path`` lists more frames than the ``frames`` its decoder found.
+
+    Raises:
+        UserError: ``"<path>: truncated video: its index lists 100 frames but the file holds only 77 ..."``.
+    """
+    listed = index_frame_count(path)
+    if listed is not None and frames < listed:
+        raise UserError(f"{path}: truncated video: its index lists {listed} frames but the file holds only "
+                        f"{frames} (an incomplete download or copy)")
+
+
 def _quiet_decord(decord) -> None:
     """Silence ffmpeg's log inside decord once (failures are reported as :class:`UserError` instead)."""
     global _QUIET
@@ -152,10 +195,35 @@ def _quiet_decord(decord) -> None:
 _QUIET = False
 
 
+@contextlib.contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    """Point file descriptor 2 at ``/dev/null`` for the block: decord's C++ (dmlc) logger writes ``[hh:mm:ss]
+    .../video_reader.cc:83: ERROR opening: ...`` straight to it, which ``decord.logging`` does not control. The
+    failure itself still reaches the caller as an exception."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real stderr (embedded interpreter): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# decord's messages start with "[01:08:03] /github/workspace/src/video/video_reader.cc:486: "
+_DMLC_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: (Error: )?")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    msg = text[0] if text else type(e).__name__
-    return msg[:200]
+    msg = _DMLC_PREFIX.sub("", text[0]) if text else type(e).__name__
+    return msg.replace("failed with 1094995529", "failed (invalid data)")[:200]
 
 
 def open_video(path: PathLike, backend: str = "auto") -> VideoReader:

@@ -1,0 +1,61 @@
+"""``--precision`` of ``vtk seg predict/eval``: the network runs under the chosen autocast, masks stay equal."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cli.main import main
+
+pytestmark = pytest.mark.usefixtures("tiny_seg_models")  # tests/medvit/conftest.py
+
+
+@pytest.fixture
+def run(tmp_path):
+    data = tmp_path / "btcv"
+    assert main(["data", "synth", "btcv", "--out", str(data), "--cases", "3", "--size", "24", "--test-cases", "1"]) == 0
+    out = tmp_path / "run"
+    assert main(["seg", "train", "--model", "tiny_seg3d", "--data", "btcv", "--data-dir", str(data), "--out", str(out),
+                 "--max-steps", "2", "--val-every", "2", "--device", "cpu", "--num-workers", "0", "--quiet",
+                 "--img-size", "16", "--data-arg", "spacing=[12,12,12]", "--num-samples", "1",
+                 "--precision", "32"]) == 0
+    return out, data
+
+
+def _conv_dtypes(pred):
+    seen = []
+    pred.model.net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
+def test_predictor_runs_the_network_in_the_chosen_precision(run):
+    from medvit.inference import Predictor
+    from medvit.io import read_nifti
+
+    out, data = run
+    vol = read_nifti(data / "imagesTs/img0004.nii.gz")
+    masks = {}
+    for precision, dtype in (("32", torch.float32), ("bf16", torch.bfloat16)):
+        pred = Predictor(out, "cpu", 0.25, 2, precision=precision)
+        seen = _conv_dtypes(pred)
+        masks[precision] = pred.predict_nifti(vol)
+        assert seen and set(seen) == {dtype}, (precision, seen)
+    assert masks["32"].shape == vol.data.shape
+    assert (masks["32"] != masks["bf16"]).mean() <= 0.005
+
+
+def test_precision_option_reaches_predict_and_rejects_a_bad_value(run, tmp_path, capsys):
+    out, data = run
+    pred = tmp_path / "pred"
+    args = ["seg", "predict", "--checkpoint", str(out), "--input", str(data / "imagesTs"), "--out", str(pred),
+            "--device", "cpu", "--no-overlay"]
+    assert main(args + ["--precision", "fp32"]) == 0
+    fp32 = np.asarray(nib.load(str(pred / "img0004_seg.nii.gz")).dataobj)
+    assert main(args + ["--precision", "bf16"]) == 0
+    bf16 = np.asarray(nib.load(str(pred / "img0004_seg.nii.gz")).dataobj)
+    assert (fp32 != bf16).mean() <= 0.005
+    capsys.readouterr()
+    assert main(args + ["--precision", "bf61"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision: 'bf61' is not one of auto, 32, bf16, 16" in err and "Traceback" not in err
+    assert main(["seg", "eval", "--checkpoint", str(out), "--device", "cpu", "--precision", "64"]) == 2

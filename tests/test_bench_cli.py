@@ -1,0 +1,47 @@
+"""``vtk bench train-step``: the table it writes agrees with the JSON rows; bad options exit 2 naming the option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli.main import main
+
+
+def test_train_step_table_and_json(tmp_path, capsys):
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    assert main(["bench", "train-step", "--family", "vivit", "--size", "tiny", "--steps", "1", "--warmup", "0",
+                 "--no-memory", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    (row,) = res["rows"]
+    t = row["times"]
+    assert set(t) == {"vtk/32", "ref/32", "vtk/bf16", "ref/bf16"}
+    assert row["speedup"]["32"] == pytest.approx(t["ref/32"] / t["vtk/32"])
+    assert row["speedup"]["default"] == pytest.approx(t["ref/32"] / t[f"vtk/{row['default_precision']}"])
+    assert row["flops"]["vtk"] > 0 and row["flops"]["ref"] > 0
+    assert row["mfu"]["vtk/bf16"] == pytest.approx(row["flops"]["vtk"] / t["vtk/bf16"] / res["rates"]["bf16"])
+    text = md.read_text()
+    assert text.startswith("<!-- python -m benchmarks.train_step_suite") and "| vivit |" in text
+    assert f"| {row['speedup']['32']:.2f} |" in text
+    assert "| vivit |" in capsys.readouterr().out
+
+
+def test_memory_probe_measures_a_step_in_a_subprocess():
+    from benchmarks.train_step_suite import measure_memory
+
+    small = measure_memory("vit_b", "vtk", "32", "tiny", torch.device("cpu"))
+    assert small is not None and small > 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--family", "vitb"], "--family: 'vitb' is not one of"),
+    (["--precision", "32,fp8"], "--precision: 'fp8' is not one of 32, bf16"),
+    (["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_options_exit_2(args, needle, capsys):
+    assert main(["bench", "train-step", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
