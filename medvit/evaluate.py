@@ -63,14 +63,14 @@ def eval_case(pred, item: Dict[str, str], kind: str, tolerance: float, progress:
     Returns one row ``{"case", "dice", "hd95", "nsd"[, "object_f1", "object_dice"]}``, or with several
     ``variants`` (``none``, ``lcc``) a ``{variant: row}`` dict (the network runs once).
     """
-    from medvit.data.check import check_label, label_spec
+    from medvit.data.check import check_label, check_mask, label_spec
     from medvit.data.layouts import SYNAPSE_FROM_BTCV, remap_labels
     from medvit.io import check_pair, read_image2d, read_nifti
     from medvit.metrics import case_metrics, object_metrics
     from medvit.postprocess import apply_postprocess
 
     if kind == "folder2d":
-        gt = read_image2d(item["label"], mask=True)
+        gt = check_mask(item["label"], read_image2d(item["label"], mask=True), pred.num_classes)
         if progress is not None:
             progress.start_case(Path(item["image"]).name, 1)
         mask = pred.predict_image2d(read_image2d(item["image"]))

@@ -21,7 +21,7 @@ import numpy as np
 from engine.errors import UserError
 from medvit.io import check_pair, read_nifti
 
-__all__ = ["check_dataset", "Problem", "label_problem", "check_label", "label_spec"]
+__all__ = ["check_dataset", "Problem", "label_problem", "check_label", "check_mask", "label_spec"]
 
 Problem = Tuple[str, str]  # (file, problem)
 _SHOWN = 5  # bad label values listed in a message
@@ -80,6 +80,15 @@ def check_label(vol, num_classes: int, label_map: Optional[Mapping[int, int]] = 
     if problem:
         raise UserError(f"{vol.path}: {problem}")
     return np.rint(vol.data).astype(np.int64)
+
+
+def check_mask(path, mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """``mask`` (a 2D folder's class ids, :func:`medvit.io.read_image2d`) unchanged, or a ``UserError`` naming
+    ``path`` when :func:`label_problem` finds anything."""
+    problem = label_problem(mask, num_classes)
+    if problem:
+        raise UserError(f"{path}: {problem}")
+    return mask
 
 
 def check_dataset(data_dir: Path, num_classes: int = 14, datalist: str = "dataset_0.json") -> Tuple[int, List[Problem]]:

@@ -130,7 +130,7 @@ def load_folder2d(items: List[dict], img_size: Sequence[int],
     """Read 2D image/mask pairs and resize them to ``img_size`` (MedT trains at 128 x 128); with ``num_classes``
     every mask value must be a class id ``0..num_classes-1`` (:func:`medvit.data.check.label_problem`)."""
     from engine.errors import UserError
-    from medvit.data.check import label_problem
+    from medvit.data.check import check_mask
 
     stacks = []
     for item in items:
@@ -138,9 +138,8 @@ def load_folder2d(items: List[dict], img_size: Sequence[int],
         mask = read_image2d(item["label"], mask=True)  # (H, W)
         if img.shape[1:] != mask.shape:
             raise UserError(f"{item['label']}: mask shape {mask.shape} does not match image {img.shape[1:]}")
-        problem = label_problem(mask, num_classes) if num_classes is not None else None
-        if problem:
-            raise UserError(f"{item['label']}: {problem}")
+        if num_classes is not None:
+            check_mask(item["label"], mask, num_classes)
         stacks.append((resize2d(img[None], img_size), resize2d(mask[None], img_size, nearest=True)))
     chans = {s[0].shape[1] for s in stacks}
     if len(chans) > 1:

@@ -170,3 +170,20 @@ def test_model_arg_keys_come_from_the_model_class():
         check_model_args("unetr", {"embed_dm": 32})
     with pytest.raises(UserError, match="--model-arg: 'feature_size' is not a known key"):  # MedT has none
         check_model_args("medt", {"feature_size": 8})
+
+
+def test_folder2d_masks_go_through_the_label_check(tmp_path):
+    from PIL import Image
+
+    from medvit.data.check import check_mask
+    from medvit.data.datasets import load_folder2d
+
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "a.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 7  # neither a class id of a 2-class model nor a 0/255 mask
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    item = {"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}
+    assert len(load_folder2d([item], (8, 8))) == 1  # without num_classes: read as before
+    with pytest.raises(UserError, match=r"a_mask.png: label values 7 outside 0..1"):
+        load_folder2d([item], (8, 8), num_classes=2)
+    assert check_mask("m.png", np.array([[0, 1]]), 2).max() == 1
