@@ -44,7 +44,7 @@ from benchmarks.seg_cross_subject import ASSET, TRAIN_ARGS, _f, eval_variants, v
 
 ROOT = Path(__file__).resolve().parents[1]
 COLIN = ROOT / "medvit" / "assets" / "colin27"
-CASES = {"train": (COLIN / "imagesTr/img0001.nii.gz", COLIN / "labelsTr/label0001.nii.gz"),
+CASES = {"train": (ASSET / "imagesTr/colin27_brain.nii.gz", COLIN / "labelsTr/label0001.nii.gz"),
          "test": (ASSET / "imagesTr/mni152.nii.gz", ASSET / "labelsTr/mni152.nii.gz")}
 NAMES = ["left cerebral cortex", "right cerebral cortex", "cerebellum", "deep grey matter"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0"}
@@ -158,9 +158,10 @@ def nnunet_row(py: str, budget_s: float, out: Path, config: str) -> List[dict]:
            "nnUNet_results": str(out / "nnUNet_results")}
     raw = nnunet_raw(out / "nnUNet_raw")
     bindir = Path(py).parent
-    _check_run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "900", "-c", config, "-np", "1",
-                "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"})  # 0 breaks its planner
     pre = out / "nnUNet_pre" / raw.name
+    if not (pre / f"nnUNetPlans_{config}").is_dir():  # planned and preprocessed once per --out
+        _check_run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "900", "-c", config, "-np", "1",
+                    "--verify_dataset_integrity"], {**env, "nnUNet_n_proc_DA": "1"})  # 0 breaks its planner
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["colin27"], "val": ["colin27"]}]))
     t = run_with_cpu_budget([py, "-m", "benchmarks.vs_nnunet", "_nnunet-train", "--budget-s", str(budget_s),
                              "--config", config, "--out", str(out)], budget_s * 1.5 + 60, env,
@@ -217,8 +218,9 @@ def _nnunet_train(budget_s: float, config: str, out: Path) -> None:
                     self.lr_scheduler.max_steps = self.num_epochs
             self.on_train_end()
 
-    trainer = BudgetTrainer(load_json(str(pre / "nnUNetPlans.json")), config, 0,
-                            load_json(str(pre / "dataset.json")), device=torch.device("cpu"))
+    plans = load_json(str(pre / "nnUNetPlans.json"))
+    plans["continue_training"] = False  # what nnunetv2.run.run_training adds
+    trainer = BudgetTrainer(plans, config, 0, load_json(str(pre / "dataset.json")), device=torch.device("cpu"))
     trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 10, 2
     start = time.process_time()
     trainer.run_training()
