@@ -13,7 +13,8 @@ Two differently acquired T1 brains, both in MNI space:
 keeps them only inside the template's brain (its non-zero voxels), merges them into the same 4 coarse regions as
 the Colin27 proof (:data:`benchmarks.seg_colin27_reduce.GROUPS`) and reduces the template to 3 mm exactly as
 Colin27 was (3x3x3 block mean, majority vote of the one-hot regions). The result is written to
-``medvit/assets/mni152/`` with a decathlon datalist whose ``training`` case is Colin27 and whose ``validation``
+``medvit/assets/mni152/`` with a decathlon datalist whose ``training`` case is Colin27 (skull-stripped with a
+mask made from its own labels, :func:`colin_brain_mask`, since the template is skull-stripped) and whose ``validation``
 case is the template (``dataset_0.json``), and the reverse in ``mni2colin/dataset_0.json``.
 
 ``run`` trains the quick-preset UNETR (``medvit/presets.py``: 0.70M parameters, 32^3 ROI) on one brain with
@@ -79,6 +80,17 @@ def transfer_labels(aal_img, target_img) -> np.ndarray:
     return out.reshape(shape)
 
 
+def colin_brain_mask(labels: np.ndarray) -> np.ndarray:
+    """Colin27's brain from its own AAL regions: closed (3 x 3^3), holes filled, dilated by one voxel.
+
+    The template comes skull-stripped; Colin27 has skull and scalp. Stripping the training brain with a mask made
+    from its own labels uses nothing of the test brain (its image is untouched)."""
+    from scipy import ndimage as ndi
+
+    m = ndi.binary_closing(labels > 0, structure=np.ones((3, 3, 3)), iterations=3, border_value=0)
+    return ndi.binary_dilation(ndi.binary_fill_holes(m), iterations=1)
+
+
 def build(src: Path, out: Path = ASSET, k: int = 3) -> None:
     """Write the reduced template, its transferred labels and the two datalists into ``out``."""
     import nibabel as nib
@@ -100,7 +112,11 @@ def build(src: Path, out: Path = ASSET, k: int = 3) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.ascontiguousarray(img), affine), str(out / "imagesTr" / "mni152.nii.gz"))
     nib.save(nib.Nifti1Image(np.ascontiguousarray(lab), affine), str(out / "labelsTr" / "mni152.nii.gz"))
-    colin = {"image": "../colin27/imagesTr/img0001.nii.gz", "label": "../colin27/labelsTr/label0001.nii.gz"}
+    colin_img = nib.load(str(out.parent / "colin27" / "imagesTr" / "img0001.nii.gz"))
+    colin_lab = np.asarray(nib.load(str(out.parent / "colin27" / "labelsTr" / "label0001.nii.gz")).dataobj)
+    stripped = (np.asarray(colin_img.dataobj) * colin_brain_mask(colin_lab)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(stripped, colin_img.affine), str(out / "imagesTr" / "colin27_brain.nii.gz"))
+    colin = {"image": "imagesTr/colin27_brain.nii.gz", "label": "../colin27/labelsTr/label0001.nii.gz"}
     mni = {"image": "imagesTr/mni152.nii.gz", "label": "labelsTr/mni152.nii.gz"}
     base = {"labels": {str(i): n for i, n in enumerate(GROUPS)}, "modality": {"0": "MRI T1"},
             "tensorImageSize": "3D", "numTraining": 1, "numTest": 0, "test": []}
