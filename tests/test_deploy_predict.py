@@ -66,7 +66,8 @@ def _seg_predict(tmp_path: Path, name: str, *source: str) -> np.ndarray:
     from medvit.io import read_nifti
 
     out = tmp_path / name
-    argv = ["seg", "predict", *source, "--input", str(COLIN), "--out", str(out), "--no-overlay", "--device", "cpu"]
+    argv = ["seg", "predict", *source, "--input", str(COLIN), "--out", str(out), "--no-overlay", "--device", "cpu",
+            "--precision", "32"]  # the exported graph is fp32: compare with the fp32 PyTorch path
     assert main(argv) == 0, argv
     return np.asarray(read_nifti(out / "img0001_seg.nii.gz").data)
 
@@ -135,7 +136,7 @@ def _video_run(tmp_path: Path, name: str) -> Path:
 def _video_predict(tmp_path: Path, clip: Path, name: str, *source: str) -> List[Dict[str, Any]]:
     out = tmp_path / name
     argv = ["video", "predict", *source, "--input", str(clip), "--out", str(out), "--top-k", str(len(_CLASSES)),
-            "--device", "cpu"]
+            "--device", "cpu", "--precision", "32"]  # the exported graph is fp32
     assert main(argv) == 0, argv
     return json.loads((out / "predictions.json").read_text())["predictions"][str(clip)]
 
