@@ -7,7 +7,6 @@ import json
 import re
 
 import nibabel as nib
-import pytest
 from PIL import Image
 
 from cli.main import main

@@ -200,3 +200,27 @@ def test_video_train_with_pretrained_stores_what_it_needs(vit_file, motion, tmp_
         assert exported.is_file()
     finally:
         shutil.move(str(moved), str(vit_file))
+
+
+def test_seg_train_with_pretrained_then_eval_after_the_file_moved(monai_unetr, tmp_path, capsys):
+    """A MONAI UNETR file fine-tuned on the shipped Colin27 case (5 classes, so its 3-class head is new); the run
+    keeps the report and evaluates after the file moved."""
+    from medvit.quickstart import COLIN27
+
+    weights = tmp_path / "UNETR.pth"
+    torch.save(monai_unetr.state_dict(), weights)
+    run = tmp_path / "ft"
+    rc = main(["seg", "train", "--model", "unetr", "--pretrained", str(weights), "--data", "decathlon",
+               "--data-dir", str(COLIN27), "--max-steps", "1", "--num-samples", "1", "--num-workers", "0",
+               "--device", "cpu", "--quiet", "--out", str(run), "--data-arg", "spacing=[3,3,3]", *VTK_UNETR])
+    assert rc == 0, capsys.readouterr().err
+    assert "vtk: pretrained: loaded 168 tensors" in capsys.readouterr().out
+    report = json.loads((run / "pretrained_report.json").read_text())
+    assert set(report["new"]) == {"out.conv.conv.weight", "out.conv.conv.bias"}  # the classifier, new
+    assert sorted(report["ignored"]) == ["out.conv.conv.bias (3,)", "out.conv.conv.weight (3, 8, 1, 1, 1)"]
+    moved = weights.with_name("moved.pth")
+    shutil.move(str(weights), str(moved))
+    out = tmp_path / "ev"
+    assert main(["seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["cases"] == 1
