@@ -180,9 +180,11 @@ def prepare_export(registry: Any, name: str, *, pretrained: Optional[str] = None
     Returns:
         ``(model in eval mode, metadata)`` ready for :func:`export_model`.
     """
+    from engine.pretrained import model_overrides
+
     args = dict(cfg.model_args if cfg is not None else (model_args or {}))
-    try:
-        model = registry.create_model(name, pretrained=pretrained, **args)
+    try:  # a run's provenance keys (its --pretrained file) are not re-read: the weights are the run's
+        model = registry.create_model(name, pretrained=pretrained, **model_overrides(args))
     except (TypeError, ValueError) as e:  # a bad override name or value
         raise UserError(f"--model {name}: {e}") from e
     if state_dict is not None:

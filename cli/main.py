@@ -24,7 +24,7 @@ from engine.errors import VtkError
 __all__ = ["main"]
 
 # Modules that add commands to the groups in cli.apps.
-_COMMAND_MODULES = ("cli.info", "cli.models", "cli.seg", "cli.video", "cli.bench")
+_COMMAND_MODULES = ("cli.info", "cli.models", "cli.seg", "cli.video", "cli.bench", "cli.quickstart")
 
 
 def _register_commands() -> None:

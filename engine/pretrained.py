@@ -137,7 +137,7 @@ def build_run_model(factory: Callable[..., Any], cfg: Any) -> Any:
     """
     model, report = create_with_report(factory, cfg.model, model_overrides(cfg.model_args), pretrained_path(cfg))
     if report is not None and _is_main():
-        print_report(report, cfg.quiet)
+        print_report(report)  # also with --quiet (which only turns the progress bar into log lines)
         if cfg.out:
             write_report(cfg.out, report, cfg.model_args.get(PRETRAINED_SHA256))
     return model
