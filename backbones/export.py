@@ -46,7 +46,7 @@ from torch.overrides import TorchFunctionMode
 
 from engine.choices import check_choice
 from engine.errors import RunError, UserError
-from engine.io import atomic_write_bytes
+from engine.io import atomic_write_bytes, silenced_fd
 
 from .runtime import (DEPLOY_INSTALL, EXTRA_FILE, FORMAT_VERSION, INPUT_NAME, METADATA_KEY, OUTPUT_NAME,
                       REQUIRED_KEYS, ExportedModel, load_exported, onnx_runner, onnx_session, require, spatial_axes)
@@ -254,25 +254,6 @@ def _export_mode(model: nn.Module) -> Iterator[None]:
             setattr(m, a, v)
 
 
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """Silence file descriptor 1: the TorchScript-based ONNX exporter logs whole graphs there from C++."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no descriptor 1 to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-
-
 def example_input(input_size: Sequence[int], batch: int = 1, seed: int = 0) -> Tensor:
     """A seeded standard-normal input ``(batch, *input_size)``."""
     return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
@@ -351,7 +332,7 @@ def _onnx_bytes(model: nn.Module, x: Tensor, out_ndim: int, task: str, spatial: 
     require("onnx")
     buf = io.BytesIO()
     try:
-        with _export_mode(model), _quiet_stdout():
+        with _export_mode(model), silenced_fd(1):  # the exporter dumps graphs to fd 1 from C++
             torch.onnx.export(model, (x,), buf, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes=_onnx_axes(x.ndim, out_ndim, task, spatial), opset_version=opset,
                               do_constant_folding=True)

@@ -39,9 +39,10 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
-                device: torch.device) -> Dict[str, float]:
-    """Median seconds per call of each of ``fns``, run in turn (ABBA: the order flips every round) after
-    ``warmup`` untimed calls each, so load changes on a shared machine hit every function alike."""
+                device: torch.device, stat: str = "median") -> Dict[str, float]:
+    """Median (or ``stat="min"``: fastest) seconds per call of each of ``fns``, run in turn (ABBA: the order
+    flips every round) after ``warmup`` untimed calls each, so load changes on a shared machine hit every function
+    alike."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -50,7 +51,8 @@ def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
     for i in range(steps):
         for n in (names if i % 2 == 0 else names[::-1]):
             times[n].append(timed(fns[n], device))
-    return {n: statistics.median(t) for n, t in times.items()}
+    reduce = min if stat == "min" else statistics.median
+    return {n: reduce(t) for n, t in times.items()}
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib
-import statistics
 import sys
 import tempfile
 import time
@@ -48,20 +47,10 @@ def _perturb_(model: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> tor
 
 
 def _time_ms(fns: Dict[str, Callable[[], object]], steps: int, warmup: int, stat: str = "min") -> Dict[str, float]:
-    """Fastest (``stat="min"``) or median wall time (ms) of each callable, run interleaved ABBA after ``warmup``
-    untimed calls of each."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    for i in range(steps):
-        for n in (names if i % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            fns[n]()
-            times[n].append((time.perf_counter() - start) * 1e3)
-    reduce = min if stat == "min" else statistics.median
-    return {n: reduce(t) for n, t in times.items()}
+    """Fastest (``stat="min"``) or median wall time (ms) of each callable, interleaved ABBA after ``warmup``."""
+    from benchmarks._common import interleaved
+
+    return {n: t * 1e3 for n, t in interleaved(fns, steps, warmup, torch.device("cpu"), stat).items()}
 
 
 def _export_one(model, meta, fmt: str, folder: Path) -> Dict[str, object]:

@@ -14,13 +14,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, List, Union
+from typing import Any, BinaryIO, Callable, Iterator, List, Union
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_savefig",
+__all__ = ["silenced_fd", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_savefig",
            "clean_stale_temporaries", "fsync_dir", "TMP_SUFFIX"]
 
 PathLike = Union[os.PathLike, str]
@@ -119,3 +121,25 @@ def clean_stale_temporaries(folder: PathLike, recursive: bool = True) -> List[Pa
             except OSError:
                 pass
     return removed
+
+
+@contextlib.contextmanager
+def silenced_fd(fd: int) -> Iterator[None]:
+    """Point file descriptor ``fd`` (1 or 2) at ``/dev/null`` for the block, for C/C++ code that writes to it
+    directly (decord's dmlc logger on stderr, the TorchScript ONNX exporter's graph dumps on stdout). Python-level
+    errors still reach the caller as exceptions. Does nothing where the descriptor cannot be duplicated."""
+    stream = sys.stdout if fd == 1 else sys.stderr
+    try:
+        stream.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (embedded interpreter): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)

@@ -23,6 +23,16 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(0.0, seconds))))
 
 
+def _say(progress: Any, text: str) -> None:
+    """Print ``text`` above ``progress``'s rich bar (or as a plain line) when that progress is enabled."""
+    if not progress.enabled:
+        return
+    if progress._bar is not None:
+        progress._bar.console.print(text, markup=False, highlight=False)
+    else:
+        print(text, flush=True)
+
+
 class TrainProgress:
     """Progress display for the training loop and for ``ctx.progress`` iterables.
 
@@ -81,12 +91,7 @@ class TrainProgress:
 
     def message(self, text: str) -> None:
         """Print a line (validation results, checkpoint notes) without breaking the bar."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, flush=True)
+        _say(self, text)
 
     def wrap(self, iterable: Iterable[T], description: str, total: Optional[int] = None) -> Iterator[T]:
         """Iterate ``iterable`` with a nested bar (a no-op display in plain mode or on other ranks)."""
@@ -188,12 +193,7 @@ class WorkProgress:
 
     def message(self, text: str) -> None:
         """Print a line without breaking the bar."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, flush=True)
+        _say(self, text)
 
 
 class ItemProgress:

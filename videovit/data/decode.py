@@ -10,17 +10,16 @@ Frames are addressed by index in decode order, so variable-frame-rate files samp
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
 from engine.errors import UserError
+from engine.io import silenced_fd
 
 __all__ = ["VideoReader", "open_video", "read_frames", "list_videos", "index_frame_count", "verify_complete",
            "DecodeStopped", "stream_info", "iter_frames", "SeekReader", "open_reader"]
@@ -75,7 +74,7 @@ class VideoReader:
         import decord
 
         _quiet_decord(decord)
-        with _DECORD_LOCK, _silenced_stderr():  # decord's C++ logger prints "ERROR opening ..." itself
+        with _DECORD_LOCK, silenced_fd(2):  # decord's C++ (dmlc) logger prints "ERROR opening ..." itself
             vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
         if len(vr) < 1:
             raise RuntimeError("no frames")
@@ -202,27 +201,6 @@ def _quiet_decord(decord) -> None:
 
 
 _QUIET = False
-
-
-@contextlib.contextmanager
-def _silenced_stderr() -> Iterator[None]:
-    """Point file descriptor 2 at ``/dev/null`` for the block: decord's C++ (dmlc) logger writes ``[hh:mm:ss]
-    .../video_reader.cc:83: ERROR opening: ...`` straight to it, which ``decord.logging`` does not control. The
-    failure itself still reaches the caller as an exception."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real stderr (embedded interpreter): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 # decord's messages start with "[01:08:03] /github/workspace/src/video/video_reader.cc:486: "
