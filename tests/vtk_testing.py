@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
 from torch import nn
 
-__all__ = ["perturb_", "randomize_", "one_thread", "registered",
+__all__ = ["tiny_video_run", "perturb_", "randomize_", "one_thread", "registered",
            "foreign_registry_entries"]
 
 # Packages whose modules may register models and converters; an entry defined anywhere else came from a test.
@@ -90,3 +90,26 @@ def foreign_registry_entries() -> List[str]:
             found += [f"{pkg} model {name!r} (from {registry.entrypoint(name).__module__})"
                       for name in registry.list_models() if _foreign(registry.entrypoint(name))]
     return found
+
+
+# The smallest TimeSformer the video CLI trains: 4 frames of 32x32, patch 8, one block of width 16.
+TINY_TIMESFORMER = ["--num-frames", "4", "--img-size", "32", "--patch-size", "8", "--model-arg", "embed_dim=16",
+                    "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
+
+
+def tiny_video_run(root, *, videos_per_class: int, seed: int, steps: int, batch_size: int,
+                   extra: Sequence[str] = ()):
+    """``(run, data)``: a 3-class synthetic Kinetics copy under ``root/k400`` (8 frames, 32 px) and a tiny
+    TimeSformer trained on it for ``steps`` steps into ``root/run`` through ``vtk video train``."""
+    from pathlib import Path
+
+    from cli.main import main
+
+    root = Path(root)
+    data, run = root / "k400", root / "run"
+    assert main(["data", "synth", "kinetics400", "--out", str(data), "--classes", "3", "--videos-per-class",
+                 str(videos_per_class), "--frames", "8", "--size", "32", "--seed", str(seed)]) == 0
+    assert main(["video", "train", "--model", "timesformer", "--data", "kinetics400", "--data-dir", str(data),
+                 "--out", str(run), "--max-steps", str(steps), "--batch-size", str(batch_size), "--val-every",
+                 str(steps), "--num-workers", "0", "--device", "cpu", "--quiet", *extra, *TINY_TIMESFORMER]) == 0
+    return run, data

@@ -17,10 +17,9 @@ import pytest
 import torch
 
 from cli.main import main
+from vtk_testing import tiny_video_run
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--num-frames", "4", "--img-size", "32", "--patch-size", "8", "--model-arg", "embed_dim=16",
-        "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
 
 _SCRIPT = """
 import sys
@@ -32,14 +31,7 @@ sys.exit(max(main(argv) for argv in argvs))
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dist")
-    data = root / "k400"
-    assert main(["data", "synth", "kinetics400", "--out", str(data), "--classes", "3", "--videos-per-class", "4",
-                 "--frames", "8", "--size", "32", "--seed", "1"]) == 0
-    run = root / "run"
-    assert main(["video", "train", "--model", "timesformer", "--data", "kinetics400", "--data-dir", str(data),
-                 "--out", str(run), "--max-steps", "2", "--batch-size", "4", "--val-every", "2", "--num-workers",
-                 "0", "--device", "cpu", "--quiet", *TINY]) == 0
+    run, _ = tiny_video_run(tmp_path_factory.mktemp("dist"), videos_per_class=4, seed=1, steps=2, batch_size=4)
     return run
 
 

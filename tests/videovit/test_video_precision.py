@@ -6,22 +6,14 @@ import pytest
 import torch
 
 from cli.main import main
+from vtk_testing import tiny_video_run
 
-TINY = ["--num-frames", "4", "--img-size", "32", "--patch-size", "8", "--model-arg", "embed_dim=16",
-        "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prec")
-    data = root / "k400"
-    assert main(["data", "synth", "kinetics400", "--out", str(data), "--classes", "3", "--videos-per-class", "2",
-                 "--frames", "8", "--size", "32", "--seed", "1"]) == 0
-    out = root / "run"
-    assert main(["video", "train", "--model", "timesformer", "--data", "kinetics400", "--data-dir", str(data),
-                 "--out", str(out), "--max-steps", "1", "--batch-size", "2", "--val-every", "1", "--num-workers",
-                 "0", "--device", "cpu", "--quiet", "--precision", "32", *TINY]) == 0
-    return out, data
+    return tiny_video_run(tmp_path_factory.mktemp("prec"), videos_per_class=2, seed=1, steps=1, batch_size=2,
+                          extra=["--precision", "32"])
 
 
 @pytest.mark.parametrize("precision,dtype", [("32", torch.float32), ("bf16", torch.bfloat16)])

@@ -11,25 +11,17 @@ import pytest
 import torch
 
 from cli.main import main
+from vtk_testing import tiny_video_run
 from engine.errors import UserError
 from videovit.data.synth import render_video, write_video
 from videovit.windows import Window, _window_frames, plan_windows
 
-TINY = ["--num-frames", "4", "--img-size", "32", "--patch-size", "8", "--model-arg", "embed_dim=16",
-        "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
 FPS = 25
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("win")
-    data = root / "k400"
-    assert main(["data", "synth", "kinetics400", "--out", str(data), "--classes", "3", "--videos-per-class", "2",
-                 "--frames", "8", "--size", "32", "--seed", "2"]) == 0
-    run = root / "run"
-    assert main(["video", "train", "--model", "timesformer", "--data", "kinetics400", "--data-dir", str(data),
-                 "--out", str(run), "--max-steps", "1", "--batch-size", "2", "--val-every", "1", "--num-workers",
-                 "0", "--device", "cpu", "--quiet", *TINY]) == 0
+    run, _ = tiny_video_run(tmp_path_factory.mktemp("win"), videos_per_class=2, seed=2, steps=1, batch_size=2)
     return run
 
 
