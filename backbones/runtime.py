@@ -33,7 +33,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -43,6 +43,7 @@ from engine.pretrained import WeightsRun
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "EXTRA_FILE", "REQUIRED_KEYS", "INPUT_NAME", "OUTPUT_NAME",
            "DEPLOY_INSTALL", "PROTOCOL_KEYS", "ExportedModel", "ExportRun", "load_exported", "load_model_file", "exported_model",
+           "refuse_with_model_file",
            "run_config", "require", "spatial_axes", "onnx_session", "onnx_runner"]
 
 FORMAT_VERSION = 1
@@ -289,6 +290,21 @@ def run_config(meta: Dict[str, Any], path: Union[str, os.PathLike] = "") -> Any:
 def exported_model(source: Any) -> Optional[ExportedModel]:
     """The :class:`ExportedModel` of an :class:`ExportRun`, else ``None`` (a Predictor then builds its model)."""
     return source.model if isinstance(source, ExportRun) else None
+
+
+def refuse_with_model_file(model_file: Union[str, os.PathLike], options: Mapping[str, Any]) -> None:
+    """``--model-file`` replays the model and protocol in the file: refuse any other source or protocol option.
+
+    Args:
+        model_file: The ``--model-file`` path (for the message).
+        options: ``{"--checkpoint": value, "--model": value, ...}``; ``None`` or ``[]`` means not given.
+
+    Raises:
+        UserError: ``"--checkpoint: not with --model-file m.onnx (the file holds its model and protocol)"``.
+    """
+    given = [name for name, value in options.items() if value is not None and value != []]
+    if given:
+        raise UserError(f"{given[0]}: not with --model-file {model_file} (the file holds its model and protocol)")
 
 
 def load_model_file(path: Union[str, os.PathLike], task: str, *, threads: Optional[int] = None) -> ExportRun:

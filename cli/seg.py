@@ -291,16 +291,6 @@ def _opt_stitch():
                         "(auto: on the GPU only when it fits).")
 
 
-def _model_file_alone(model_file: Path, checkpoint: Optional[Path], model: Optional[str],
-                      pretrained: Optional[Path], protocol: dict) -> None:
-    """``--model-file`` replays the protocol in the file: no run, weights or protocol option with it."""
-    given = (["--checkpoint"] if checkpoint else []) + (["--model"] if model else []) + (
-        ["--pretrained"] if pretrained else []) + [_PROTOCOL_OPTIONS[k] for k, v in protocol.items()
-                                                   if v is not None and v != []]
-    if given:
-        raise UserError(f"{given[0]}: not with --model-file {model_file} (the file holds its model and protocol)")
-
-
 @seg_app.command("eval")
 def evaluate(
     checkpoint: Optional[List[Path]] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
@@ -444,7 +434,10 @@ def predict(
                     names=class_names, model_arg=model_arg)
     options = dict(tta=tta, stitch=stitch, postprocess=postprocess)
     if model_file is not None:
-        _model_file_alone(model_file, checkpoint, model, pretrained, protocol)
+        from backbones.runtime import refuse_with_model_file
+
+        refuse_with_model_file(model_file, {"--checkpoint": checkpoint, "--model": model, "--pretrained": pretrained,
+                                            **{_PROTOCOL_OPTIONS[k]: v for k, v in protocol.items()}})
         pred = Predictor.from_model_file(model_file, device, overlap, sw_batch_size, mode, amp, precision, **options)
     else:
         pred = Predictor(_sources(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,

@@ -416,15 +416,6 @@ def _print_eval(ev, metrics_path: Path, confusion_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- predict
-def _model_file_alone(model_file: Path, checkpoint: Optional[Path], model: Optional[str],
-                      pretrained: Optional[Path], protocol: Dict[str, Any]) -> None:
-    """``--model-file`` replays the protocol in the file: no run, weights or protocol option with it."""
-    given = (["--checkpoint"] if checkpoint else []) + (["--model"] if model else []) + (
-        ["--pretrained"] if pretrained else []) + [_PROTOCOL_OPTIONS[k] for k, v in protocol.items() if v]
-    if given:
-        raise UserError(f"{given[0]}: not with --model-file {model_file} (the file holds its model and protocol)")
-
-
 @video_app.command("predict")
 def predict(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Run folder or .safetensors file (or "
@@ -473,7 +464,10 @@ def predict(
     protocol = dict(num_frames=num_frames, stride=stride, crop_size=crop_size, short_side=short_side, mean=mean,
                     std=std, classes=classes, model_arg=model_arg)
     if model_file is not None:
-        _model_file_alone(model_file, checkpoint, model, pretrained, protocol)
+        from backbones.runtime import refuse_with_model_file
+
+        refuse_with_model_file(model_file, {"--checkpoint": checkpoint, "--model": model, "--pretrained": pretrained,
+                                            **{_PROTOCOL_OPTIONS[k]: v for k, v in protocol.items()}})
     files = collect_videos(input)
     if model_file is not None:
         predictor = Predictor.from_model_file(model_file, device=device, views=views, precision=precision)
