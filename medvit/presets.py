@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from engine.choices import check_choice
+from medvit.recipes import per_world_batch
 
 __all__ = ["PRESETS", "preset_options"]
 
@@ -42,5 +43,7 @@ def preset_options(preset: str, model: Optional[str]) -> Dict[str, Any]:
         data_args["roi"] = int(model_args.pop("img_size", 32))
     else:
         model_args = {}
-    return dict(_QUICK_SCHEDULE, model_args=model_args, data_args=data_args)
+    # one crop per rank: under torchrun the global batch is WORLD_SIZE (an explicit --batch-size still wins)
+    schedule = dict(_QUICK_SCHEDULE, batch_size=per_world_batch(_QUICK_SCHEDULE["batch_size"]))
+    return dict(schedule, model_args=model_args, data_args=data_args)
 

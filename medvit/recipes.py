@@ -33,7 +33,7 @@ __all__ = [
     "PAPER_RECIPES", "DEFAULT_RECIPE", "DATASET_NUM_CLASSES", "DEFAULT_EDGE", "WINDOW_2D", "recipe_defaults",
     "with_recipe_defaults", "model_metadata", "spatial_dims", "default_edge", "default_window", "default_spacing",
     "default_num_classes", "datalist_names", "default_class_names", "folder2d_channels", "resolve_seg_config",
-    "DATA_ARG_KEYS", "check_data_args", "check_model_args", "model_keywords",
+    "DATA_ARG_KEYS", "check_data_args", "check_model_args", "model_keywords", "per_world_batch",
 ]
 
 _VOLUME_RECIPE = dict(optimizer="adamw", lr=1e-4, weight_decay=1e-5, schedule="warmup-cosine", batch_size=1)
@@ -69,13 +69,13 @@ def recipe_defaults(model: Optional[str], max_steps: Optional[int]) -> Dict[str,
         return {}
     key = _recipe_key(model)
     out = dict(PAPER_RECIPES[key], val_every=100, ckpt_every=100)
-    out["batch_size"] = _per_world(out["batch_size"])
+    out["batch_size"] = per_world_batch(out["batch_size"])
     if key in _WARMUP_RECIPES:
         out["warmup_steps"] = max(0, (max_steps or 1000) // 100)
     return out
 
 
-def _per_world(batch_size: int) -> int:
+def per_world_batch(batch_size: int) -> int:
     """The recipe's global batch rounded up to a multiple of torchrun's ``WORLD_SIZE``: UNETR's one volume per step
     becomes one volume per rank, so ``torchrun --nproc_per_node N vtk seg train ...`` works without
     ``--batch-size`` (an explicit ``--batch-size`` is the global batch and is never changed)."""

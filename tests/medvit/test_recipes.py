@@ -116,3 +116,14 @@ def test_write_nifti_atomic_round_trip(name, tmp_path):
     img = nib.load(str(dst))
     assert np.array_equal(np.asarray(img.dataobj), data) and np.allclose(img.affine, affine)
     assert sorted(p.name for p in dst.parent.iterdir()) == [name]  # no temporary left behind
+
+
+def test_quick_preset_batch_is_one_crop_per_rank(monkeypatch):
+    """Under torchrun the quick preset's batch follows WORLD_SIZE, so `--preset quick` needs no --batch-size."""
+    from medvit.presets import preset_options
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert preset_options("quick", "unetr")["batch_size"] == 1
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert preset_options("quick", "unetr")["batch_size"] == 3
+    assert preset_options("quick", "transunet")["batch_size"] == 3
