@@ -22,7 +22,7 @@ from engine.io import atomic_savefig, atomic_write_json
 if TYPE_CHECKING:  # pragma: no cover
     from .inference import Evaluation, Prediction
 
-__all__ = ["default_eval_dir", "eval_record", "write_eval_report", "plot_confusion", "contact_sheet",
+__all__ = ["default_eval_dir", "eval_record", "write_eval_report", "plot_confusion", "most_confused", "contact_sheet",
            "contact_sheet_names", "write_contact_sheet", "write_predictions"]
 
 PathLike = Union[str, Path]
@@ -68,19 +68,49 @@ def _pyplot():
     return plt
 
 
+MAX_CONFUSION_CLASSES = 40
+
+
+def most_confused(confusion: Any, limit: int = MAX_CONFUSION_CLASSES) -> List[int]:
+    """Indices of the ``limit`` classes with the most errors (row + column off-diagonal counts), in class order.
+
+    Kinetics-400's full matrix would be a 400 x 400 picture nobody can read; its most confused classes are what a
+    user looks for. With ``limit`` or fewer classes every index is returned.
+    """
+    import numpy as np
+
+    cm = np.asarray(confusion)
+    k = len(cm)
+    if k <= limit:
+        return list(range(k))
+    off = cm - np.diag(np.diag(cm))
+    errors = off.sum(0) + off.sum(1)  # (K,) false positives + false negatives
+    keep = np.argsort(-errors, kind="stable")[:limit]
+    return sorted(int(i) for i in keep)
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: PathLike) -> Path:
-    """Save the confusion matrix (rows: true class, columns: predicted) as a PNG with class names on both axes."""
+    """Save the confusion matrix (rows: true class, columns: predicted) as a PNG with class names on both axes.
+
+    Over :data:`MAX_CONFUSION_CLASSES` classes only the most confused ones are drawn (see :func:`most_confused`),
+    and the title says so, so the picture stays readable and its size bounded.
+    """
     import numpy as np
 
     plt = _pyplot()
-    cm = np.asarray(confusion)
-    k = len(classes)
+    full = np.asarray(confusion)
+    keep = most_confused(full)
+    cm = full[np.ix_(keep, keep)]
+    names = [classes[i] for i in keep]
+    k = len(keep)
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * k + 2), max(4, 0.45 * k + 2)))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), classes, rotation=90, fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xticks(range(k), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    if k < len(full):
+        ax.set_title(f"the {k} most confused of {len(full)} classes", fontsize=9)
     if k <= 30:
         for i in range(k):
             for j in range(k):
