@@ -455,9 +455,8 @@ def predict(
     """
     from rich.console import Console
 
-    from engine.progress import ItemProgress
     from videovit.inference import Predictor, collect_videos
-    from videovit.report import contact_sheet_names, write_contact_sheet, write_predictions
+    from videovit.report import contact_sheet_names, write_predictions
 
     if top_k < 1:
         raise UserError(f"--top-k: must be >= 1, got {top_k}")
@@ -479,34 +478,25 @@ def predict(
         return _predict_windows(predictor, files, input, out, window, hop, top_k)
     names = contact_sheet_names(files, input if input.is_dir() else input.parent)
     console = Console()
-    results, sheets, failed, errors, scores = {}, {}, [], {}, {}
-    mine, alone = predictor.shard(files), not predictor.dist.distributed
-    with ItemProgress(len(mine), "predict", enabled=predictor.dist.is_main) as bar:
-        for path, result in predictor.predict_files(mine, top_k):
-            bar.advance()
-            if isinstance(result, UserError):
-                failed.append(str(path))
-                errors[str(path)] = " ".join(str(result).split())
-                if len(files) > 1:
-                    print(f"vtk: error: {errors[str(path)]}", file=sys.stderr, flush=True)
-                continue
-            if alone:
-                console.print(_table(str(path), ("rank", "label", "score"), _top_rows(result.top)))
-            results[str(path)], sheets[str(path)] = result.top, str(write_contact_sheet(result, out / names[path]))
-            scores[str(path)] = result.view_probs.numpy()
-    if not alone:  # every rank predicted its share; rank 0 merges them in file order and writes
-        parts = predictor.gather((results, sheets, failed, errors, scores))
-        if not predictor.dist.is_main:
-            return
-        merged = [dict(x for part in parts for x in part[k].items()) for k in (0, 1, 3, 4)]
-        results, sheets = ({str(f): m[str(f)] for f in files if str(f) in m} for m in merged[:2])
-        errors, scores = merged[2], merged[3]
-        failed = [str(f) for f in files if str(f) in errors]
-        for path, top in results.items():
-            console.print(_table(path, ("rank", "label", "score"), _top_rows(top)))
+
+    def show(path, top) -> None:
+        console.print(_table(str(path), ("rank", "label", "score"), _top_rows(top)))
+
+    def warn(path, message: str) -> None:
+        if len(files) > 1:
+            print(f"vtk: error: {message}", file=sys.stderr, flush=True)
+
+    res = predictor.predict_all(files, top_k, lambda p: out / names[p], None if predictor.dist.distributed else show,
+                                warn)
+    if res is None:
+        return  # rank 0 writes the files of every rank
+    if predictor.dist.distributed:
+        for path, top in res.top.items():
+            show(path, top)
+    results, failed, errors, scores = res.top, res.failed, res.errors, res.scores
     if failed and len(files) == 1:
         raise UserError(errors[failed[0]])
-    written = write_predictions(out, results, failed, sheets)
+    written = write_predictions(out, results, failed, res.sheets)
     console.print(f"wrote {written} ({len(results)} videos, {len(failed)} failed)")
     if save_predictions is not None and results:
         from videovit.score import save_predictions as save

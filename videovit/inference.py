@@ -36,8 +36,8 @@ from .data.samplers import parse_views, uniform_clips
 from .data.transforms import eval_transform
 from .task import VideoOptions, classification_metrics, load_split, score_views, video_options
 
-__all__ = ["Predictor", "Evaluation", "Prediction", "select_device", "build_model_from_run", "predict_video",
-           "class_names", "collect_videos", "shard", "score_views"]
+__all__ = ["Predictor", "Evaluation", "Prediction", "FilePredictions", "select_device", "build_model_from_run",
+           "predict_video", "class_names", "collect_videos", "shard", "score_views"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 Views = Union[str, Tuple[int, int]]
@@ -179,6 +179,25 @@ class Prediction:
     frames: np.ndarray
     indices: np.ndarray
     view_probs: Optional[Tensor] = None
+
+
+@dataclasses.dataclass
+class FilePredictions:
+    """What :meth:`Predictor.predict_all` returns on rank 0: every file of the input, in input order.
+
+    Attributes:
+        top: path -> ``[{"label", "index", "score"}, ...]`` of each decoded file.
+        sheets: path -> the contact sheet PNG written for it.
+        errors: path -> one-line error of each file that could not be decoded.
+        scores: path -> ``(T*S, K)`` per-view softmax (for ``--save-predictions``).
+        failed: The paths of ``errors`` in input order.
+    """
+
+    top: Dict[str, List[Dict[str, Any]]]
+    sheets: Dict[str, str]
+    errors: Dict[str, str]
+    scores: Dict[str, np.ndarray]
+    failed: List[str]
 
 
 class Predictor:
@@ -360,6 +379,46 @@ class Predictor:
                 yield Path(path), self.predict_file(path, top_k)
             except UserError as e:
                 yield Path(path), e
+
+    def predict_all(self, files: Sequence[Path], top_k: int, sheet_for: Callable[[Path], Path],
+                    on_result: Optional[Callable[[Path, List[Dict[str, Any]]], None]] = None,
+                    on_error: Optional[Callable[[Path, str], None]] = None) -> Optional[FilePredictions]:
+        """Predict this rank's share of ``files`` with a progress bar, write each contact sheet, merge on rank 0.
+
+        Args:
+            files: Every input file (each rank takes its :meth:`shard`).
+            top_k: Classes kept per video.
+            sheet_for: The contact sheet path of a file.
+            on_result: Called with ``(path, top)`` as each file of this rank is predicted.
+            on_error: Called with ``(path, one-line message)`` for each file that cannot be decoded.
+
+        Returns:
+            Every file's result in input order on rank 0 (or in one process); ``None`` on the other ranks.
+        """
+        from .report import write_contact_sheet
+
+        mine = self.shard(files)
+        top, sheets, errors, scores = {}, {}, {}, {}
+        with ItemProgress(len(mine), "predict", enabled=self.dist.is_main) as bar:
+            for path, result in self.predict_files(mine, top_k):
+                bar.advance()
+                if isinstance(result, UserError):
+                    errors[str(path)] = " ".join(str(result).split())
+                    if on_error is not None:
+                        on_error(path, errors[str(path)])
+                    continue
+                top[str(path)], scores[str(path)] = result.top, result.view_probs.numpy()
+                sheets[str(path)] = str(write_contact_sheet(result, sheet_for(path)))
+                if on_result is not None:
+                    on_result(path, result.top)
+        if self.dist.distributed:  # every rank predicted its share; rank 0 merges them
+            parts = self.gather((top, sheets, errors, scores))
+            if not self.dist.is_main:
+                return None
+            top, sheets, errors, scores = (dict(x for part in parts for x in part[k].items()) for k in range(4))
+        order = [str(f) for f in files]
+        return FilePredictions({f: top[f] for f in order if f in top}, {f: sheets[f] for f in order if f in sheets},
+                               errors, scores, [f for f in order if f in errors])
 
 
 class _Failed:
