@@ -115,13 +115,14 @@ def vtk_row(model: str, budget_s: float, out: Path) -> List[dict]:
                             out / f"{model}.log")
     rows = []
     for v in eval_variants():
-        if v["args"] and "--tta" not in v["args"]:
-            continue  # the comparison: default inference and mirroring TTA (nnU-Net has no LCC by default)
-        ev = run / ("eval-" + "-".join(a.strip("-") for a in v["args"]) if v["args"] else "eval")
+        if "lcc" in v["args"]:
+            continue  # the comparison: plain inference and mirroring TTA (nnU-Net's rows are not postprocessed)
+        ev = run / ("eval-" + "-".join(a.strip("-") for a in v["args"]))
         t1 = time.time()
         vtk("seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--out", str(ev), *v["args"])
         summary = json.loads((ev / "metrics.json").read_text())
-        rows.append(_row(f"vtk {model}", v["name"], summary.get("summary", summary), t, time.time() - t1,
+        name = "TTA (mirroring)" if "--tta" in v["args"] else "default"
+        rows.append(_row(f"vtk {model}", name, summary.get("summary", summary), t, time.time() - t1,
                          steps=_last_step(run)))
     return rows
 
