@@ -14,9 +14,10 @@ workers), so the comparison does not depend on how busy the machine is:
   ``nnUNetPredictor`` (sliding window, step 0.5, Gaussian), without mirroring (``default``) and with it (``TTA``,
   nnU-Net's own default).
 * vtk UNETR and Swin-UNETR: ``vtk seg train --preset quick`` with the Colin27 proof's recipe (class-balanced
-  crops, class weights, batch Dice, MR z-score); a 20 CPU-second probe measures the step rate, the cosine schedule
+  crops, class weights, batch Dice, MR z-score, 64^3 ROI, nnU-Net-style augmentation); a 60 CPU-second probe
+  measures the step rate after start-up, the cosine schedule
   is set to the steps that fit the budget, and the run is stopped with SIGTERM (which saves) if it exceeds it.
-  Prediction is ``vtk seg eval`` (default inference, and ``--tta`` when this vtk has it).
+  Prediction is ``vtk seg eval --postprocess none``, without and with ``--tta``.
 
 Every mask is scored by vtk's metrics in the label's own grid (Dice, HD95 in mm, NSD at 2 mm).
 
@@ -50,6 +51,7 @@ CASES = {"train": (ASSET / "imagesTr/colin27_brain.nii.gz", COLIN / "labelsTr/la
 NAMES = ["left cerebral cortex", "right cerebral cortex", "cerebellum", "deep grey matter"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0"}
 TICK = os.sysconf("SC_CLK_TCK")
+PROBE_S = 60.0  # CPU seconds of the step-rate probe (start-up is excluded from the rate)
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -72,9 +74,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def run_with_cpu_budget(cmd: List[str], budget_s: float, env: dict, log: Path) -> Dict[str, float]:
-    """Run ``cmd``; SIGTERM it once it has used ``budget_s`` CPU seconds. Returns its CPU and wall seconds."""
+def run_with_cpu_budget(cmd: List[str], budget_s: float, env: dict, log: Path,
+                        run: Optional[Path] = None) -> Dict[str, float]:
+    """Run ``cmd``; SIGTERM it once it has used ``budget_s`` CPU seconds. Returns its CPU and wall seconds, and
+    with ``run`` (a vtk run folder) ``rate``: training steps per CPU second after the first logged step (start-up,
+    imports and caching excluded), or ``None`` if fewer than two step logs came."""
     t0 = time.time()
+    first = last = None  # (cpu_s, step) at the first / latest new logged step
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT)
         used, stopped = 0.0, False
@@ -83,13 +89,19 @@ def run_with_cpu_budget(cmd: List[str], budget_s: float, env: dict, log: Path) -
                 used = cpu_seconds(proc.pid)
             except (OSError, IndexError):
                 pass
+            if run is not None:
+                step = _last_step(run)
+                if step and (last is None or step > last[1]):
+                    last = (used, step)
+                    first = first or last
             if used >= budget_s and not stopped:
                 proc.send_signal(signal.SIGTERM)
                 stopped = True
             time.sleep(0.5)
     if proc.returncode not in (0, 143, -15):
         raise SystemExit(f"{' '.join(cmd[:6])}... failed ({proc.returncode}); see {log}")
-    return {"cpu_s": used, "wall_s": time.time() - t0, "stopped": stopped}
+    rate = (last[1] - first[1]) / (last[0] - first[0]) if first and last and last[0] > first[0] else None
+    return {"cpu_s": used, "wall_s": time.time() - t0, "stopped": stopped, "rate": rate}
 
 
 # ------------------------------------------------------------------------------------------------ vtk
@@ -105,23 +117,25 @@ def vtk_row(model: str, budget_s: float, out: Path) -> List[dict]:
             str(ASSET), "--val-every", "1000000", "--ckpt-every", "1000000"]
     probe = out / f"{model}-probe"
     shutil.rmtree(probe, ignore_errors=True)
-    p = run_with_cpu_budget(base + ["--max-steps", "1000000", "--out", str(probe)], min(20.0, budget_s / 2),
-                            ONE_THREAD, out / f"{model}-probe.log")
-    rate = max(_last_step(probe), 1) / max(p["cpu_s"], 1e-3)  # steps per CPU second (start-up included)
-    steps = max(10, int(rate * budget_s))
+    p = run_with_cpu_budget(base + ["--max-steps", "1000000", "--out", str(probe)], min(PROBE_S, budget_s / 2),
+                            ONE_THREAD, out / f"{model}-probe.log", run=probe)
+    startup = p["cpu_s"] - _last_step(probe) / p["rate"] if p["rate"] else 0.0  # CPU s before the first step
+    rate = p["rate"] or max(_last_step(probe), 1) / max(p["cpu_s"], 1e-3)  # steps per CPU second
+    steps = max(10, int(rate * max(budget_s - startup, 0.0)))
     run = out / model
     shutil.rmtree(run, ignore_errors=True)
     t = run_with_cpu_budget(base + ["--max-steps", str(steps), "--out", str(run)], budget_s, ONE_THREAD,
                             out / f"{model}.log")
     rows = []
     for v in eval_variants():
-        if v["args"] and "--tta" not in v["args"]:
-            continue  # the comparison: default inference and mirroring TTA (nnU-Net has no LCC by default)
-        ev = run / ("eval-" + "-".join(a.strip("-") for a in v["args"]) if v["args"] else "eval")
+        if "lcc" in v["args"]:
+            continue  # the comparison: plain inference and mirroring TTA (nnU-Net's rows are not postprocessed)
+        ev = run / ("eval-" + "-".join(a.strip("-") for a in v["args"]))
         t1 = time.time()
         vtk("seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--out", str(ev), *v["args"])
         summary = json.loads((ev / "metrics.json").read_text())
-        rows.append(_row(f"vtk {model}", v["name"], summary.get("summary", summary), t, time.time() - t1,
+        name = "TTA (mirroring)" if "--tta" in v["args"] else "default"
+        rows.append(_row(f"vtk {model}", name, summary.get("summary", summary), t, time.time() - t1,
                          steps=_last_step(run)))
     return rows
 

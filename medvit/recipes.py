@@ -207,6 +207,7 @@ DATA_ARG_KEYS: Tuple[str, ...] = (
     "roi", "spacing", "a_min", "a_max", "num_samples", "cache", "spatial_dims", "sw_batch_size", "overlap", "names",
     "crop", "ratios", "pos", "neg", "flip_prob", "rot90_prob", "shift_prob", "class_weights", "dice_batch",
     "val_fraction", "folds", "fold", "normalization", "intensity_stats",
+    "affine_prob", "rotate", "scale", "translate", "noise_prob", "blur_prob", "contrast_prob", "gamma_prob",
 )
 _DATA_ARG_OPTIONS = {"roi": "--img-size", "num_samples": "--num-samples", "cache": "--cache"}
 
@@ -240,8 +241,15 @@ def _data_arg_rule(key: str, v: Any) -> Optional[str]:
     if key in ("a_min", "a_max", "pos", "neg"):
         return None if _is_number(v) and (key.startswith("a_") or v >= 0) else "expected a finite number" + (
             "" if key.startswith("a_") else " >= 0")
-    if key in ("flip_prob", "rot90_prob", "shift_prob"):
+    if key in ("flip_prob", "rot90_prob", "shift_prob", "affine_prob", "noise_prob", "blur_prob", "contrast_prob",
+               "gamma_prob"):
         return None if _is_number(v) and 0 <= v <= 1 else "expected a probability in [0, 1]"
+    if key == "rotate":
+        return None if _is_number(v) and 0 <= v <= 180 else "expected degrees in [0, 180]"
+    if key == "scale":
+        return None if _is_number(v) and 0 <= v < 1 else "expected a fraction in [0, 1), e.g. scale=0.15"
+    if key == "translate":
+        return None if _is_number(v) and v >= 0 else "expected voxels >= 0"
     if key == "overlap":
         return None if _is_number(v) and 0 <= v < 1 else "expected a number in [0, 1)"
     if key == "val_fraction":

@@ -32,12 +32,18 @@ from medvit.io import check_pair, read_nifti
 
 __all__ = ["LoadNiftid", "RECIPE_3D", "CROP_MODES", "train_transforms_3d", "val_transforms_3d", "to_ras", "from_ras",
            "scale_intensity", "NORMALIZATIONS", "foreground_stats", "ct_normalize", "mr_normalize",
-           "normalize_image", "resolve_normalization", "Normalized"]
+           "normalize_image", "resolve_normalization", "Normalized", "augmentations", "AUG_RANGES", "AUG_KEYS"]
 
 # Defaults of the UNETR BTCV recipe; stored in the run's data_args so predict replays them.
 RECIPE_3D = {"spacing": (1.5, 1.5, 2.0), "a_min": -175.0, "a_max": 250.0, "num_samples": 2,
              "pos": 1.0, "neg": 1.0, "flip_prob": 0.2, "rot90_prob": 0.2, "shift_prob": 0.5,
-             "crop": "posneg", "ratios": None, "normalization": "window", "intensity_stats": None}
+             "crop": "posneg", "ratios": None, "normalization": "window", "intensity_stats": None,
+             "affine_prob": 0.0, "rotate": 15.0, "scale": 0.15, "translate": 8, "noise_prob": 0.0,
+             "blur_prob": 0.0, "contrast_prob": 0.0, "gamma_prob": 0.0}
+# nnU-Net's intensity ranges (Isensee et al. 2021, Supplementary Note 4): Gaussian noise variance U(0, 0.1), blur
+# sigma U(0.5, 1), multiplicative brightness U(0.75, 1.25), gamma U(0.7, 1.5) on the intensities scaled to [0, 1]
+AUG_RANGES = {"noise_std": 0.1 ** 0.5, "blur_sigma": (0.5, 1.0), "contrast": (0.75, 1.25), "gamma": (0.7, 1.5)}
+AUG_KEYS = ("affine_prob", "rotate", "scale", "translate", "noise_prob", "blur_prob", "contrast_prob", "gamma_prob")
 CROP_MODES = ("posneg", "classes")
 NORMALIZATIONS = ("auto", "ct", "mr", "window", "none")
 _CT_WORDS = ("ct",)
@@ -110,7 +116,41 @@ def train_transforms_3d(roi: Sequence[int], loader: LoadNiftid, **recipe) -> "ob
         T.RandFlipd(keys=keys, prob=r["flip_prob"], spatial_axis=2),
         T.RandRotate90d(keys=keys, prob=r["rot90_prob"], max_k=3),
         T.RandShiftIntensityd(keys="image", offsets=0.1, prob=r["shift_prob"]),
-    ])
+    ] + augmentations(r))
+
+
+def augmentations(r: Mapping) -> list:
+    """nnU-Net-style spatial and intensity augmentation of a crop (Isensee et al., Nature Methods 18, 2021).
+
+    Each step runs with its own probability (``data_args``; all 0 by default, so the paper recipes are unchanged):
+    ``affine_prob`` a random rotation (``rotate`` degrees about each axis), isotropic-per-axis scaling
+    (``1 +- scale``) and translation (``translate`` voxels per axis; zeros and background enter at the border);
+    ``noise_prob`` Gaussian noise, ``blur_prob`` Gaussian blur, ``contrast_prob`` multiplicative brightness and
+    ``gamma_prob`` gamma on the crop rescaled to [0, 1] (ranges :data:`AUG_RANGES`). Gamma and brightness let a
+    model trained on one scanner's contrast read another's; blur lets one trained on a sharp scan read a smooth
+    average (a template).
+    """
+    from monai import transforms as T
+
+    keys = ("image", "label")
+    out = []
+    if r["affine_prob"] > 0:
+        rad = float(r["rotate"]) * np.pi / 180.0
+        out.append(T.RandAffined(keys=keys, prob=float(r["affine_prob"]), rotate_range=(rad,) * 3,
+                                 scale_range=(float(r["scale"]),) * 3, translate_range=(float(r["translate"]),) * 3,
+                                 mode=("bilinear", "nearest"), padding_mode="zeros"))
+    sig = AUG_RANGES["blur_sigma"]
+    if r["noise_prob"] > 0:
+        out.append(T.RandGaussianNoised(keys="image", prob=float(r["noise_prob"]), std=AUG_RANGES["noise_std"]))
+    if r["blur_prob"] > 0:
+        out.append(T.RandGaussianSmoothd(keys="image", prob=float(r["blur_prob"]), sigma_x=sig, sigma_y=sig,
+                                         sigma_z=sig))
+    if r["contrast_prob"] > 0:
+        lo, hi = AUG_RANGES["contrast"]
+        out.append(T.RandScaleIntensityd(keys="image", factors=(lo - 1.0, hi - 1.0), prob=float(r["contrast_prob"])))
+    if r["gamma_prob"] > 0:  # MONAI rescales to [0, 1], applies the gamma and restores the range
+        out.append(T.RandAdjustContrastd(keys="image", prob=float(r["gamma_prob"]), gamma=AUG_RANGES["gamma"]))
+    return out
 
 
 def _rand_crop(roi: Sequence[int], r: Mapping, num_classes: Optional[int]) -> "object":

@@ -171,3 +171,36 @@ def test_loss_class_weights_and_batch_dice():
     bad = SegTask()
     with pytest.raises(UserError, match="class_weights"):
         bad._loss_args(SimpleNamespace(data_args={"class_weights": [1, 2]}, model_args={"num_classes": 3}))
+
+
+@pytest.mark.parametrize("key", ["affine_prob", "noise_prob", "blur_prob", "contrast_prob", "gamma_prob"])
+def test_each_augmentation_changes_the_crop(tmp_path, key):
+    from medvit.data.transforms import LoadNiftid, train_transforms_3d
+
+    item = _tiny_pair(tmp_path)
+    ramp = 10.0 + 100.0 * nib.load(item["label"]).get_fdata() + np.arange(24.0)[:, None, None]  # not 2-valued
+    nib.save(nib.Nifti1Image(ramp.astype(np.float32), np.eye(4)), item["image"])
+    args = dict(spacing=(1, 1, 1), a_min=0, a_max=255, num_samples=1, flip_prob=0, rot90_prob=0, shift_prob=0,
+                normalization="none", crop="classes", ratios=[0, 1, 1])
+    plain = train_transforms_3d((8, 8, 8), LoadNiftid(num_classes=3), **args)
+    aug = train_transforms_3d((8, 8, 8), LoadNiftid(num_classes=3), **args, **{key: 1.0})
+    assert len(aug.transforms) == len(plain.transforms) + 1  # exactly one step added, none when the prob is 0
+    plain.set_random_state(0)
+    aug.set_random_state(0)
+    a, b = plain(item)[0], aug(item)[0]
+    assert a["image"].shape == b["image"].shape
+    assert not np.allclose(np.asarray(a["image"]), np.asarray(b["image"]))
+    if key == "affine_prob":  # spatial: the label moves with the image
+        assert not np.array_equal(np.asarray(a["label"]), np.asarray(b["label"]))
+    else:  # intensity only
+        assert np.array_equal(np.asarray(a["label"]), np.asarray(b["label"]))
+
+
+def test_augmentation_data_args_are_checked():
+    from medvit.recipes import check_data_args
+
+    check_data_args({"gamma_prob": 0.3, "affine_prob": 0.2, "rotate": 15, "scale": 0.2, "translate": 8})
+    for bad, word in (({"gamma_prob": 1.5}, "probability"), ({"rotate": -1}, "degrees"), ({"scale": 1.2}, "fraction"),
+                      ({"translate": -2}, "voxels")):
+        with pytest.raises(UserError, match=word):
+            check_data_args(bad)
