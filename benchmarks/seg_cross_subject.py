@@ -17,9 +17,10 @@ Colin27 was (3x3x3 block mean, majority vote of the one-hot regions). The result
 mask made from its own labels, :func:`colin_brain_mask`, since the template is skull-stripped) and whose ``validation``
 case is the template (``dataset_0.json``), and the reverse in ``mni2colin/dataset_0.json``.
 
-``run`` trains the quick-preset UNETR (``medvit/presets.py``: patch 8, width 96, depth 4; 64^3 ROI here) on one brain with
-``vtk seg train`` and evaluates it on the other with ``vtk seg eval`` (Dice, HD95 in mm, NSD at 2 mm), with and
-without TTA (``--tta``) and largest-component postprocessing (``--postprocess lcc``), and prints a Markdown table.
+``run`` trains the quick-preset UNETR (``medvit/presets.py``: patch 8, width 96, depth 4; 64^3 ROI here) on one
+brain with ``vtk seg train`` and evaluates it on the other with ``vtk seg eval`` (Dice, HD95 in mm, NSD at 2 mm),
+with and without TTA (``--tta-axes all``: the run trains without flips, so ``--tta`` alone mirrors nothing) and
+largest-component postprocessing (``--postprocess lcc``), and prints a Markdown table.
 
 Usage::
 
@@ -150,8 +151,10 @@ def eval_variants() -> List[Dict[str, List[str]]]:
     row's ``auto_picks``)."""
     return [{"name": "no TTA, no postprocessing", "args": ["--postprocess", "none"]},
             {"name": "largest component", "args": ["--postprocess", "lcc"]},
-            {"name": "TTA (mirroring)", "args": ["--tta", "--postprocess", "none"]},
-            {"name": "TTA + largest component", "args": ["--tta", "--postprocess", "lcc"]}]
+            # the run trains without flips, so plain --tta mirrors nothing (medvit.inference.mirror_axes); these
+            # rows force all 8 flips to show what mirroring does to lateralised labels
+            {"name": "TTA, all 8 flips forced", "args": ["--tta-axes", "all", "--postprocess", "none"]},
+            {"name": "TTA all flips + largest component", "args": ["--tta-axes", "all", "--postprocess", "lcc"]}]
 
 
 def run(out: Path, steps: int, direction: str, model: str, seed: int, extra: List[str]) -> List[dict]:

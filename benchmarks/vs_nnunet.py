@@ -17,7 +17,8 @@ workers), so the comparison does not depend on how busy the machine is:
   crops, class weights, batch Dice, MR z-score, 64^3 ROI, nnU-Net-style augmentation); a 60 CPU-second probe
   measures the step rate after start-up, the cosine schedule
   is set to the steps that fit the budget, and the run is stopped with SIGTERM (which saves) if it exceeds it.
-  Prediction is ``vtk seg eval --postprocess none``, without and with ``--tta``.
+  Prediction is ``vtk seg eval --postprocess none``, without and with ``--tta-axes all`` (all 8 flips, as nnU-Net's
+  mirroring; vtk's runs train without flips, so plain ``--tta`` would mirror nothing).
 
 Every mask is scored by vtk's metrics in the label's own grid (Dice, HD95 in mm, NSD at 2 mm).
 
@@ -134,7 +135,7 @@ def vtk_row(model: str, budget_s: float, out: Path) -> List[dict]:
         t1 = time.time()
         vtk("seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--out", str(ev), *v["args"])
         summary = json.loads((ev / "metrics.json").read_text())
-        name = "TTA (mirroring)" if "--tta" in v["args"] else "default"
+        name = "TTA (mirroring)" if "--tta-axes" in v["args"] else "default"
         rows.append(_row(f"vtk {model}", name, summary.get("summary", summary), t, time.time() - t1,
                          steps=_last_step(run)))
     return rows

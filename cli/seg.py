@@ -282,8 +282,13 @@ def _sources(checkpoints, model, pretraineds, protocol):
 
 
 def _opt_tta():
-    return typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation: all 2^3 (3D) or 2^2 (2D) "
-                        "axis flips, averaged in probability space.")
+    return typer.Option(False, "--tta/--no-tta", help="Mirroring test-time augmentation, averaged in probability "
+                        "space, over the axes the run was trained to flip (all 2^3 / 2^2 flips unless it trained "
+                        "with flip_prob=0).")
+
+
+def _opt_tta_axes():
+    return typer.Option(None, "--tta-axes", help="Mirror only these RAS axes, e.g. y,z (implies --tta; all, none).")
 
 
 def _opt_stitch():
@@ -307,6 +312,7 @@ def evaluate(
     device: str = typer.Option("auto", "--device"),
     tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="NSD tolerance in mm."),
     tta: bool = _opt_tta(),
+    tta_axes: Optional[str] = _opt_tta_axes(),
     stitch: str = _opt_stitch(),
     postprocess: str = typer.Option("auto", "--postprocess", help="Which variant the report holds: lcc (largest "
                                     "component per class), none, or auto (the better one; both are shown)."),
@@ -334,8 +340,9 @@ def evaluate(
                     names=class_names, model_arg=model_arg)
     source = _sources(checkpoint, model, pretrained, protocol)
     result = evaluate_checkpoint(source, data, data_dir, split, tolerance, device=device, overlap=overlap,
-                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp, precision=precision, tta=tta,
-                                 stitch=stitch, postprocess=postprocess, progress=True)
+                                 sw_batch_size=sw_batch_size, mode=mode, amp=amp, precision=precision,
+                                 tta=tta_axes if tta_axes is not None else tta, stitch=stitch,
+                                 postprocess=postprocess, progress=True)
     first = source[0] if isinstance(source, list) else source
     target = out or (default_eval_dir(checkpoint) if checkpoint else Path(f"eval-{Path(first).stem}"))
     write_reports(target, result.rows, result.summary, result.names)
@@ -394,6 +401,7 @@ def predict(
     device: str = typer.Option("auto", "--device"),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write a PNG of 3 orthogonal mid-slices."),
     tta: bool = _opt_tta(),
+    tta_axes: Optional[str] = _opt_tta_axes(),
     stitch: str = _opt_stitch(),
     postprocess: str = typer.Option("auto", "--postprocess", help="lcc (largest component per class), none, or "
                                     "auto (what vtk seg eval found better for this run; none if never evaluated)."),
@@ -432,7 +440,7 @@ def predict(
             check_volume_header(f)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
-    options = dict(tta=tta, stitch=stitch, postprocess=postprocess)
+    options = dict(tta=tta_axes if tta_axes is not None else tta, stitch=stitch, postprocess=postprocess)
     if model_file is not None:
         from backbones.runtime import refuse_with_model_file
 

@@ -152,7 +152,8 @@ def evaluate_split(pred, kind: str, root: os.PathLike, split: str = "validation"
     rows, summary = variants[reported]
     summary = dict(summary)
     summary.update(split=split, cases=len(rows), nsd_tolerance_mm=tolerance, convention=CONVENTION,
-                   postprocess=reported, tta=bool(pred.settings.tta), ensemble=len(pred.members))
+                   postprocess=reported, tta=bool(pred.settings.tta), tta_axes=list(pred.settings.tta),
+                   ensemble=len(pred.members))
     summary["postprocessing"] = dict(
         better=better, reason=reason, split=split, cases=len(rows),
         **{v: {k: variants[v][1].get(f"mean_{k}") for k in ("dice", "hd95", "nsd", "object_f1", "object_dice")
@@ -171,7 +172,8 @@ def write_choice(out_dir: os.PathLike, result: EvalResult) -> Path:
 def evaluate_checkpoint(checkpoint, data: Optional[str] = None, data_dir: Optional[os.PathLike] = None,
                         split: str = "validation", tolerance: float = 2.0, *, device: str = "auto",
                         overlap: float = 0.5, sw_batch_size: int = 4, mode: str = "gaussian",
-                        amp: bool = False, precision: str = "auto", tta: bool = False, stitch: str = "auto", postprocess: str = "auto",
+                        amp: bool = False, precision: str = "auto", tta: Any = False, stitch: str = "auto",
+                        postprocess: str = "auto",
                         progress: Any = None) -> EvalResult:
     """Load a run (folder or ``.safetensors``; a list is an ensemble) and evaluate it; ``data``/``data_dir``
     default to the (first) run's.

@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from medvit.io import NiftiVolume
 __all__ = ["sliding_window_probs", "slice_probs", "predict_volume", "segment_volume", "resample_to_shape",
            "autocast_for", "build_model_from_run", "save_overlay", "label_colors", "Predictor", "BLEND_MODES",
            "STITCH_MODES", "PROB_FORMATS", "predict_files", "flip_sets", "count_windows", "estimate_memory",
-           "Member", "Settings", "VolumePrediction", "shard", "MemoryEstimate"]
+           "Member", "Settings", "VolumePrediction", "shard", "MemoryEstimate", "mirror_axes", "AXIS_NAMES"]
 
 BLEND_MODES = ("gaussian", "constant")  # sliding-window blending (MONAI ``BlendMode``)
 STITCH_MODES = ("auto", "device", "cpu")  # where the sliding-window output is stitched
@@ -119,10 +119,68 @@ def resample_to_shape(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(int(s) for s in shape), mode=mode, align_corners=False)
 
 
-def flip_sets(dims: int) -> List[Tuple[int, ...]]:
-    """Every subset of the spatial axes of a (B, C, *spatial) tensor: 2^dims flips, ``()`` (no flip) first."""
-    axes = range(2, 2 + dims)
-    return [c for r in range(dims + 1) for c in itertools.combinations(axes, r)]
+def flip_sets(dims: int, axes: Optional[Sequence[int]] = None) -> List[Tuple[int, ...]]:
+    """Every subset of the mirrored axes of a (B, C, *spatial) tensor, ``()`` (no flip) first.
+
+    Args:
+        dims: Spatial dimensions.
+        axes: Spatial axes to mirror (0-based: x, y, z in RAS order); all ``dims`` axes when ``None``.
+
+    Returns:
+        ``2^len(axes)`` tuples of tensor dimensions (spatial axis + 2) for ``Tensor.flip``.
+    """
+    axes = [a + 2 for a in (range(dims) if axes is None else axes)]
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+AXIS_NAMES = "xyz"
+
+
+def mirror_axes(tta: Any, dims: int, data_args: Optional[Dict[str, Any]] = None) -> Tuple[Tuple[int, ...], str]:
+    """The spatial axes mirroring TTA flips, as nnU-Net's ``allowed_mirroring_axes``, and why.
+
+    Mirroring only helps along axes the network saw flipped in training: a run trained without flips
+    (``flip_prob=0``, e.g. left/right-specific brain regions) would be averaged with a mirrored brain whose left
+    and right labels are swapped. So ``True`` takes the run's training flips (all axes for a 3D run with
+    ``flip_prob > 0``, for released weights and for 2D models; none for a 3D run with ``flip_prob=0``).
+
+    Args:
+        tta: ``False``/``None`` (no TTA), ``True`` (the run's flips), ``"x,z"``/``"0,2"``/``"all"``/``"none"``
+            (``--tta-axes``) or a sequence of axis indices.
+        dims: Spatial dimensions (3 or 2; 2D axes are the in-plane x, y).
+        data_args: The run's data_args (``flip_prob``); ``None`` for weights without a run.
+
+    Raises:
+        UserError: An axis that is not one of x, y(, z).
+    """
+    from engine.errors import UserError
+
+    names = AXIS_NAMES[:dims]
+    if tta is None or tta is False:
+        return (), "no TTA"
+    if tta is True:
+        flip = (data_args or {}).get("flip_prob")
+        if dims == 3 and flip is not None and float(flip) == 0.0:
+            return (), "TTA off: the run trained without flips (flip_prob=0); --tta-axes x,y,z forces mirroring"
+        return tuple(range(dims)), f"TTA {2 ** dims} flips"
+    if isinstance(tta, str):
+        text = tta.strip().lower()
+        if text in ("all", "none", ""):
+            axes = tuple(range(dims)) if text == "all" else ()
+        else:
+            picked = []
+            for part in (t.strip() for t in text.split(",")):
+                if part in names or (part.isdigit() and int(part) < dims):
+                    picked.append(names.index(part) if part in names else int(part))
+                else:
+                    raise UserError(f"--tta-axes: {part!r} is not one of {', '.join(names)} (or all, none)")
+            axes = tuple(sorted(set(picked)))
+    else:
+        axes = tuple(sorted({int(a) for a in tta}))
+        if any(not 0 <= a < dims for a in axes):
+            raise UserError(f"--tta-axes: axes {axes} must lie in 0..{dims - 1}")
+    label = ",".join(names[a] for a in axes)
+    return axes, (f"TTA {2 ** len(axes)} flips (axes {label})" if axes else "no TTA (--tta-axes none)")
 
 
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -157,7 +215,8 @@ class Settings:
         sw_batch_size: Windows (3D) per forward; 2D models use 4x as many slices.
         overlap, mode: Sliding-window overlap and blending.
         amp: Autocast.
-        tta: Mirroring test-time augmentation (all axis flips, averaged in probability space).
+        tta: Mirroring test-time augmentation: the spatial axes flipped (every subset of them, averaged in
+            probability space); ``True`` = all axes, ``False`` = none (see :func:`mirror_axes`).
         stitch: ``auto``, ``device`` or ``cpu``: where the sliding-window output is stitched.
         normalization, intensity_stats: The run's intensity normalisation (see
             :func:`medvit.data.transforms.normalize_image`).
@@ -172,10 +231,20 @@ class Settings:
     overlap: float = 0.5
     mode: str = "gaussian"
     amp: bool = False
-    tta: bool = False
+    tta: Union[bool, Tuple[int, ...]] = ()
     stitch: str = "auto"
     normalization: Optional[str] = None  # the run's data_args.normalization (None: the a_min..a_max window)
     intensity_stats: Optional[Dict[str, float]] = None  # the CT scheme's training-foreground statistics
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tta, bool):
+            self.tta = tuple(range(self.spatial_dims)) if self.tta else ()
+        self.tta = tuple(int(a) for a in self.tta)
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per member: 2^(mirrored axes)."""
+        return 2 ** len(self.tta)
 
 
 @dataclasses.dataclass
@@ -259,7 +328,7 @@ def network_probs(members: Sequence[Member], x: torch.Tensor, settings: Settings
         xm = x if s.spatial_dims == 3 else resample_to_shape(x, m.roi).to(s.device)
         if xm.shape[1] == 1 and m.in_chans > 1:
             xm = xm.expand(-1, m.in_chans, *([-1] * s.spatial_dims))
-        for axes in (flip_sets(s.spatial_dims) if s.tta else [()]):
+        for axes in flip_sets(s.spatial_dims, s.tta):
             xi = xm.flip(axes) if axes else xm
             if s.spatial_dims == 3:
                 p = sliding_window_probs(m.model, xi, m.roi, s.sw_batch_size, s.overlap, s.mode, s.amp,
@@ -322,7 +391,7 @@ def segment_volume(members: Sequence[Member], vol: NiftiVolume, settings: Settin
     ras_affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
     ras_spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(0))
     net_shape = _net_shape(ras.shape, ras_spacing, s, members[0].roi)
-    passes = len(members) * (2 ** s.spatial_dims if s.tta else 1)
+    passes = len(members) * s.passes
     on_gpu = s.device.type == "cuda"
     window = s.sw_batch_size * max(int(np.prod(m.roi)) for m in members)
     if s.spatial_dims == 2:
@@ -337,7 +406,7 @@ def segment_volume(members: Sequence[Member], vol: NiftiVolume, settings: Settin
     if on_start is not None:
         per = (sum(count_windows(net_shape, m.roi, s.overlap) for m in members) if s.spatial_dims == 3
                else len(members) * net_shape[0])
-        on_start(per * (2 ** s.spatial_dims if s.tta else 1))
+        on_start(per * s.passes)
     norm = dict(normalization=s.normalization, intensity_stats=s.intensity_stats, a_min=s.a_min, a_max=s.a_max)
     x = torch.from_numpy(np.ascontiguousarray(normalize_image(ras, norm)))[None, None]
     ras_shape = tuple(ras.shape)
@@ -440,14 +509,16 @@ class Predictor:
         amp: Autocast (bf16 on CPU, fp16 on CUDA); the older switch, kept for ``--amp``.
         precision: ``auto`` (bf16 where the device multiplies it natively, else fp32), ``32``, ``bf16`` or
             ``16``; the network runs under :func:`engine.context.autocast_for`, probabilities stay fp32.
-        tta: Mirroring test-time augmentation (2^3 flips in 3D, 2^2 in 2D, averaged in probability space).
+        tta: Mirroring test-time augmentation, averaged in probability space: ``True`` flips the axes the run was
+            trained to flip (all of them unless it trained with ``flip_prob=0``), or give the axes (``"x,y"``,
+            ``(0, 1)``, ``"all"``); see :func:`mirror_axes`.
         stitch: ``auto``, ``device`` or ``cpu``: where the sliding-window output is stitched.
         postprocess: ``none``, ``lcc`` (keep each class's largest connected component) or ``auto`` (what the
             run's ``vtk seg eval`` found better on its validation cases; ``none`` when it was never evaluated).
     """
 
     def __init__(self, checkpoint, device: str = "auto", overlap: float = 0.5, sw_batch_size: int = 4,
-                 mode: str = "gaussian", amp: bool = False, precision: str = "auto", *, tta: bool = False,
+                 mode: str = "gaussian", amp: bool = False, precision: str = "auto", *, tta: Any = False,
                  stitch: str = "auto", postprocess: str = "none") -> None:
         from engine import load_run
         from engine.context import precision_option
@@ -496,8 +567,12 @@ class Predictor:
                 _check_same(src, proto, first)
             self.members.append(Member(model, proto["roi"], proto["in_chans"]))
         self.dims, self.names, self.num_classes = first["dims"], first["names"], first["num_classes"]
+        axes, self.tta_reason = (tta, "") if isinstance(tta, tuple) else mirror_axes(tta, self.dims,
+                                                                                     self.cfg.data_args)
         self.settings = Settings(self.dims, first["spacing"], first["a_min"], first["a_max"], dev, sw_batch_size,
-                                 overlap, mode, amp, tta, stitch, first["normalization"], first["intensity_stats"])
+                                 overlap, mode, amp, axes, stitch, first["normalization"], first["intensity_stats"])
+        if not self.tta_reason:
+            self.tta_reason = mirror_axes(",".join(AXIS_NAMES[a] for a in axes) or "none", self.dims)[1]
         self.kw = dict(spatial_dims=self.dims, spacing=first["spacing"], a_min=first["a_min"], a_max=first["a_max"],
                        roi=first["roi"], device=dev, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
                        amp=amp, in_chans=first["in_chans"])
@@ -507,7 +582,7 @@ class Predictor:
     def describe(self) -> str:
         """One line: models, TTA passes, postprocessing, stitching (printed before a run)."""
         s = self.settings
-        tta = f"TTA {2 ** s.spatial_dims} flips" if s.tta else "no TTA"
+        tta = self.tta_reason
         return (f"{len(self.members)} model(s) ({'ensemble, ' if len(self.members) > 1 else ''}probabilities "
                 f"averaged), {tta}, postprocess {self.postprocess} ({self.postprocess_reason}), stitch {s.stitch}, "
                 f"device {self.device}")

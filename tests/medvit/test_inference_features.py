@@ -123,7 +123,7 @@ def test_ensemble_members_must_share_the_preprocessing():
         Predictor.ensemble([_pred(Asym3d()), _pred(Asym3d(), a_max=2.0)])
 
 
-def _checkpoint(path, model_seed):
+def _checkpoint(path, model_seed, **data_args):
     """A vtk .safetensors checkpoint of ``tiny_seg3d`` (random weights) with a 1 mm, 0..1 protocol."""
     import medvit
     from engine.checkpoint import save_weights, serialize_weights
@@ -132,7 +132,7 @@ def _checkpoint(path, model_seed):
     torch.manual_seed(model_seed)
     cfg = TrainConfig(task="seg", model="tiny_seg3d", model_args=dict(num_classes=3, in_chans=1, img_size=16),
                       data_args=dict(spatial_dims=3, roi=list(ROI), spacing=[2.0, 2.0, 2.0], a_min=0.0, a_max=1.0,
-                                     names=["background", "a", "b"]))
+                                     names=["background", "a", "b"], **data_args))
     model = medvit.create_model("tiny_seg3d", **cfg.model_args)  # registered by the tiny_seg_models fixture
     with torch.no_grad():
         for p in model.parameters():
@@ -159,6 +159,40 @@ def test_cli_ensemble_of_two_checkpoints_averages_their_probabilities(tmp_path, 
     assert probs[0].shape == (3, 18, 20, 12)
     np.testing.assert_allclose(probs[2], (probs[0] + probs[1]) / 2, atol=2e-3)
     assert np.abs(probs[0] - probs[1]).max() > 0.1
+
+
+def test_tta_axes_mirror_only_the_chosen_axes():
+    model, vol = Asym3d(seed=3), _volume(seed=2)
+    x = torch.from_numpy(vol.data)[None, None]
+
+    def mean_over(sets):
+        return torch.stack([sliding_window_probs(model, x.flip(a), ROI, 4, 0.5, "gaussian").flip(a) if a else
+                            sliding_window_probs(model, x, ROI, 4, 0.5, "gaussian") for a in sets]).mean(0)[0]
+
+    assert flip_sets(3, (1, 2)) == [(), (3,), (4,), (3, 4)]
+    pred = _pred(model, tta="y,z")
+    got = pred.predict(vol, probabilities=True).probs.astype(np.float32)
+    np.testing.assert_allclose(got, mean_over(flip_sets(3, (1, 2))).numpy(), atol=2e-3)
+    assert np.abs(got - mean_over(flip_sets(3)).numpy()).max() > 0.02  # not the 8-flip mean
+    assert pred.settings.passes == 4 and "axes y,z" in pred.describe()
+
+
+def test_tta_follows_the_runs_training_flips(tmp_path, tiny_seg_models):
+    from engine.errors import UserError
+    from medvit.inference import mirror_axes
+
+    assert mirror_axes(True, 3, {"flip_prob": 0.0})[0] == ()
+    assert mirror_axes(True, 3, {"flip_prob": 0.2})[0] == (0, 1, 2)
+    assert mirror_axes(True, 3, None)[0] == (0, 1, 2) and mirror_axes(True, 2, {"flip_prob": 0})[0] == (0, 1)
+    assert mirror_axes("z,x", 3)[0] == (0, 2) and mirror_axes("all", 2)[0] == (0, 1)
+    assert mirror_axes("none", 3)[0] == () and mirror_axes(False, 3)[0] == ()
+    with pytest.raises(UserError, match="--tta-axes: 'w' is not one of x, y, z"):
+        mirror_axes("x,w", 3)
+    no_flips = Predictor(_checkpoint(tmp_path / "nf.safetensors", 1, flip_prob=0.0), "cpu", tta=True)
+    assert no_flips.settings.tta == () and "trained without flips" in no_flips.describe()
+    forced = Predictor(_checkpoint(tmp_path / "nf.safetensors", 1, flip_prob=0.0), "cpu", tta="x,y,z")
+    flips = Predictor(_checkpoint(tmp_path / "f.safetensors", 1, flip_prob=0.2), "cpu", tta=True)
+    assert forced.settings.tta == flips.settings.tta == (0, 1, 2)
 
 
 # ----------------------------------------------------------------------------------------- probabilities
