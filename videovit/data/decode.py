@@ -395,41 +395,48 @@ class SeekReader:
         """Seek, decode forward and write each wanted frame straight into its rows of the output."""
         uniq = np.unique(idx)
         rows = {int(self._pts[i]): np.flatnonzero(idx == i) for i in uniq}  # pts -> output rows wanting it
-        stream, out, done = self._stream, None, set()
-        cc, skip = stream.codec_context, "DEFAULT"
-        self._container.seek(int(self._pts[uniq[0]]), stream=stream, backward=True, any_frame=False)
-        try:
-            for packet in self._container.demux(stream):
-                if packet.pts is not None:  # the decoder may drop this packet's frame unless a clip needs it
-                    want = "DEFAULT" if packet.pts in rows else "NONREF"
-                    if want != skip:
-                        cc.skip_frame = skip = want
-                for frame in packet.decode():
-                    r = rows.get(frame.pts)
-                    if r is None or frame.pts in done:
-                        continue
+        got: dict = {}  # pts -> the first output row written
+        out, fed = None, 0
+        cc, skip = self._stream.codec_context, "DEFAULT"
+
+        def take(frames) -> None:
+            nonlocal out
+            for frame in frames:
+                r = rows.get(frame.pts)
+                if r is not None and frame.pts not in got:
                     rgb = self._rgb(frame)  # (H, W, 3)
                     if out is None:
                         out = np.empty((len(idx), *rgb.shape), dtype=np.uint8)  # (N, H, W, 3)
-                    out[r] = rgb
-                    done.add(frame.pts)
-                if len(done) == len(rows):
+                    out[r], got[frame.pts] = rgb, r[0]
+
+        self._container.seek(int(self._pts[uniq[0]]), stream=self._stream, backward=True, any_frame=False)
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.pts is not None:  # the decoder may drop this packet's frame unless a clip needs it
+                    want = "DEFAULT" if packet.pts in rows else "NONREF"
+                    fed += want == "DEFAULT"
+                    if want != skip:
+                        cc.skip_frame = skip = want
+                take(packet.decode())
+                if len(got) < len(rows) and fed == len(rows):  # all fed: drain the reordering delay instead
+                    take(cc.decode(None))  # of decoding the packets that follow (the next seek ends the drain)
+                if len(got) == len(rows):
                     return out
         finally:
             cc.skip_frame = "DEFAULT"
-        return self._missing(idx, uniq, rows, done, out)
+        return self._missing(idx, uniq, rows, got, out)
 
-    def _missing(self, idx: np.ndarray, uniq: np.ndarray, rows: dict, done: set, out: Optional[np.ndarray]):
+    def _missing(self, idx: np.ndarray, uniq: np.ndarray, rows: dict, got: dict, out: Optional[np.ndarray]):
         """Frames the seek did not reach: a stream whose seek lands after the frame (decode front to back), or a
         truncated tail (repeat the last decoded frame)."""
         if out is None:
             if uniq[0] > 0:
                 return VideoReader(self.path, backend="pyav").get_batch(idx)
             raise UserError(f"{self.path}: no decodable video frames")
-        last = rows[max(done)][0]
+        last = out[got[max(got)]]
         for pts, r in rows.items():
-            if pts not in done:
-                out[r] = out[last]
+            if pts not in got:
+                out[r] = last
         return out
 
 
