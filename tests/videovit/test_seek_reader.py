@@ -61,6 +61,31 @@ def test_seek_in_long_gops(gop_video, monkeypatch):
         np.testing.assert_array_equal(seek.get_batch(idx), everything[idx])
 
 
+def test_one_seek_per_run_of_frames_between_keyframes(gop_video):
+    """Frames with a keyframe between them are decoded from that keyframe (a new seek), not through the gap."""
+    reader, full = SeekReader(gop_video), VideoReader(gop_video, backend="pyav")
+    seeks = []
+
+    class Counting:  # the container, with its seeks recorded
+        def __init__(self, container):
+            self.container = container
+
+        def seek(self, offset, **kw):
+            seeks.append(offset)
+            return self.container.seek(offset, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+    reader._container = Counting(reader._container)
+    idx = [80, 1, 50, 5, 52, 50]  # runs {1, 5}, {50, 52}, {80}: keyframes every 12 frames
+    np.testing.assert_array_equal(reader.get_batch(idx), full.get_batch(idx))
+    assert seeks == [int(reader._pts[i]) for i in (1, 50, 80)]
+    seeks.clear()
+    reader.get_batch([30, 31, 32, 33])  # 30..33 lie between the keyframes at 24 and 36: one seek
+    assert len(seeks) == 1
+
+
 def test_seek_bad_files_name_the_file(odd_videos):
     for key in ("corrupt", "empty"):
         with pytest.raises(UserError, match=str(odd_videos[key].name)):

@@ -348,7 +348,9 @@ class SeekReader:
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "SLICE"
             self._stream.thread_count = 1
-            pts = sorted(p.pts for p in self._container.demux(self._stream) if p.pts is not None and p.size > 0)
+            packets = [(p.pts, p.is_keyframe) for p in self._container.demux(self._stream)
+                       if p.pts is not None and p.size > 0]
+            pts = sorted(t for t, _ in packets)
         except Exception as e:  # noqa: BLE001 - av.error.* subclasses several bases
             self.close()
             raise UserError(f"{self.path}: cannot decode video (pyav: {_first_line(e)})") from None
@@ -362,6 +364,8 @@ class SeekReader:
                 self.close()
                 raise
         self._pts = np.asarray(pts, dtype=np.int64)
+        keys = np.searchsorted(self._pts, sorted(t for t, key in packets if key))  # frame indices of keyframes
+        self._keys = keys if keys.size and keys[0] == 0 else np.concatenate([[0], keys]).astype(np.int64)
         self.pixels = int(self._stream.width) * int(self._stream.height)
         self._fps = float(self._stream.average_rate or self._stream.guessed_rate or 0.0)
         self._rgb = _rgb_converter()
@@ -392,24 +396,37 @@ class SeekReader:
             raise UserError(f"{self.path}: cannot decode frames {idx.tolist()[:4]}... ({_first_line(e)})") from e
 
     def _decode(self, idx: np.ndarray) -> np.ndarray:
-        """Seek, decode forward and write each wanted frame straight into its rows of the output."""
+        """Decode ``idx`` run by run (a new run, with its own seek, wherever a keyframe lies between two wanted
+        frames: seeking there decodes less than decoding through), each frame written into its rows of the output."""
         uniq = np.unique(idx)
-        rows = {int(self._pts[i]): np.flatnonzero(idx == i) for i in uniq}  # pts -> output rows wanting it
+        key = self._keys[np.searchsorted(self._keys, uniq, side="right") - 1]  # keyframe at or before each frame
+        starts = np.flatnonzero(np.concatenate([[True], key[1:] > uniq[:-1]]))
+        out: "list[Optional[np.ndarray]]" = [None]
         got: dict = {}  # pts -> the first output row written
-        out, fed = None, 0
-        cc, skip = self._stream.codec_context, "DEFAULT"
+        for run in np.split(uniq, starts[1:]):
+            self._decode_run({int(self._pts[i]): np.flatnonzero(idx == i) for i in run}, len(idx), out, got)
+        if len(got) < len(uniq):  # a seek that landed after its frame, or a tail that does not decode
+            if not got and uniq[0] == 0:
+                raise UserError(f"{self.path}: no decodable video frames")
+            return VideoReader(self.path, backend="pyav").get_batch(idx)  # front to back, as far as it decodes
+        return out[0]
+
+    def _decode_run(self, rows: dict, n: int, out: list, got: dict) -> None:
+        """Seek to the keyframe at or before the first of ``rows`` (pts -> output rows), decode forward to the last
+        with the non-reference frames no row needs skipped, and write ``out[0]`` ``(n, H, W, 3)``."""
+        cc, skip, fed = self._stream.codec_context, "DEFAULT", 0
 
         def take(frames) -> None:
-            nonlocal out
             for frame in frames:
                 r = rows.get(frame.pts)
                 if r is not None and frame.pts not in got:
                     rgb = self._rgb(frame)  # (H, W, 3)
-                    if out is None:
-                        out = np.empty((len(idx), *rgb.shape), dtype=np.uint8)  # (N, H, W, 3)
-                    out[r], got[frame.pts] = rgb, r[0]
+                    if out[0] is None:
+                        out[0] = np.empty((n, *rgb.shape), dtype=np.uint8)  # (N, H, W, 3)
+                    out[0][r], got[frame.pts] = rgb, r[0]
 
-        self._container.seek(int(self._pts[uniq[0]]), stream=self._stream, backward=True, any_frame=False)
+        self._container.seek(min(rows), stream=self._stream, backward=True, any_frame=False)
+        end = len(got) + len(rows)  # ``got`` once every row of this run is written
         try:
             for packet in self._container.demux(self._stream):
                 if packet.pts is not None:  # the decoder may drop this packet's frame unless a clip needs it
@@ -418,26 +435,13 @@ class SeekReader:
                     if want != skip:
                         cc.skip_frame = skip = want
                 take(packet.decode())
-                if len(got) < len(rows) and fed == len(rows):  # all fed: drain the reordering delay instead
-                    take(cc.decode(None))  # of decoding the packets that follow (the next seek ends the drain)
-                if len(got) == len(rows):
-                    return out
+                if fed == len(rows) and len(got) < end:
+                    take(cc.decode(None))  # all fed: drain the reordering delay instead of decoding on
+                    return  # (a row still missing now did not decode; the caller falls back)
+                if len(got) == end:
+                    return
         finally:
-            cc.skip_frame = "DEFAULT"
-        return self._missing(idx, uniq, rows, got, out)
-
-    def _missing(self, idx: np.ndarray, uniq: np.ndarray, rows: dict, got: dict, out: Optional[np.ndarray]):
-        """Frames the seek did not reach: a stream whose seek lands after the frame (decode front to back), or a
-        truncated tail (repeat the last decoded frame)."""
-        if out is None:
-            if uniq[0] > 0:
-                return VideoReader(self.path, backend="pyav").get_batch(idx)
-            raise UserError(f"{self.path}: no decodable video frames")
-        last = out[got[max(got)]]
-        for pts, r in rows.items():
-            if pts not in got:
-                out[r] = last
-        return out
+            cc.skip_frame = "DEFAULT"  # the next seek also ends a drain
 
 
 def _rgb_converter():
