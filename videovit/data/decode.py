@@ -318,7 +318,8 @@ class SeekReader:
 
     Opening demuxes the packet timestamps once (no decoding): frame ``i`` is the ``i``-th presentation timestamp,
     so variable frame rates index exactly as a front-to-back decode does. :meth:`get_batch` seeks to the keyframe
-    at or before the first wanted frame, decodes forward to the last one, converts only the wanted frames to RGB, and
+    at or before the first wanted frame, decodes forward to the last one (a new seek wherever a keyframe lies between
+    two wanted frames), converts only the wanted frames to RGB, and
     tells the decoder to skip the non-reference frames it does not need (``skip_frame = NONREF``: nothing else
     depends on them). Decoding is single-threaded, as suits DataLoader workers.
 
