@@ -9,14 +9,16 @@ pytorchvideo's tutorial pipeline (``UniformTemporalSubsample``, ``ShortSideScale
 ``Normalize`` on the float clip its decoder returns). Both run in a DataLoader with the same workers and batch size;
 the first batch (worker start-up) is excluded from both timings.
 
-vtk's ``seek`` backend (:class:`videovit.data.decode.SeekReader`) seeks to the keyframe before the clip, decodes
-forward only to its last frame, skips the non-reference frames the clip does not use, converts only the clip's
-frames, and keeps each worker's readers (timestamp index and open file) for the next clip of the same video.
+vtk's ``seek`` backend (:class:`videovit.data.decode.SeekReader`, what ``backend="auto"``, the default, uses) seeks
+to the keyframe before the clip, decodes forward only to its last frame, skips the non-reference frames the clip does
+not use, converts only the clip's frames (one reused single-threaded swscale context), and keeps each worker's
+readers (timestamp index and open file) for the next clip of the same video. ``decord`` is vtk's fallback backend.
 
     python -m benchmarks.video_loader --videos 12 --repeats 8 --workers 2 --clips 8x32,16x4
 
 Prints clips/s of the four loaders per recipe, each vtk loader's ratio to pytorchvideo with PyAV and with decord,
-and a markdown table of the medians.
+and a markdown table of the medians. ``--profile`` prints instead the CPU time per clip of each stage (open, seek and
+decode, RGB, resize, crop, normalise, collate) of vtk and pytorchvideo in one process, on the same clips.
 """
 
 from __future__ import annotations
@@ -107,6 +109,81 @@ def bench_pytorchvideo(csv: Path, num_frames: int, stride: int, workers: int, ba
     return _time_loader(loader, f"pytorchvideo ({decoder})")
 
 
+class _Clock:
+    """CPU seconds (``time.process_time``: all threads of this process) summed per stage."""
+
+    def __init__(self) -> None:
+        self.t: "dict[str, float]" = {}
+
+    def __call__(self, stage: str, fn, *args):
+        t0 = time.process_time()
+        out = fn(*args)
+        self.t[stage] = self.t.get(stage, 0.0) + time.process_time() - t0
+        return out
+
+    def line(self, label: str, n: int) -> str:
+        parts = " | ".join(f"{k} {1e3 * v / n:.1f}" for k, v in self.t.items())
+        return f"  {label}: {parts} | total {1e3 * sum(self.t.values()) / n:.1f} ms"
+
+
+def profile_stages(csv: Path, num_frames: int, stride: int, video_frames: int, fps: int, clips: int = 48,
+                   batch: int = 4) -> None:
+    """Print CPU ms per clip of each stage for vtk ``seek``, vtk ``decord`` and pytorchvideo+PyAV, in this process,
+    on the same ``clips`` random clips (each file opened once per clip, as pytorchvideo does; vtk's worker-level
+    reader reuse is left out here)."""
+    from fractions import Fraction
+
+    import pytorchvideo.data.encoded_video_pyav as epv
+    from pytorchvideo.data.encoded_video import EncodedVideo
+    from torch.utils.data import default_collate
+    from torchvision.transforms import v2
+
+    from videovit.data.decode import SeekReader, VideoReader
+    from videovit.data.samplers import random_clip, spatial_crop
+    from videovit.data.transforms import KINETICS_MEAN, KINETICS_STD, NormalizeClip, to_video
+
+    paths = [p for p, _ in load_csv(csv.parent, csv_path=csv).samples]
+    rng = np.random.default_rng(0)
+    todo = [(paths[i % len(paths)], random_clip(video_frames, num_frames, stride, rng)) for i in range(clips)]
+    resize, norm = v2.Resize(224, antialias=True), NormalizeClip(KINETICS_MEAN, KINETICS_STD)
+    print(f"profile {num_frames}x{stride}: CPU ms per clip, one process, {clips} clips, the same on every side")
+    c, out = _Clock(), []
+    for path, idx in todo:
+        r = c("open+index", SeekReader, path)
+        r._rgb = lambda frame, f=r._rgb: c("RGB", f, frame)  # timed apart from the decoding around it
+        rgb_before = c.t.get("RGB", 0.0)
+        frames = c("seek+decode", r.get_batch, idx)
+        c.t["seek+decode"] -= c.t["RGB"] - rgb_before
+        r.close()
+        video = c("resize", resize, to_video(frames))
+        crop = c("crop", lambda v: spatial_crop(v, 224, 1)[0], video)
+        out.append(c("normalise", norm, crop))
+        if len(out) == batch:
+            c("collate", default_collate, out)
+            out = []
+    print(c.line("vtk seek", clips))
+    c = _Clock()
+    for path, idx in todo:
+        r = c("open", VideoReader, path, "decord")
+        c("get_batch (decode+RGB)", r.get_batch, idx)
+    print(c.line("vtk decord", clips))
+    c, out, ptv = _Clock(), [], _ptv_transform(num_frames)
+    for path, idx in todo:
+        ev = c("open", EncodedVideo.from_path, path, False, "pyav")
+        pts = [epv.secs_to_pts(Fraction(int(i), fps), ev._video_time_base, ev._video_start_pts, round_mode="ceil")
+               for i in (idx[0], idx[-1] + 1)]
+        frames, _ = c("seek+decode", epv._pyav_decode_stream, ev._container, *pts, ev._container.streams.video[0],
+                      {"video": 0})
+        rgb = c("RGB", lambda fs: [torch.from_numpy(f.to_rgb().to_ndarray()) for f in fs], frames)
+        video = c("stack+float", lambda x: epv.thwc_to_cthw(torch.stack(x)).to(torch.float32), rgb)
+        out.append(c("transforms", ptv, {"video": video})["video"])
+        ev.close()
+        if len(out) == batch:
+            c("collate", default_collate, out)
+            out = []
+    print(c.line("pytorchvideo+PyAV", clips))
+
+
 LOADERS = (("pytorchvideo", "pyav"), ("pytorchvideo", "decord"), ("vtk", "decord"), ("vtk", "seek"))
 
 
@@ -133,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--video-frames", type=int, default=300, help="Frames per generated video (10 s at 30 fps).")
     p.add_argument("--rounds", type=int, default=2, help="Alternating rounds; the median ratio is reported.")
+    p.add_argument("--profile", action="store_true", help="Print CPU ms per clip of each stage, one process, "
+                   "instead of the loader timings.")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     recipes = _recipes(a.clips) if a.num_frames is None and a.stride is None else [
@@ -144,6 +223,10 @@ def main(argv=None) -> int:
                          f"{a.video_frames} >= the clip span {span}, and videos x repeats > one batch, since the "
                          f"first batch is not timed)")
     csv = make_videos(a.dir / f"{a.video_frames}f", a.videos, frames=a.video_frames, fps=a.fps)
+    if a.profile:
+        for nf, stride in recipes:
+            profile_stages(csv, nf, stride, a.video_frames, a.fps)
+        return 0
     table = []
     for nf, stride in recipes:
         print(f"{a.videos} videos x {a.repeats} repeats, clip {nf}x{stride}, workers {a.workers}, "
@@ -160,9 +243,10 @@ def main(argv=None) -> int:
             print(f"round {r + 1}: ratio {rates[('vtk', 'decord')][-1] / pv:.2f}x (vtk decord) "
                   f"{rates[('vtk', 'seek')][-1] / pv:.2f}x (vtk seek) vs pytorchvideo (pyav)")
         med = {k: float(np.median(v)) for k, v in rates.items()}
-        ratios = [rates[("vtk", "decord")][i] / rates[("pytorchvideo", "pyav")][i] for i in range(a.rounds)]
-        print(f"ratio vtk / pytorchvideo (median of {a.rounds}): {float(np.median(ratios)):.2f}x "
-              f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+        for dec in ("seek", "decord"):
+            ratios = [rates[("vtk", dec)][i] / rates[("pytorchvideo", "pyav")][i] for i in range(a.rounds)]
+            print(f"ratio vtk ({dec}) / pytorchvideo (pyav), median of {a.rounds} rounds: "
+                  f"{float(np.median(ratios)):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
         table.append((f"{nf}x{stride}", med))
     print("\n| clip | pytorchvideo+PyAV | pytorchvideo+decord | vtk decord | vtk seek | vtk seek / ptv+PyAV | "
           "vtk seek / ptv+decord |\n|---|---|---|---|---|---|---|")

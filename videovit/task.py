@@ -135,7 +135,7 @@ def check_data_args(da: Dict[str, Any]) -> None:
     if ra is not None and (not isinstance(ra, (list, tuple)) or len(ra) != 2 or min(ra) < 0):
         raise UserError(f"--randaugment: expected N,M with N, M >= 0, got {ra!r}")
     if "backend" in da:
-        check_choice("--data-arg backend", da["backend"], ("auto", "decord", "pyav"))
+        check_choice("--data-arg backend", da["backend"], ("auto", "seek", "decord", "pyav"))
     if "layout" in da:
         check_choice("--data-arg layout", da["layout"], KINETICS_LAYOUTS)
 
@@ -150,7 +150,7 @@ class VideoOptions:
         crop_size: Square crop edge in pixels.
         mean: Per-channel normalisation mean (RGB, in [0, 1]).
         std: Per-channel normalisation std.
-        backend: Decoder backend (``auto``, ``decord``, ``pyav``).
+        backend: Decoder backend (``auto``: PyAV seek with decord / PyAV fallback, ``seek``, ``decord``, ``pyav``).
         short_side: Test-time short side before cropping (``data_args.eval_short_side``; ``None``: ``crop_size``).
     """
 

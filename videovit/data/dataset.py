@@ -39,7 +39,8 @@ class VideoClipDataset(Dataset):
         transform: Maps uint8 ``(T, H, W, 3)`` frames to a tensor ``(C, T, H, W)``
             (see :func:`videovit.data.transforms.train_transform`); ``None`` returns the raw frames.
         seed: Base seed; item randomness is seeded from ``(seed, epoch, index)``.
-        backend: Decoder backend, ``"auto"`` (decord then PyAV), ``"decord"`` or ``"pyav"``.
+        backend: Decoder backend (:func:`videovit.data.decode.open_reader`): ``"auto"`` (PyAV seek, falling back
+            to decord then PyAV front to back), ``"seek"``, ``"decord"`` or ``"pyav"``.
         max_retries: Unreadable videos are replaced by the next one, at most this many times in a row.
     """
 
@@ -70,7 +71,7 @@ class VideoClipDataset(Dataset):
 
     def _load(self, index: int, rng: np.random.Generator) -> Tuple[np.ndarray, int]:
         path, label = self.videos.samples[index]
-        reader = open_reader(path, self.backend)  # backend "seek": reused per worker process
+        reader = open_reader(path, self.backend)  # "auto"/"seek": reused per worker process
         return reader.get_batch(random_clip(len(reader), self.num_frames, self.stride, rng)), label
 
     def __getitem__(self, index: int):
