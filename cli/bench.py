@@ -62,7 +62,7 @@ def bench_video_loader(clips: str = typer.Option("8x32,16x4", "--clips", help="C
                        video_frames: int = typer.Option(300, "--video-frames", help="Frames per generated video."),
                        cache: Path = typer.Option(Path("/tmp/vtk-bench-videos"), "--dir",
                                                   help="Where the generated videos are kept between runs.")) -> None:
-    """Clips/s of vtk's loader (decord, and PyAV seek) vs pytorchvideo's Kinetics with PyAV and with decord.
+    """Clips/s of vtk's loader (PyAV seek, the default; decord) vs pytorchvideo's Kinetics with PyAV and decord.
 
     Example: vtk bench video-loader --clips 8x32,16x4 --rounds 3
     """
