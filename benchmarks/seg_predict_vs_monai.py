@@ -80,7 +80,7 @@ def synth_ct(path: Path, shape=(512, 512, 100), spacing=(0.75, 0.75, 2.5), seed:
 
 
 def train_weights(ct: Path, label: Path, size: str, steps: int, seed: int = 0,
-                  lr: float = 1e-3) -> Dict[str, torch.Tensor]:
+                  lr: float = 1e-2) -> Dict[str, torch.Tensor]:
     """Train MONAI's ``UNETR`` for ``steps`` AdamW steps (bf16 autocast, batch 1) on random ``roi^3`` crops of the
     synthetic CT and its labels, preprocessed as the MONAI script does (RAS, ``SPACING``, HU window), so that both
     pipelines time a model with confident predictions (untrained logits are near ties everywhere and any
@@ -256,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--monai-precision", choices=("32", "bf16"), default="32")
     p.add_argument("--weights", type=Path, default=None, help="a trained MONAI UNETR state dict (default: trained "
                    "here for --train-steps on the synthetic CT)")
-    p.add_argument("--train-steps", type=int, default=40,
+    p.add_argument("--train-steps", type=int, default=150,
                    help="AdamW steps training the UNETR on the synthetic CT before timing (0: seeded, untrained)")
     p.add_argument("--sw-batch-size", type=int, default=4)
     p.add_argument("--json", type=Path, default=None, help="write the result here (atomically)")
