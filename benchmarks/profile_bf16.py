@@ -83,6 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--family", default="vit_b,timesformer")
     p.add_argument("--size", default="small", choices=("tiny", "small", "full"))
     p.add_argument("--precision", default="bf16", choices=("32", "bf16"))
+    p.add_argument("--optimizer", default="engine", choices=("engine", "plain"),
+                   help="vtk's step: the engine's optimizer (fused AdamW) or torch.optim.AdamW's default; the "
+                        "reference always runs torch.optim.AdamW")
     p.add_argument("--out", type=Path, default=None, help="write the markdown here (atomically)")
     a = p.parse_args(argv)
     dev = torch.device("cpu")
@@ -90,17 +93,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for fam in [f.strip() for f in a.family.split(",") if f.strip()]:
         case = build_case(fam, a.size)
         vtk, ref = build_models(case, dev)
-        for label, model, fwd in (("vtk", vtk, None), (case.reference or "reference", ref, case.ref_fwd)):
+        for label, model, fwd, opt in (("vtk", vtk, None, a.optimizer),
+                                       (case.reference or "reference", ref, case.ref_fwd, "plain")):
             if model is None:
                 continue
-            res = profile_step(make_step(model, case, a.precision, dev, fwd))
+            res = profile_step(make_step(model, case, a.precision, dev, fwd, optimizer=opt))
             parts.append(_table(f"{case.config}, {a.precision}, {label}", res))
             print(parts[-1], flush=True)
     if a.out:
         from engine.io import atomic_write_text
 
         atomic_write_text(a.out, f"<!-- python -m benchmarks.profile_bf16 --family {a.family} --size {a.size} "
-                                 f"--precision {a.precision} -->\n\n" + "\n".join(parts))
+                                 f"--precision {a.precision} --optimizer {a.optimizer} -->\n\n" + "\n".join(parts))
     return 0
 
 

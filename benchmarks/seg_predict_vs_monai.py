@@ -48,8 +48,10 @@ UNETR_SIZES = {"tiny": dict(hidden_size=64, mlp_dim=256, num_heads=2, feature_si
                "full": dict(hidden_size=768, mlp_dim=3072, num_heads=12, feature_size=16, roi=ROI)}
 
 
-def synth_ct(path: Path, shape=(512, 512, 100), spacing=(0.75, 0.75, 2.5), seed: int = 0) -> Path:
-    """Write a CT-like int16 NIfTI (HU) with an LPS-style affine (x and y flipped)."""
+def synth_ct(path: Path, shape=(512, 512, 100), spacing=(0.75, 0.75, 2.5), seed: int = 0,
+             label_path: Optional[Path] = None) -> Path:
+    """Write a CT-like int16 NIfTI (HU) with an LPS-style affine (x and y flipped); with ``label_path`` also its
+    ground truth on the same grid (uint8: 0 air and lung, 1 soft tissue, 2 spine)."""
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
@@ -65,17 +67,65 @@ def synth_ct(path: Path, shape=(512, 512, 100), spacing=(0.75, 0.75, 2.5), seed:
         vol[np.broadcast_to(lung, shape)] = -800.0
     spine = (x / 0.08) ** 2 + ((y - 0.4) / 0.08) ** 2 < 1
     vol[np.broadcast_to(spine, shape)] = 700.0
+    label = (vol == 40.0).astype(np.uint8) + 2 * (vol == 700.0).astype(np.uint8)  # (X, Y, Z) before the noise
     vol += rng.normal(0, 20, shape).astype(np.float32)
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     affine[:3, 3] = (X * spacing[0] / 2, Y * spacing[1] / 2, -Z * spacing[2] / 2)
     img = nib.Nifti1Image(vol.astype(np.int16), affine)
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
+    if label_path is not None:
+        nib.save(nib.Nifti1Image(label, affine), str(label_path))
     return path
 
 
+def train_weights(ct: Path, label: Path, size: str, steps: int, seed: int = 0,
+                  lr: float = 1e-2) -> Dict[str, torch.Tensor]:
+    """Train MONAI's ``UNETR`` for ``steps`` AdamW steps (bf16 autocast, batch 1) on random ``roi^3`` crops of the
+    synthetic CT and its labels, preprocessed as the MONAI script does (RAS, ``SPACING``, HU window), so that both
+    pipelines time a model with confident predictions (untrained logits are near ties everywhere and any
+    half-voxel resampling difference flips them). The ViT is frozen (random features; the convolutional
+    encoder/decoder path learns the tissue classes), which keeps the training to minutes on a CPU."""
+    from monai.networks.nets import UNETR
+    from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityRanged,
+                                  Spacingd)
+
+    cfg = UNETR_SIZES[size]
+    roi = cfg["roi"]
+    pre = Compose([LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
+                   Orientationd(keys=["image", "label"], axcodes="RAS"),
+                   Spacingd(keys=["image", "label"], pixdim=SPACING, mode=("bilinear", "nearest")),
+                   ScaleIntensityRanged(keys="image", a_min=A_MIN, a_max=A_MAX, b_min=0.0, b_max=1.0, clip=True)])
+    d = pre({"image": str(ct), "label": str(label)})
+    img, lab = torch.as_tensor(d["image"])[None].float(), torch.as_tensor(d["label"])[None, 0].long()  # (1,1,*S)
+    pad = [max(0, roi - n) for n in img.shape[2:]]
+    if any(pad):
+        widths = [w for p in reversed(pad) for w in (0, p)]
+        img, lab = torch.nn.functional.pad(img, widths), torch.nn.functional.pad(lab, widths)
+    torch.manual_seed(seed)
+    net = UNETR(in_channels=1, out_channels=K, img_size=(roi,) * 3, feature_size=cfg["feature_size"],
+                hidden_size=cfg["hidden_size"], mlp_dim=cfg["mlp_dim"], num_heads=cfg["num_heads"],
+                proj_type="perceptron").train()
+    for p in net.vit.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, fused=True)
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        o = [int(torch.randint(0, n - roi + 1, (1,), generator=g)) for n in img.shape[2:]]
+        sl = (slice(None), slice(None)) + tuple(slice(a, a + roi) for a in o)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net(img[sl])
+        loss = torch.nn.functional.cross_entropy(logits.float(), lab[sl[:1] + sl[2:]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            print(f"train step {step + 1}/{steps}: loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    return net.state_dict()
+
+
 def save_weights(path: Path, size: str, weights: Optional[Path] = None, seed: int = 0) -> Path:
-    """A MONAI ``UNETR`` state dict (seeded init, or ``weights``) saved to ``path``."""
+    """A MONAI ``UNETR`` state dict (seeded init, or ``weights``: a path or a state dict) saved to ``path``."""
     from monai.networks.nets import UNETR
 
     cfg = UNETR_SIZES[size]
@@ -83,7 +133,9 @@ def save_weights(path: Path, size: str, weights: Optional[Path] = None, seed: in
     net = UNETR(in_channels=1, out_channels=K, img_size=(cfg["roi"],) * 3, feature_size=cfg["feature_size"],
                 hidden_size=cfg["hidden_size"], mlp_dim=cfg["mlp_dim"], num_heads=cfg["num_heads"],
                 proj_type="perceptron")
-    if weights is not None:
+    if isinstance(weights, dict):
+        net.load_state_dict(weights)
+    elif weights is not None:
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     torch.save(net.state_dict(), path)
     return path
@@ -150,11 +202,17 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str, monai_precision: str,
-        work: Path, weights: Optional[Path] = None, sw_batch_size: int = 4) -> Dict[str, object]:
-    """Time both pipelines (median of ``rounds`` each, interleaved) and compare their masks."""
+        work: Path, weights: Optional[Path] = None, sw_batch_size: int = 4, train_steps: int = 0
+        ) -> Dict[str, object]:
+    """Time both pipelines (median of ``rounds`` each, interleaved) and compare their masks (and each mask with
+    the phantom's ground truth). With ``train_steps`` (and no ``weights``) the UNETR is first trained on the CT
+    (:func:`train_weights`, not timed)."""
     shape = (128, 128, slices) if size == "tiny" else (512, 512, slices)
-    ct = synth_ct(work / "ct.nii.gz", shape)
-    w = save_weights(work / "unetr_monai.pt", size, weights)
+    ct = synth_ct(work / "ct.nii.gz", shape, label_path=work / "label.nii.gz")
+    t = time.perf_counter()
+    trained = train_weights(ct, work / "label.nii.gz", size, train_steps) if train_steps and weights is None else None
+    train_s = time.perf_counter() - t
+    w = save_weights(work / "unetr_monai.pt", size, trained if trained is not None else weights)
     times: Dict[str, list] = {"vtk": [], "monai": []}
     masks: Dict[str, np.ndarray] = {}
     fns = {"vtk": lambda: vtk_predict(ct, w, work / "vtk", size, overlap, sw_batch_size, vtk_precision),
@@ -171,7 +229,12 @@ def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str,
     from engine.context import resolve_precision
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    return dict(shape=list(shape), size=size, overlap=overlap, rounds=rounds,
+    truth = _mask(work / "label.nii.gz")
+    return dict(shape=list(shape), size=size, overlap=overlap, rounds=rounds, train_steps=train_steps if
+                trained is not None else 0, train_s=train_s,
+                weights="trained here" if trained is not None else (str(weights) if weights else "seeded init"),
+                differ_pct_vtk_vs_truth=float((masks["vtk"] != truth).mean() * 100),
+                differ_pct_monai_vs_truth=float((masks["monai"] != truth).mean() * 100),
                 vtk_precision=resolve_precision(vtk_precision, torch.device("cpu")),
                 monai_precision=monai_precision, seconds=med, all_seconds=times,
                 speedup=med["monai"] / med["vtk"],
@@ -191,21 +254,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="timed runs of each pipeline (interleaved)")
     p.add_argument("--precision", default="auto", help="vtk's --precision")
     p.add_argument("--monai-precision", choices=("32", "bf16"), default="32")
-    p.add_argument("--weights", type=Path, default=None, help="a trained MONAI UNETR state dict (default: seeded)")
+    p.add_argument("--weights", type=Path, default=None, help="a trained MONAI UNETR state dict (default: trained "
+                   "here for --train-steps on the synthetic CT)")
+    p.add_argument("--train-steps", type=int, default=150,
+                   help="AdamW steps training the UNETR on the synthetic CT before timing (0: seeded, untrained)")
     p.add_argument("--sw-batch-size", type=int, default=4)
     p.add_argument("--json", type=Path, default=None, help="write the result here (atomically)")
     a = p.parse_args(argv)
-    if a.rounds < 1 or a.slices < 8 or not 0 <= a.overlap < 1:
-        p.error(f"--rounds >= 1, --slices >= 8 and --overlap in [0, 1) expected, got {a.rounds}, {a.slices}, "
-                f"{a.overlap}")
+    if a.rounds < 1 or a.slices < 8 or not 0 <= a.overlap < 1 or a.train_steps < 0:
+        p.error(f"--rounds >= 1, --slices >= 8, --overlap in [0, 1) and --train-steps >= 0 expected, got "
+                f"{a.rounds}, {a.slices}, {a.overlap}, {a.train_steps}")
     with tempfile.TemporaryDirectory(prefix="vtk-seg-bench-") as tmp:
         res = run(a.slices, a.size, a.overlap, a.rounds, a.precision, a.monai_precision, Path(tmp), a.weights,
-                  a.sw_batch_size)
+                  a.sw_batch_size, a.train_steps)
     print(json.dumps(res))
     print(f"vtk ({res['vtk_precision']}) {res['seconds']['vtk']:.1f} s, MONAI ({a.monai_precision}) "
           f"{res['seconds']['monai']:.1f} s: {res['speedup']:.2f}x; voxels differing {res['differ_pct']:.3f}% "
           f"(vtk fp32 vs MONAI {res['differ_pct_vtk32_vs_monai']:.3f}%, vtk {res['vtk_precision']} vs fp32 "
-          f"{res['differ_pct_vtk_vs_vtk32']:.3f}%)")
+          f"{res['differ_pct_vtk_vs_vtk32']:.3f}%); vs the phantom's labels: vtk {res['differ_pct_vtk_vs_truth']:.3f}%, "
+          f"MONAI {res['differ_pct_monai_vs_truth']:.3f}%; weights: {res['weights']}")
     if a.json:
         from engine.io import atomic_write_json
 

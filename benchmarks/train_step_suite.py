@@ -57,7 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 from benchmarks._common import (count_flops, interleaved, matrix_rate, peak_rss_mib, rss_mib,  # noqa: E402
                                 run_json_subprocess, sync)
 
-__all__ = ["main", "FAMILIES", "SIZES", "Case", "build_case", "make_step", "run_family", "format_table"]
+__all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
+           "format_table", "plain_adamw", "engine_adamw"]
 
 SIZES = ("tiny", "small", "full")
 PRECISIONS = ("32", "bf16")
@@ -434,10 +435,37 @@ def build_models(case: Case, device: torch.device, share: bool = True) -> Tuple[
     return vtk, (ref.to(device).train() if ref is not None else None)
 
 
+def plain_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW(model.parameters())`` as the references' scripts and tutorials build it (on CPU that is
+    torch's per-parameter loop)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+
+def engine_adamw(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``vtk seg train`` / ``vtk video train`` build: ``engine.optim.build_optimizer`` (AdamW over
+    the decay / no-decay groups with torch's fused kernel where the parameters allow it)."""
+    from engine.config import TrainConfig
+    from engine.optim import build_optimizer
+
+    return build_optimizer(model, TrainConfig(lr=1e-5))
+
+
+def engine_adamw_loop(model: nn.Module) -> torch.optim.Optimizer:
+    """:func:`engine_adamw` with torch's default implementation (what the engine built before issue 14)."""
+    from engine.config import TrainConfig
+    from engine.optim import build_optimizer
+
+    return build_optimizer(model, TrainConfig(lr=1e-5), fast=False)
+
+
+OPTIMIZERS: Dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
+    "plain": plain_adamw, "engine": engine_adamw, "engine-loop": engine_adamw_loop}
+
+
 def make_step(model: nn.Module, case: Case, precision: str, device: torch.device, fwd: Optional[Fwd] = None,
-              seed: int = 0) -> Callable[[], None]:
+              seed: int = 0, optimizer: str = "plain") -> Callable[[], None]:
     """One train step of ``model`` on a fixed batch: forward under ``precision``'s autocast, fp32 cross-entropy,
-    backward, AdamW."""
+    backward, AdamW (``optimizer``: a key of :data:`OPTIMIZERS`)."""
     from engine.context import autocast_for
 
     g = torch.Generator().manual_seed(seed)
@@ -445,7 +473,7 @@ def make_step(model: nn.Module, case: Case, precision: str, device: torch.device
     y_shape = (case.shape[0], *case.shape[2:]) if case.dense else (case.shape[0],)
     y = torch.randint(0, case.num_classes, y_shape, generator=g).to(device)
     fwd = fwd or _call
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = OPTIMIZERS[optimizer](model)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -461,12 +489,14 @@ def make_step(model: nn.Module, case: Case, precision: str, device: torch.device
 def memory_probe(family: str, impl: str, precision: str, size: str, device: str) -> Dict[str, float]:
     """Peak memory of two train steps of one model, measured in this (fresh) process: CUDA
     ``max_memory_allocated`` growth, else RSS growth (peak RSS after the steps minus the RSS once the model,
-    optimizer and batch exist)."""
+    optimizer and batch exist). vtk's step uses the engine's optimizer (:func:`engine_adamw`, what ``vtk ... train``
+    runs), the reference's ``torch.optim.AdamW`` (:func:`plain_adamw`)."""
     dev = torch.device(device)
     case = build_case(family, size)
     torch.manual_seed(0)
     model = (case.build_ref() if impl == "ref" else case.build_vtk(None)).to(dev).train()
-    step = make_step(model, case, precision, dev, case.ref_fwd if impl == "ref" else None)
+    step = make_step(model, case, precision, dev, case.ref_fwd if impl == "ref" else None,
+                     optimizer="plain" if impl == "ref" else "engine")
     if dev.type == "cuda":
         sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -491,9 +521,16 @@ def measure_memory(family: str, impl: str, precision: str, size: str, device: to
 # --------------------------------------------------------------------------------------------------------- suite
 def run_family(family: str, size: str, precisions: Sequence[str], steps: int, warmup: int, device: torch.device,
                rates: Dict[str, float], memory: bool = True) -> Dict[str, Any]:
-    """Time, count and (optionally) measure the memory of one family; returns its row (see :func:`format_table`)."""
+    """Time, count and (optionally) measure the memory of one family; returns its row (see :func:`format_table`).
+
+    Steps timed: ``vtk/P`` and ``ref/P`` per precision ``P``, both with ``torch.optim.AdamW`` (the models alone,
+    same optimizer), and ``vtk/default``: vtk as ``vtk ... train`` runs by default (``--precision auto`` and the
+    engine's optimizer, :func:`engine_adamw`), against which ``ref/32`` (the reference's default use: fp32 and
+    ``torch.optim.AdamW``) gives the ``default`` speed-up.
+    """
     from engine.context import resolve_precision
 
+    auto = resolve_precision("auto", device)
     case = build_case(family, size)
     vtk, ref = build_models(case, device)
     fns: Dict[str, Callable[[], None]] = {}
@@ -501,6 +538,7 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
         fns[f"vtk/{p}"] = make_step(vtk, case, p, device)
         if ref is not None:
             fns[f"ref/{p}"] = make_step(ref, case, p, device, case.ref_fwd)
+    fns["vtk/default"] = make_step(vtk, case, auto, device, optimizer="engine")
     flops = {"vtk": count_flops(make_step(vtk, case, "32", device))}
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
@@ -510,14 +548,16 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
                                memory_mib={}, tokens_per_s={})
     for key, t in times.items():
         impl, p = key.split("/")
-        row["mfu"][key] = flops[impl] / t / rates[p]
+        p = auto if p == "default" else p
+        row["mfu"][key] = flops[impl] / t / rates[p] if p in rates else None
         row["tokens_per_s"][key] = case.tokens / t
     for p in precisions:
         if f"ref/{p}" in times:
             row["speedup"][p] = times[f"ref/{p}"] / times[f"vtk/{p}"]
-    auto = resolve_precision("auto", device)
-    if "ref/32" in times and f"vtk/{auto}" in times:
-        row["speedup"]["default"] = times["ref/32"] / times[f"vtk/{auto}"]
+    if "ref/32" in times:
+        row["speedup"]["default"] = times["ref/32"] / times["vtk/default"]
+    if f"vtk/{auto}" in times:
+        row["speedup"]["optimizer"] = times[f"vtk/{auto}"] / times["vtk/default"]
     row["default_precision"] = auto
     del vtk, ref, fns
     if memory:
@@ -532,12 +572,14 @@ def _f(v: Optional[float], fmt: str = "{:.3f}") -> str:
 
 
 def format_table(rows: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> str:
-    """Markdown table: per precision vtk s, reference s and ``x`` (reference / vtk), the defaults' ``x``,
+    """Markdown table: per precision vtk s, reference s and ``x`` (reference / vtk, both with
+    ``torch.optim.AdamW``), vtk's default step (``auto`` + the engine's optimizer) and its ``x`` against the
+    reference's fp32 step,
     GFLOP per step (vtk / reference), MFU of vtk and the reference and peak step memory (MiB, vtk / reference)."""
     head = ["family", "config", "reference"]
     for p in precisions:
         head += [f"{p} vtk s", f"{p} ref s", f"{p} x"]
-    head += ["default x", "GFLOP vtk/ref"] + [f"MFU {p} vtk/ref" for p in precisions] + \
+    head += ["vtk default s", "default x", "GFLOP vtk/ref"] + [f"MFU {p} vtk/ref" for p in precisions] + \
             [f"mem {p} MiB vtk/ref" for p in precisions]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -545,7 +587,7 @@ def format_table(rows: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> s
         cells = [r["family"], r["config"], r["reference"]]
         for p in precisions:
             cells += [_f(t.get(f"vtk/{p}")), _f(t.get(f"ref/{p}")), _f(r["speedup"].get(p), "{:.2f}")]
-        cells.append(_f(r["speedup"].get("default"), "{:.2f}"))
+        cells += [_f(t.get("vtk/default")), _f(r["speedup"].get("default"), "{:.2f}")]
         cells.append(f"{fl['vtk'] / 1e9:.1f} / {_f(fl.get('ref') and fl['ref'] / 1e9, '{:.1f}')}")
         for p in precisions:
             cells.append(f"{_f(m.get(f'vtk/{p}'), '{:.0%}')} / {_f(m.get(f'ref/{p}'), '{:.0%}')}")

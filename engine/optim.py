@@ -14,15 +14,15 @@ where ``W = warmup_steps`` and ``S = max_steps``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List, Set
+from typing import Callable, Dict, Iterable, List, Sequence, Set
 
 import torch
 from torch import nn
 
 from engine.config import TrainConfig
 
-__all__ = ["POLY_POWER", "lr_factor", "build_optimizer", "build_scheduler", "param_groups", "no_weight_decay_names",
-           "current_lr"]
+__all__ = ["POLY_POWER", "lr_factor", "fast_impl", "build_optimizer", "build_scheduler", "param_groups",
+           "no_weight_decay_names", "current_lr"]
 
 POLY_POWER = 0.9
 
@@ -68,13 +68,49 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, object
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD (with ``momentum``) over :func:`param_groups`."""
+def fast_impl(params: Sequence[torch.Tensor]) -> Dict[str, bool]:
+    """The fastest implementation torch's AdamW/SGD offer for ``params``: ``{"fused": True}`` (one kernel over
+    all tensors; CPU and CUDA) when every parameter is a floating-point tensor on one device of a type the fused
+    kernels support, else ``{"foreach": True}`` (multi-tensor ops) on one CUDA device, else ``{}`` (torch's
+    default, the per-parameter loop).
+
+    On CPU torch's default is the per-parameter loop (``foreach`` defaults on for CUDA only): about eight
+    elementwise ops per tensor and step, ~40% of a ViT-B train step at batch 1. The fused kernel computes the
+    same update (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", arXiv:1711.05101) in one pass
+    over each tensor.
+    """
+    if not params:
+        return {}
+    devices = {p.device for p in params}
+    if len(devices) != 1 or not all(p.is_floating_point() for p in params):
+        return {}
+    device = next(iter(devices))
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        fused_devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:  # private helper moved: the two device types torch has fused AdamW/SGD for since 2.4
+        fused_devices = {"cpu", "cuda"}
+    if device.type in fused_devices:
+        return {"fused": True}
+    return {"foreach": True} if device.type == "cuda" else {}
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fast: bool = True) -> torch.optim.Optimizer:
+    """AdamW or SGD (with ``momentum``) over :func:`param_groups`.
+
+    Args:
+        model: The model, already on its device (the fused kernel is chosen for the parameters' device).
+        cfg: ``optimizer``, ``lr``, ``weight_decay``, ``momentum``.
+        fast: Use :func:`fast_impl`'s implementation; ``False`` gives torch's default (the same update, slower on
+            CPU; kept for the side-by-side benchmark ``benchmarks/speed_fixes.py``).
+    """
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    impl = fast_impl([p for g in groups for p in g["params"]]) if fast else {}  # type: ignore[union-attr]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, **impl)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **impl)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 

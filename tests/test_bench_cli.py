@@ -17,14 +17,15 @@ def test_train_step_table_and_json(tmp_path, capsys):
     res = json.loads(js.read_text())
     (row,) = res["rows"]
     t = row["times"]
-    assert set(t) == {"vtk/32", "ref/32", "vtk/bf16", "ref/bf16"}
+    assert set(t) == {"vtk/32", "ref/32", "vtk/bf16", "ref/bf16", "vtk/default"}
     assert row["speedup"]["32"] == pytest.approx(t["ref/32"] / t["vtk/32"])
-    assert row["speedup"]["default"] == pytest.approx(t["ref/32"] / t[f"vtk/{row['default_precision']}"])
+    assert row["speedup"]["default"] == pytest.approx(t["ref/32"] / t["vtk/default"])
+    assert row["speedup"]["optimizer"] == pytest.approx(t[f"vtk/{row['default_precision']}"] / t["vtk/default"])
     assert row["flops"]["vtk"] > 0 and row["flops"]["ref"] > 0
     assert row["mfu"]["vtk/bf16"] == pytest.approx(row["flops"]["vtk"] / t["vtk/bf16"] / res["rates"]["bf16"])
     text = md.read_text()
     assert text.startswith("<!-- python -m benchmarks.train_step_suite") and "| vivit |" in text
-    assert f"| {row['speedup']['32']:.2f} |" in text
+    assert f"| {row['speedup']['32']:.2f} |" in text and f"| {row['speedup']['default']:.2f} |" in text
     assert "| vivit |" in capsys.readouterr().out
 
 

@@ -102,28 +102,49 @@ class DividedSpaceTimeBlock(Block):
         nn.init.zeros_(self.temporal_fc.bias)
 
     def _temporal(self, x: torch.Tensor, thw: Sequence[int]) -> torch.Tensor:
-        """Residual of the temporal step for grid tokens ``(B, T*N, C)``."""
-        y = fold_time(x, thw)  # (B*N, T, C)
-        y = unfold_time(self.temporal_attn(self.temporal_norm1(y)), thw)  # (B, T*N, C)
-        return self.temporal_fc(self.drop_path1(y))
+        """Grid tokens after the temporal step, ``(B, T*N, C)`` -> ``(B, T, N, C)`` (contiguous).
 
-    def _spatial(self, cls: torch.Tensor, x: torch.Tensor, thw: Sequence[int]) -> torch.Tensor:
-        """Residual of the spatial step: ``(B, P + T*N, C)`` for prefix ``cls`` ``(B, P, C)`` and grid ``x``."""
+        ``temporal_fc`` and stochastic depth run in the folded ``(B*N, T, C)`` layout (both act per token / per
+        clip), so the way back to ``(t, n)`` order is the residual add itself, with no separate unfold copy.
+        """
         T, H, W = thw
         B, _, C = x.shape
+        y = self.temporal_attn(self.temporal_norm1(fold_time(x, thw)))  # (B*N, T, C)
+        y = self.temporal_fc(self.drop_path1(y.view(B, H * W, T, C)).view(B * H * W, T, C))  # (B*N, T, C)
+        return x.view(B, T, H * W, C) + y.view(B, H * W, T, C).transpose(1, 2)  # (B, T, N, C)
+
+    def _spatial(self, cls: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        """Tokens after the spatial step: prefix ``cls`` ``(B, P, C)`` and grid ``xt`` ``(B, T, N, C)`` ->
+        ``(B, P + T*N, C)``.
+
+        The class token's residual is the mean of its ``T`` per-frame updates; the grid's residual is added
+        straight from the attention output's ``[:, :, P:]`` slice, so the only copies are the per-frame class
+        token concatenation in and the one concatenation out.
+        """
+        B, T, N, C = xt.shape
         P = cls.shape[1]
-        y = x.reshape(B * T, H * W, C)  # (B*T, N, C)
+        y = xt.view(B * T, N, C)  # (B*T, N, C)
         if P:
             y = torch.cat([cls.expand(B, T, C).reshape(B * T, 1, C), y], dim=1)  # (B*T, 1+N, C)
-        y = self.attn(self.norm1(y)).reshape(B, T, P + H * W, C)  # (B, T, P+N, C)
-        res = y[:, :, P:].reshape(B, T * H * W, C)  # (B, T*N, C)
-        if P:
-            res = torch.cat([y[:, :, 0].mean(dim=1, keepdim=True), res], dim=1)  # cls: mean over frames
-        return self.drop_path1(self.ls1(res))
+        y = self.attn(self.norm1(y)).view(B, T, P + N, C)  # (B, T, P+N, C)
+        keep = self._keep(B, y)
+        res = self.ls1(y[:, :, P:])  # (B, T, N, C), a strided view
+        out = xt + (res if keep is None else res * keep)  # (B, T, N, C)
+        if not P:
+            return out.view(B, T * N, C)
+        res_cls = self.ls1(y[:, :, 0].mean(dim=1, keepdim=True))  # (B, 1, C): mean over frames
+        cls = cls + (res_cls if keep is None else res_cls * keep.view(B, 1, 1))
+        return torch.cat([cls, out.view(B, T * N, C)], dim=1)  # (B, 1 + T*N, C)
+
+    def _keep(self, B: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """Stochastic depth of the spatial residual as a per-clip factor ``(B, 1, 1, 1)`` shared by the class
+        token and the grid (the same draw ``drop_path1`` makes on the whole residual); ``None`` when inactive."""
+        if isinstance(self.drop_path1, nn.Identity) or not self.training:
+            return None
+        return self.drop_path1(like.new_ones(B, 1, 1, 1, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor, thw: Sequence[int]) -> torch.Tensor:  # type: ignore[override]
         """``(B, [1 +] T*N, C)`` -> same shape; ``thw`` is the token grid ``(T, H, W)``."""
         cls, xt = split_prefix(x, thw)  # (B, P, C), (B, T*N, C)
-        xt = xt + self._temporal(xt, thw)
-        x = torch.cat([cls, xt], dim=1) + self._spatial(cls, xt, thw)  # (B, P + T*N, C)
+        x = self._spatial(cls, self._temporal(xt, thw))  # (B, P + T*N, C)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

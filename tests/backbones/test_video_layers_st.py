@@ -97,6 +97,25 @@ def test_divided_block_matches_reference() -> None:
     torch.testing.assert_close(blk(x, THW), _divided_reference(blk, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [1, 0])
+def test_divided_block_equals_the_layout_before_issue_14_with_drop_path(cls: int) -> None:
+    """The copy-saving forward is the same function as the old fold/unfold/cat forward, stochastic depth included
+    (one draw per clip shared by the class token and the grid, the same random stream)."""
+    from benchmarks.speed_fixes import divided_forward_before
+
+    torch.manual_seed(0)
+    blk = DividedSpaceTimeBlock(16, num_heads=2, drop_path=0.5, init_values=0.5).train()
+    _randomise(blk)
+    x = torch.randn(4, cls + L, 16)
+    torch.manual_seed(7)
+    new = blk(x, THW)
+    torch.manual_seed(7)
+    old = divided_forward_before(blk, x, THW)
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+    torch.manual_seed(8)  # another draw drops other clips: the comparison sees the stochastic depth
+    assert (divided_forward_before(blk, x, THW) - new).abs().max() > 1e-3
+
+
 def test_divided_block_init_and_no_cls() -> None:
     blk = DividedSpaceTimeBlock(16, num_heads=2)
     assert blk.temporal_fc.weight.abs().sum() == 0 and blk.temporal_fc.bias.abs().sum() == 0  # official zero init
