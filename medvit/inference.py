@@ -175,12 +175,15 @@ def mirror_axes(tta: Any, dims: int, data_args: Optional[Dict[str, Any]] = None)
                 else:
                     raise UserError(f"--tta-axes: {part!r} is not one of {', '.join(names)} (or all, none)")
             axes = tuple(sorted(set(picked)))
+        if not axes:
+            return (), "no TTA (--tta-axes none)"
     else:
         axes = tuple(sorted({int(a) for a in tta}))
         if any(not 0 <= a < dims for a in axes):
             raise UserError(f"--tta-axes: axes {axes} must lie in 0..{dims - 1}")
-    label = ",".join(names[a] for a in axes)
-    return axes, (f"TTA {2 ** len(axes)} flips (axes {label})" if axes else "no TTA (--tta-axes none)")
+        if not axes:
+            return (), "no TTA"
+    return axes, f"TTA {2 ** len(axes)} flips (axes {','.join(names[a] for a in axes)})"
 
 
 def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -567,12 +570,9 @@ class Predictor:
                 _check_same(src, proto, first)
             self.members.append(Member(model, proto["roi"], proto["in_chans"]))
         self.dims, self.names, self.num_classes = first["dims"], first["names"], first["num_classes"]
-        axes, self.tta_reason = (tta, "") if isinstance(tta, tuple) else mirror_axes(tta, self.dims,
-                                                                                     self.cfg.data_args)
+        axes, self.tta_reason = mirror_axes(tta, self.dims, self.cfg.data_args)  # an ensemble passes its axes
         self.settings = Settings(self.dims, first["spacing"], first["a_min"], first["a_max"], dev, sw_batch_size,
                                  overlap, mode, amp, axes, stitch, first["normalization"], first["intensity_stats"])
-        if not self.tta_reason:
-            self.tta_reason = mirror_axes(",".join(AXIS_NAMES[a] for a in axes) or "none", self.dims)[1]
         self.kw = dict(spatial_dims=self.dims, spacing=first["spacing"], a_min=first["a_min"], a_max=first["a_max"],
                        roi=first["roi"], device=dev, sw_batch_size=sw_batch_size, overlap=overlap, mode=mode,
                        amp=amp, in_chans=first["in_chans"])
