@@ -4,6 +4,7 @@
 |---|---|
 | ``attention.py`` | fused-qkv multi-head attention through SDPA (additive bias, boolean mask) |
 | ``block.py`` | pre-norm transformer block with injected attention / MLP / norm classes |
+| ``linear.py`` | ``nn.Linear`` with a faster CPU bf16 training backward (same values) |
 | ``mlp.py``, ``drop.py`` | MLP, DropPath, LayerScale |
 | ``patch_embed.py`` | 2D/3D patch embedding, tubelet embedding and its 2D -> 3D inflation |
 | ``pos_embed.py`` | sin-cos tables in 1D/2D/3D, resampling learned tables in space and time |
@@ -24,6 +25,7 @@ from backbones.layers.drop import DropPath, LayerScale, drop_path
 from backbones.layers.factorized_attention import (FactorisedDotProductAttention, FactorisedDotProductBlock,
                                                    FactorisedSelfAttentionBlock)
 from backbones.layers.local_global_attention import LocalGlobalAttention, LocalGlobalBlock, LocalGlobalEncoder
+from backbones.layers.linear import Linear, linear
 from backbones.layers.mlp import Mlp
 from backbones.layers.patch_embed import PatchEmbed, TubeletEmbed, inflate_conv2d_weight, to_ntuple
 from backbones.layers.pooling_attention import MultiScaleAttention, MultiScaleBlock
@@ -34,7 +36,7 @@ from backbones.layers.window_attention import WindowAttention
 __all__ = [
     "Attention", "sdpa", "AxialAttention", "Block", "DividedSpaceTimeBlock", "SpaceTimeBlock", "DropPath",
     "LayerScale", "drop_path", "FactorisedDotProductAttention", "FactorisedDotProductBlock",
-    "FactorisedSelfAttentionBlock", "LocalGlobalAttention", "LocalGlobalBlock", "LocalGlobalEncoder", "Mlp",
+    "FactorisedSelfAttentionBlock", "LocalGlobalAttention", "LocalGlobalBlock", "LocalGlobalEncoder", "Linear", "linear", "Mlp",
     "PatchEmbed", "TubeletEmbed", "inflate_conv2d_weight", "to_ntuple", "MultiScaleAttention", "MultiScaleBlock",
     "grid_shape", "resample_pos_embed", "resample_time_embed", "sincos_1d", "sincos_nd", "GroupNormAct",
     "StdConv2dSame", "WindowAttention",

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.layers.linear import Linear
+
 __all__ = ["Attention", "sdpa"]
 
 
@@ -66,11 +68,11 @@ class Attention(nn.Module):
             raise ValueError(f"dim {dim} should be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def split_heads(self, x: torch.Tensor) -> tuple:

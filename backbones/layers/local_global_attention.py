@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from backbones.layers.linear import Linear
 from backbones.layers.mlp import Mlp
 
 __all__ = ["LocalGlobalAttention", "LocalGlobalBlock", "LocalGlobalEncoder", "local_global_mask"]
@@ -87,9 +88,9 @@ class LocalGlobalAttention(nn.Module):
         self.num_global_tokens = num_global_tokens
         self.mode = mode
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.qkv_global = nn.Linear(dim, 3 * dim, bias=qkv_bias) if separate_global_proj else None
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv_global = Linear(dim, 3 * dim, bias=qkv_bias) if separate_global_proj else None
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:

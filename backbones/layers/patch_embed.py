@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
+from backbones.layers.linear import linear
+
 __all__ = ["PatchEmbed", "TubeletEmbed", "inflate_conv2d_weight", "to_ntuple"]
 
 IntOrSeq = Union[int, Sequence[int]]
@@ -103,14 +105,15 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, *S)`` -> ``(B, N, C)`` (or ``(B, *grid, C)`` when not flattening).
 
-        Non-overlapping patches are projected as one matrix multiply of the patch rows with the flattened conv
-        kernel (the same linear map as the strided convolution, key ``proj`` unchanged): the convolution's weight
-        gradient for a 16^3 kernel is several times slower on CPU in bf16 (UNETR 96^3: 244 ms of a 1.9 s step),
-        the matrix multiply's is not. Overlapping stems (``kernel_size``/``padding``) keep the convolution.
+        Under CPU autocast, non-overlapping patches are projected as one matrix multiply of the patch rows with the
+        flattened conv kernel (the same linear map as the strided convolution, key ``proj`` unchanged): the
+        convolution's bf16 weight gradient for a 16^3 kernel is several times slower (UNETR 96^3: 244 ms of a
+        1.9 s step), the matrix multiply's is not. Elsewhere (fp32, CUDA) and for overlapping stems
+        (``kernel_size``/``padding``) the convolution runs: in fp32 it is as fast and saves no patch copy.
         """
         self._check(x)
-        if self.non_overlapping:
-            x = nn.functional.linear(self._patchify(x), self.proj.weight.flatten(1), self.proj.bias)  # (B, *grid, C)
+        if self.non_overlapping and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            x = linear(self._patchify(x), self.proj.weight.flatten(1), self.proj.bias)  # (B, *grid, C)
             return self.norm(x.flatten(1, -2) if self.flatten else x)  # (B, N, C) | (B, *grid, C)
         x = self.proj(x)  # (B, C, *grid)
         x = x.flatten(2).transpose(1, 2) if self.flatten else x.movedim(1, -1)  # (B, N, C) | (B, *grid, C)

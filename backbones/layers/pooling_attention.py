@@ -27,6 +27,7 @@ from torch import nn
 
 from backbones.layers.attention import sdpa
 from backbones.layers.drop import DropPath
+from backbones.layers.linear import Linear
 from backbones.layers.mlp import Mlp
 
 __all__ = ["attention_pool", "MultiScaleAttention", "MultiScaleBlock", "skip_pool_kernel"]
@@ -133,8 +134,8 @@ class MultiScaleAttention(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.residual_pooling = residual_pooling
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, dim_out * 3, bias=qkv_bias)
+        self.proj = Linear(dim_out, dim_out)
         self.proj_drop = nn.Dropout(proj_drop)
         self.pool_q = self.norm_q = self.pool_k = self.norm_k = self.pool_v = self.norm_v = None
         if not _is_identity(kernel_q, stride_q):
@@ -207,7 +208,7 @@ class MultiScaleBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = mlp_layer(dim, int(dim * mlp_ratio), dim_out, act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.proj = Linear(dim, dim_out) if dim != dim_out else None
         skip = skip_pool_kernel(stride_q)
         self.pool_skip = None
         if math.prod(stride_q) > 1:

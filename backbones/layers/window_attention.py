@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.layers.attention import sdpa
+from backbones.layers.linear import Linear
 from backbones.layers.patch_embed import to_ntuple
 
 __all__ = [
@@ -202,8 +203,8 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros(math.prod(2 * w - 1 for w in self.window_size), num_heads))
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 

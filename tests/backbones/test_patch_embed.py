@@ -8,6 +8,19 @@ from backbones.layers import PatchEmbed
 from backbones.layers.patch_embed import TubeletEmbed
 
 
+def _graph(t: torch.Tensor) -> list:
+    """Names of the autograd nodes behind ``t``."""
+    names, todo, seen = [], [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        names.append(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
 def _conv_reference(pe: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
     conv = F.conv2d if pe.spatial_dims == 2 else F.conv3d
     y = conv(x, pe.proj.weight, pe.proj.bias, stride=pe.patch_size)  # (B, C, *grid)
@@ -24,15 +37,21 @@ def test_linear_patchify_equals_the_strided_conv(make, shape):
     pe = make()
     assert pe.non_overlapping
     x = torch.randn(shape, requires_grad=True)
-    ref = _conv_reference(pe, x)
-    out = pe(x)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _conv_reference(pe, x)
+        out = pe(x)  # the matmul path (CPU autocast)
+    assert out.shape == ref.shape and "_AutocastLinearCPUBackward" in _graph(out)
+    torch.testing.assert_close(out.float(), ref.float(), atol=0.05, rtol=0.02)  # bf16 products, fp32 sums
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, [x, pe.proj.weight, pe.proj.bias], g)
     grads_ref = torch.autograd.grad(ref, [x, pe.proj.weight, pe.proj.bias], g)
     for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=0.1, rtol=0.02)
+    # exact in fp32: the same patch rows through the fp32 matmul equal the conv
+    rows = pe._patchify(x.detach())
+    lin = torch.nn.functional.linear(rows, pe.proj.weight.flatten(1), pe.proj.bias)
+    torch.testing.assert_close(lin.flatten(1, -2) if pe.flatten else lin, _conv_reference(pe, x.detach()),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_overlapping_stem_keeps_the_convolution():
@@ -40,4 +59,12 @@ def test_overlapping_stem_keeps_the_convolution():
     assert not pe.non_overlapping
     x = torch.randn(1, 3, 4, 8, 8)
     y = F.conv3d(x, pe.proj.weight, pe.proj.bias, stride=pe.patch_size, padding=pe.padding)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "ConvolutionBackward0" in _graph(pe(x.requires_grad_()))
     torch.testing.assert_close(pe(x), y.flatten(2).transpose(1, 2))
+
+
+def test_fp32_keeps_the_convolution():
+    pe = PatchEmbed(None, 4, 3, 8, spatial_dims=2)
+    graph = _graph(pe(torch.randn(1, 3, 8, 8, requires_grad=True)))
+    assert "ConvolutionBackward0" in graph and "_AutocastLinearCPUBackward" not in graph

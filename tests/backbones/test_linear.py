@@ -1,0 +1,62 @@
+"""``backbones.layers.Linear``: the CPU autocast training path gives exactly ``nn.Linear``'s values and gradients."""
+
+import pytest
+import torch
+from torch import nn
+
+from backbones.layers import Linear
+from backbones.layers.linear import uses_fast_backward
+
+
+def _run(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, autocast: bool):
+    x = x.clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    y.backward(g.to(y.dtype))
+    grads = [x.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else [])
+    return y, grads
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(3, 7, 16), (5, 16)])
+def test_autocast_training_path_is_bitwise_nn_linear(bias, shape):
+    torch.manual_seed(0)
+    ref = nn.Linear(16, 24, bias=bias)
+    fast = Linear(16, 24, bias=bias)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(shape)
+    g = torch.randn(*shape[:-1], 24)
+    y_ref, g_ref = _run(ref, x, g, autocast=True)
+    y, grads = _run(fast, x, g, autocast=True)
+    assert y.dtype == torch.bfloat16 and "AutocastLinearCPU" in type(y.grad_fn).__name__  # the fast path ran
+    assert torch.equal(y, y_ref)
+    for a, b in zip(grads, g_ref):
+        assert a.dtype == b.dtype == torch.float32  # weight/bias grads land in the parameters' dtype
+        assert torch.equal(a, b)
+
+
+def test_non_contiguous_input_and_frozen_weight():
+    torch.manual_seed(1)
+    ref, fast = nn.Linear(8, 4), Linear(8, 4)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 8, 5).transpose(1, 2)  # (6, 5, 8), non-contiguous
+    g = torch.randn(6, 5, 4)
+    y_ref, g_ref = _run(ref, x, g, autocast=True)
+    y, grads = _run(fast, x, g, autocast=True)
+    for a, b in zip(grads, g_ref):
+        assert torch.equal(a, b)
+    fast.weight.requires_grad_(False)
+    assert not uses_fast_backward(x, fast.weight)
+
+
+def test_other_modes_are_plain_f_linear():
+    fc = Linear(8, 4)
+    x = torch.randn(2, 8)
+    assert not uses_fast_backward(x, fc.weight)  # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert uses_fast_backward(x, fc.weight)
+        with torch.no_grad():
+            assert not uses_fast_backward(x, fc.weight)
+            assert fc(x).grad_fn is None
+    torch.testing.assert_close(fc(x), nn.functional.linear(x, fc.weight, fc.bias), rtol=0, atol=0)
