@@ -1,0 +1,78 @@
+"""``backbones.layers.sdpa``: the explicit-softmax path of CPU bf16 training is the same attention as SDPA, is
+taken only for short keys, and saves no more for backward than SDPA's flash kernel."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbones.layers import sdpa
+from backbones.layers.attention import _math_is_better
+
+
+def _graph(t: torch.Tensor) -> set:
+    names, todo, seen = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def _qkv(B, H, N, M, D, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, N, D, generator=g).to(dtype).requires_grad_()
+    k = torch.randn(B, H, M, D, generator=g).to(dtype).requires_grad_()
+    v = torch.randn(B, H, M, D, generator=g).to(dtype).requires_grad_()
+    return q, k, v
+
+
+def _saved_bytes(fn) -> int:
+    total = {}
+
+    def pack(t):
+        total[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(total.values())
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_short_keys_take_the_math_path_with_sdpa_values_and_grads(with_bias):
+    q, k, v = _qkv(2, 3, 8, 8, 16)
+    bias = torch.randn(1, 3, 8, 8) if with_bias else None
+    assert _math_is_better(q, k, 0.0)
+    out = sdpa(q, k, v, bias)
+    assert "SoftmaxBackward0" in _graph(out)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in, attn_mask=None if bias is None else bias.double())
+    torch.testing.assert_close(out.double(), ref, atol=0.03, rtol=0.02)  # bf16 products
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (q, k, v), g.to(out.dtype))
+    grads_ref = torch.autograd.grad(ref, ref_in, g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a.double(), b, atol=0.05, rtol=0.05)
+
+
+def test_long_keys_inference_fp32_and_dropout_stay_on_sdpa():
+    q, k, v = _qkv(1, 2, 40, 40, 16)  # M = 40 > Dh + 2
+    assert not _math_is_better(q, k, 0.0)
+    assert "SoftmaxBackward0" not in _graph(sdpa(q, k, v))
+    q, k, v = _qkv(1, 2, 8, 8, 16)
+    assert not _math_is_better(q, k, 0.1)  # dropout
+    with torch.no_grad():
+        assert not _math_is_better(q, k, 0.0)
+    qf, kf, vf = _qkv(1, 2, 8, 8, 16, dtype=torch.float32)
+    assert not _math_is_better(qf, kf, 0.0)
+
+
+@pytest.mark.parametrize("M", [8, 16, 18])
+def test_math_path_saves_no_more_than_flash(M):
+    D = 16  # M <= D + 2
+    q, k, v = _qkv(2, 4, 32, M, D)
+    math_bytes = _saved_bytes(lambda: sdpa(q, k, v))
+    flash_bytes = _saved_bytes(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert math_bytes <= flash_bytes, (math_bytes, flash_bytes)
