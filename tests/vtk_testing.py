@@ -11,10 +11,23 @@ import torch
 from torch import nn
 
 __all__ = ["tiny_video_run", "perturb_", "randomize_", "one_thread", "registered",
-           "foreign_registry_entries"]
+           "foreign_registry_entries", "autograd_nodes"]
 
 # Packages whose modules may register models and converters; an entry defined anywhere else came from a test.
 PROJECT_PACKAGES = ("backbones", "medvit", "videovit", "engine", "cli")
+
+
+def autograd_nodes(t: torch.Tensor) -> List[str]:
+    """Class names of every autograd node behind ``t`` (which backward functions a forward recorded)."""
+    names, todo, seen = [], [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        names.append(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
 
 
 def perturb_(module: nn.Module, scale: float = 0.05, seed: Optional[int] = 1) -> nn.Module:

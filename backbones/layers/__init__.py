@@ -36,7 +36,8 @@ from backbones.layers.window_attention import WindowAttention
 __all__ = [
     "Attention", "sdpa", "AxialAttention", "Block", "DividedSpaceTimeBlock", "SpaceTimeBlock", "DropPath",
     "LayerScale", "drop_path", "FactorisedDotProductAttention", "FactorisedDotProductBlock",
-    "FactorisedSelfAttentionBlock", "LocalGlobalAttention", "LocalGlobalBlock", "LocalGlobalEncoder", "Linear", "linear", "Mlp",
+    "FactorisedSelfAttentionBlock", "LocalGlobalAttention", "LocalGlobalBlock", "LocalGlobalEncoder", "Linear",
+    "linear", "Mlp",
     "PatchEmbed", "TubeletEmbed", "inflate_conv2d_weight", "to_ntuple", "MultiScaleAttention", "MultiScaleBlock",
     "grid_shape", "resample_pos_embed", "resample_time_embed", "sincos_1d", "sincos_nd", "GroupNormAct",
     "StdConv2dSame", "WindowAttention",

@@ -40,8 +40,8 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     with torch.autocast(q.device.type, enabled=False):
         attn = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, N, M)
         if attn_mask is not None:
-            attn = attn + attn_mask.to(attn.dtype)
-        return attn.softmax(dim=-1) @ v.to(attn.dtype)  # (B, H, N, Dh)
+            attn = attn + attn_mask  # already in q's dtype (sdpa casts it)
+        return attn.softmax(dim=-1) @ v  # (B, H, N, Dh)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor] = None,

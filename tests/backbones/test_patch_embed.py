@@ -6,19 +6,7 @@ import torch.nn.functional as F
 
 from backbones.layers import PatchEmbed
 from backbones.layers.patch_embed import TubeletEmbed
-
-
-def _graph(t: torch.Tensor) -> list:
-    """Names of the autograd nodes behind ``t``."""
-    names, todo, seen = [], [t.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        names.append(type(fn).__name__)
-        todo.extend(f for f, _ in fn.next_functions)
-    return names
+from vtk_testing import autograd_nodes as _graph
 
 
 def _conv_reference(pe: PatchEmbed, x: torch.Tensor) -> torch.Tensor:
