@@ -40,7 +40,7 @@ from backbones.models.vit import VisionTransformer
 from engine.choices import check_choice
 from medvit import register_model
 from medvit.convert import UNETR_CONVERTERS
-from medvit.nets._common import check_norm_name
+from medvit.nets._common import check_norm_name, view_free_instance_norms
 
 __all__ = ["UNETR", "unetr", "unetr_taps"]
 
@@ -147,6 +147,7 @@ class UNETR(nn.Module):
                                                         upsample_kernel_size=2, norm_name=norm_name,
                                                         res_block=res_block))
         self.out = UnetOutBlock(3, f, self.num_classes)
+        view_free_instance_norms(self)  # same function and keys, no backward copies of the full-res maps
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each ViT block in the backward pass."""
