@@ -13,10 +13,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -25,9 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 from benchmarks._common import interleaved  # noqa: E402
 from benchmarks.train_step_suite import build_case, build_models, make_step  # noqa: E402
-
-Fwd = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
 
 def _undo_view_free(m: nn.Module) -> nn.Module:
     from medvit.nets import _common
@@ -39,23 +37,44 @@ def _undo_view_free(m: nn.Module) -> nn.Module:
     return m
 
 
-def _channels_last(m: nn.Module) -> Tuple[nn.Module, Fwd]:
-    m = m.to(memory_format=torch.channels_last_3d)
-    return m, lambda mm, x: mm(x.contiguous(memory_format=torch.channels_last_3d))
+@contextlib.contextmanager
+def _patched(obj: object, name: str, value: object) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
 
 
-def _variant(name: str, vtk: nn.Module) -> Tuple[nn.Module, Optional[Fwd]]:
-    """A deep copy of ``vtk`` with the change ``name``, and how to call it (``None``: ``m(x)``)."""
-    m = copy.deepcopy(vtk)
-    if name == "vtk":
-        return m, None
-    if name == "main":
-        return _undo_view_free(m), None
-    if name == "cl":
-        return _channels_last(m)
-    if name == "main_cl":
-        return _channels_last(_undo_view_free(m))
-    raise ValueError(f"unknown variant {name!r}")
+def _no_cl() -> ContextManager[None]:
+    """UNETR's decoder in NCDHW under autocast too (``decoder_channels_last`` always false)."""
+    import medvit.nets.unetr as unetr
+
+    return _patched(unetr, "decoder_channels_last", lambda x: False)
+
+
+def _noncontig_out() -> ContextManager[None]:
+    """UNETR returning the head's output as it comes (channels-last under CPU autocast)."""
+    from medvit.nets.unetr import UNETR
+
+    return _patched(UNETR, "forward", lambda self, x: self.forward_head(self.forward_features(x)))
+
+
+# name -> (model transform, context the step runs in)
+VARIANTS: Dict[str, Tuple[Callable[[nn.Module], nn.Module], Callable[[], ContextManager[None]]]] = {
+    "vtk": (lambda m: m, contextlib.nullcontext),
+    "main": (_undo_view_free, _no_cl),
+    "view_free": (lambda m: m, _no_cl),
+    "cl_noncontig": (lambda m: m, _noncontig_out),
+}
+
+
+def _wrap(step: Callable[[], None], ctx: Callable[[], ContextManager[None]]) -> Callable[[], None]:
+    def run() -> None:
+        with ctx():
+            step()
+    return run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -63,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--family", default="unetr")
     p.add_argument("--size", default="full")
     p.add_argument("--precision", default="bf16")
-    p.add_argument("--variants", default="main,vtk,ref", help="comma-separated: main, vtk, cl, main_cl, ref")
+    p.add_argument("--variants", default="main,vtk,ref", help="comma-separated: ref and keys of VARIANTS")
     p.add_argument("--optimizer", default="plain", help="vtk variants' optimizer: plain, engine")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
@@ -78,13 +97,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if n == "ref":
             fns[n] = make_step(ref, case, a.precision, dev, case.ref_fwd)
             continue
-        m, fwd = _variant(n, vtk)
+        if n not in VARIANTS:
+            p.error(f"unknown variant {n!r}: one of ref, {', '.join(VARIANTS)}")
+        transform, ctx = VARIANTS[n]
+        m = transform(copy.deepcopy(vtk))
         if a.check:
             x = torch.randn(case.shape)
-            with torch.no_grad():
-                d = ((fwd or (lambda mm, xx: mm(xx)))(m, x) - vtk(x)).abs().max().item()
-            print(f"{n}: max |logit diff| fp32 {d:.3g}")
-        fns[n] = make_step(m, case, a.precision, dev, fwd, optimizer=a.optimizer)
+            with torch.no_grad(), ctx():
+                d = (m(x) - vtk(x)).abs().max().item()
+            print(f"{n}: max |logit diff| vs vtk in fp32 {d:.3g}")
+        fns[n] = _wrap(make_step(m, case, a.precision, dev, optimizer=a.optimizer), ctx)
     t = interleaved(fns, a.steps, a.warmup, dev)
     base = t.get("ref", t[names[0]])
     print(f"{a.family} {a.size} {a.precision} threads {torch.get_num_threads()}: " +

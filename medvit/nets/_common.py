@@ -11,7 +11,7 @@ from torch import nn
 
 from engine.choices import check_choice
 
-__all__ = ["check_norm_name", "ViewFreeInstanceNorm1d", "ViewFreeInstanceNorm2d", "ViewFreeInstanceNorm3d",
+__all__ = ["check_norm_name", "decoder_channels_last", "to_channels_last", "ViewFreeInstanceNorm1d", "ViewFreeInstanceNorm2d", "ViewFreeInstanceNorm3d",
            "view_free_instance_norms"]
 
 
@@ -25,6 +25,27 @@ def check_norm_name(norm_name: Union[str, tuple]) -> Union[str, tuple]:
     return norm_name
 
 
+def decoder_channels_last(x: torch.Tensor) -> bool:
+    """Whether the conv decoder of a network fed ``x`` runs channels-last: under a CPU autocast (bf16/fp16).
+
+    oneDNN keeps a convolution's output channels-last when its input is, the view-free instance norms keep it in
+    bf16, so with every map of the decoder channels-last nothing is reordered between NCDHW and oneDNN's
+    channels-last layout. Not done in fp32 (the matmuls dominate there and fp32 norm stats must stay exact) nor on
+    CUDA (not measured there).
+    """
+    return x.device.type == "cpu" and x.dim() == 5 and torch.is_autocast_enabled("cpu")
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, C, D, H, W)`` copied into explicit channels-last-3d strides.
+
+    ``x.contiguous(memory_format=torch.channels_last_3d)`` returns a one-channel (or batch-1) tensor as it is, whose
+    strides oneDNN then reads as NCDHW; a copy into ``torch.empty(..., memory_format=...)`` sets them.
+    """
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    return out.copy_(x)  # (B, C, D, H, W), channels-last strides
+
+
 def _view_free_forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor) -> torch.Tensor:
     """``nn.InstanceNormNd.forward`` whose output is a fresh tensor, not a view.
 
@@ -33,12 +54,16 @@ def _view_free_forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Ten
     op on a view makes autograd rebase the graph on ``CopySlices``, whose backward copies the full map two or three
     times (28 copies of ``(1, 16, 96, 96, 96)`` in a UNETR step, ~11% of it). The same ``batch_norm`` call made
     directly (``B == 1``) or through ``_unsafe_view`` (not a view to autograd) gives the same values without the
-    copies, and keeps a channels-last input channels-last (``instance_norm`` makes it contiguous first).
+    copies. A bf16/fp16 channels-last input stays channels-last (``instance_norm`` makes it contiguous first); in
+    fp32 it is made contiguous as ``instance_norm`` does, since CPU ``batch_norm`` accumulates channels-last stats
+    less exactly (1e-3 at 96^3, below bf16's rounding but not fp32's), so fp32 results are bit-identical.
     """
     if self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1:
         return nn.modules.instancenorm._InstanceNorm.forward(self, x)
     if x.shape[1] != self.num_features and self.affine:
         return nn.modules.instancenorm._InstanceNorm.forward(self, x)  # raises the library's error
+    if not x.is_floating_point() or x.element_size() >= 4:
+        x = x.contiguous()  # fp32: what instance_norm does (CPU batch_norm's channels-last stats are less exact)
     B, C = x.shape[:2]
     if B == 1:
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)  # (1, C, *S)
