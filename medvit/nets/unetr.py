@@ -40,7 +40,7 @@ from backbones.models.vit import VisionTransformer
 from engine.choices import check_choice
 from medvit import register_model
 from medvit.convert import UNETR_CONVERTERS
-from medvit.nets._common import check_norm_name
+from medvit.nets._common import check_norm_name, decoder_channels_last, to_channels_last, view_free_instance_norms
 
 __all__ = ["UNETR", "unetr", "unetr_taps"]
 
@@ -56,9 +56,12 @@ def unetr_taps(depth: int, num_stages: int) -> List[int]:
     return [depth * k // num_stages for k in range(1, num_stages)]
 
 
-def _to_map(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Tokens ``(B, N, C)`` in grid order -> map ``(B, C, *grid)``."""
+def _to_map(tokens: torch.Tensor, grid: Sequence[int], channels_last: bool = False) -> torch.Tensor:
+    """Tokens ``(B, N, C)`` in grid order -> map ``(B, C, *grid)``; with ``channels_last`` a view with explicit
+    channels-last strides (the batch stride included, which oneDNN checks even at batch 1)."""
     B, N, C = tokens.shape
+    if channels_last:
+        return tokens.contiguous().view(B, *grid, C).permute(0, len(grid) + 1, *range(1, len(grid) + 1))
     return tokens.transpose(1, 2).reshape(B, C, *grid)
 
 
@@ -147,6 +150,7 @@ class UNETR(nn.Module):
                                                         upsample_kernel_size=2, norm_name=norm_name,
                                                         res_block=res_block))
         self.out = UnetOutBlock(3, f, self.num_classes)
+        view_free_instance_norms(self)  # same function and keys, no backward copies of the full-res maps
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each ViT block in the backward pass."""
@@ -193,12 +197,15 @@ class UNETR(nn.Module):
         final, feats = self.vit.forward_intermediates(x, indices=want, output_fmt="NLC")  # (B, N, C) each
         by_block = dict(zip(want, feats))
         grid = self._grid(x)
-        taps = [_to_map(by_block[t], grid) for t in self.taps]
-        return _to_map(final, grid), taps, [by_block[i] for i in extra]
+        cl = decoder_channels_last(x)  # bf16 on CPU: every decoder map channels-last
+        taps = [_to_map(by_block[t], grid, cl) for t in self.taps]
+        return _to_map(final, grid, cl), taps, [by_block[i] for i in extra]
 
     def _decode(self, x: torch.Tensor, deepest: torch.Tensor, taps: List[torch.Tensor]) -> torch.Tensor:
         """Input, deepest map and tap maps -> decoder features ``(B, feature_size, D, H, W)``."""
         n = self.num_stages
+        if decoder_channels_last(x):
+            x = to_channels_last(x)  # (B, C_in, D, H, W); the taps and deepest map already are
         skips = [self.encoder1(x)] + [getattr(self, f"encoder{k}")(t) for k, t in zip(range(2, n + 1), taps)]
         y = deepest
         for k in range(n + 1, 1, -1):  # decoder{k} joins the skip of encoder{k-1}
@@ -216,7 +223,7 @@ class UNETR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
-        return self.forward_head(x)
+        return self.forward_head(x).contiguous()  # NCDHW whatever the decoder's memory format
 
 
 @register_model(tiny=dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, feature_size=4),

@@ -151,3 +151,74 @@ def test_paper_config_param_count() -> None:
 def test_bad_arguments(kwargs, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         UNETR(img_size=48, embed_dim=32, depth=2, num_heads=2, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("cls", [nn.InstanceNorm2d, nn.InstanceNorm3d])
+def test_view_free_instance_norm_is_the_same_function_without_copyslices(batch: int, affine: bool, cls) -> None:
+    from medvit.nets._common import view_free_instance_norms
+
+    torch.manual_seed(0)
+    stock = nn.Sequential(cls(5, affine=affine)).train()
+    if affine:
+        perturb_(stock)
+    fast = nn.Sequential(cls(5, affine=affine)).train()
+    fast.load_state_dict(stock.state_dict())
+    assert view_free_instance_norms(fast) == 1 and isinstance(fast[0], cls) and type(fast[0]) is not cls
+    assert list(fast.state_dict()) == list(stock.state_dict())
+    x = torch.randn(batch, 5, *(7, 6, 5)[:cls._get_no_batch_dim(fast[0]) - 1]) * 3 + 1
+    outs = []
+    for m in (stock, fast):
+        xx = x.clone().requires_grad_()
+        y = torch.nn.functional.leaky_relu_(m(xx), 0.01)  # MONAI's in-place activation after the norm
+        outs.append((y._is_view(), y.detach(), *torch.autograd.grad(y.square().sum(), [xx, *m.parameters()])))
+    assert outs[0][0]  # the stock norm's output is a view: in-place ops on it rebase the graph on CopySlices
+    assert not outs[1][0]
+    for a, b in zip(outs[0][1:], outs[1][1:]):
+        assert torch.equal(a, b)
+
+
+def test_view_free_instance_norm_keeps_bf16_channels_last_and_fp32_exact() -> None:
+    from medvit.nets._common import ViewFreeInstanceNorm3d
+
+    cl = torch.channels_last_3d
+    x = (torch.randn(1, 4, 24, 20, 16) * 2 + 5).contiguous(memory_format=cl)
+    ref = nn.InstanceNorm3d(4)(x)
+    out = ViewFreeInstanceNorm3d(4)(x)
+    assert torch.equal(out, ref)  # fp32: made contiguous first, as instance_norm does
+    out16 = ViewFreeInstanceNorm3d(4)(x.bfloat16())
+    assert out16.is_contiguous(memory_format=cl) and not out16.is_contiguous()
+    torch.testing.assert_close(out16.float(), ref, rtol=0, atol=0.05)  # bf16 output rounding
+
+
+def test_decoder_runs_channels_last_under_cpu_autocast_only(monkeypatch) -> None:
+    import medvit.nets.unetr as unetr_mod
+
+    torch.manual_seed(0)
+    net = UNETR(**CFG).train()
+    perturb_(net)
+    x = torch.randn(1, 1, *SIZE, generator=torch.Generator().manual_seed(3))
+    seen: List[torch.Tensor] = []
+    for m in (net.encoder1.layer.conv1.conv, net.decoder2.conv_block.conv1.conv, net.encoder2.transp_conv_init.conv):
+        m.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    cl = torch.channels_last_3d
+
+    def run(autocast: bool):
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(x)
+        return out, [t.is_contiguous(memory_format=cl) and not t.is_contiguous() for t in seen]
+
+    out, formats = run(True)
+    assert formats == [True, True, True] and out.is_contiguous() and out.dtype == torch.bfloat16
+    out32, formats32 = run(False)
+    assert formats32 == [False, False, False]
+    monkeypatch.setattr(unetr_mod, "decoder_channels_last", lambda x: False)
+    ncdhw, formats = run(True)
+    assert formats == [False, False, False]
+    # the same bf16 function in the other memory format: bf16 rounding apart, not a different network
+    err = (out.float() - ncdhw.float()).abs().max().item()
+    scale = out32.abs().max().item()
+    assert err <= 0.05 * scale, (err, scale)
+    assert (out.float() - out32).abs().max().item() <= 0.1 * scale
