@@ -47,11 +47,15 @@ def _patched(obj: object, name: str, value: object) -> Iterator[None]:
         setattr(obj, name, old)
 
 
-def _no_cl() -> ContextManager[None]:
-    """UNETR's decoder in NCDHW under autocast too (``decoder_channels_last`` always false)."""
+@contextlib.contextmanager
+def _no_cl() -> Iterator[None]:
+    """UNETR's and Swin-UNETR's decoders in NCDHW under autocast too (``decoder_channels_last`` always false)."""
+    import medvit.nets.swin_unetr as swin_unetr
     import medvit.nets.unetr as unetr
 
-    return _patched(unetr, "decoder_channels_last", lambda x: False)
+    with _patched(unetr, "decoder_channels_last", lambda x: False), \
+            _patched(swin_unetr, "decoder_channels_last", lambda x: False):
+        yield
 
 
 def _noncontig_out() -> ContextManager[None]:
@@ -66,6 +70,7 @@ VARIANTS: Dict[str, Tuple[Callable[[nn.Module], nn.Module], Callable[[], Context
     "vtk": (lambda m: m, contextlib.nullcontext),
     "main": (_undo_view_free, _no_cl),
     "view_free": (lambda m: m, _no_cl),
+    "cl_only": (_undo_view_free, contextlib.nullcontext),
     "cl_noncontig": (lambda m: m, _noncontig_out),
 }
 

@@ -18,7 +18,8 @@ from backbones.layers.linear import Linear
 __all__ = ["Attention", "sdpa"]
 
 
-def _math_is_better(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
+def _math_is_better(q: torch.Tensor, k: torch.Tensor, dropout_p: float,
+                    attn_mask: Optional[torch.Tensor] = None) -> bool:
     """Whether a bf16 CPU training call should run as explicit ``softmax(q k^T) v`` instead of SDPA's flash
     kernel.
 
@@ -27,11 +28,18 @@ def _math_is_better(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
     103 ms flash forward + backward against 39 ms), but the explicit form saves the probabilities
     ``(.., N, M)`` for backward where flash saves its output ``(.., N, Dh)`` and a log-sum-exp row. So it is taken
     only where that costs no memory: keys ``M <= Dh + 2`` (short temporal attention, pooled keys), in training
-    (autograd on) on the CPU in bf16, without dropout. Everything else stays on SDPA's fused kernels.
+    (autograd on) on the CPU in bf16, without dropout. It is also taken whatever ``M`` when the additive mask
+    itself needs a gradient (a learned relative-position bias, as in Swin): no fused CPU kernel differentiates
+    the mask, so SDPA falls back to its math kernel, which upcasts the bf16 inputs to fp32 and saves fp32
+    probabilities (Swin-T 224^2 b1 bf16 step: 30 ms of bmm against timm's 9 ms). Everything else stays on SDPA's
+    fused kernels.
     """
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0.0
-            and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
-            and k.shape[-2] <= q.shape[-1] + 2 and not torch.jit.is_tracing())
+    if not (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0.0
+            and torch.is_grad_enabled() and not torch.jit.is_tracing()):
+        return False
+    if attn_mask is not None and attn_mask.requires_grad:
+        return True  # SDPA's own fallback: the same math, in fp32
+    return (q.requires_grad or k.requires_grad) and k.shape[-2] <= q.shape[-1] + 2
 
 
 def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -66,7 +74,7 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch
         attn_mask = m if attn_mask is None else attn_mask.to(q.dtype) + m
     elif attn_mask is not None:
         attn_mask = attn_mask.to(q.dtype)
-    if _math_is_better(q, k, dropout_p):
+    if _math_is_better(q, k, dropout_p, attn_mask):
         return _math_attention(q, k, v, attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 

@@ -2,8 +2,9 @@
 
 Under CPU autocast (bf16 or fp16) with gradients on, PyTorch's ``addmm`` backward computes the weight gradient as
 ``grad.t() @ input`` with the transposed gradient as a strided view, which oneDNN multiplies at a fraction of its
-bf16 rate (measured on an AMX Xeon, ``(3072 x 788) @ (788 x 768)``: 8.0 ms strided against 1.9 ms with the
-transpose made contiguous first, copy included). :func:`linear` runs the same products with that one copy; the
+bf16 rate where the contraction is long and the output wide (measured on an AMX Xeon, 2 threads, ViT-B's ``fc2``
+``(768 x 788) @ (788 x 3072)``: 4.4 ms strided against 2.2 ms with the transpose made contiguous first, copy
+included). :func:`linear` runs the same products with that one copy where it pays (:func:`_transpose_first`); the
 forward, the saved tensors and every value are those of ``F.linear`` under autocast (the gradients are bitwise
 equal in ``tests/backbones/test_linear.py``). Everywhere else (CUDA, fp32, inference, tracing for export) it is
 ``F.linear``.
@@ -40,10 +41,25 @@ class _AutocastLinearCPU(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = (dy2 @ weight).view(*x.shape[:-1], weight.shape[1])  # (..., K)
         if ctx.needs_input_grad[1]:
-            dw = dy2.t().contiguous() @ x.reshape(-1, x.shape[-1])  # (N, M) @ (M, K) -> (N, K)
+            dyt = dy2.t()  # (N, M), strided
+            if _transpose_first(*weight.shape):
+                dyt = dyt.contiguous()
+            dw = dyt @ x.reshape(-1, x.shape[-1])  # (N, M) @ (M, K) -> (N, K)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2.sum(0)  # (N,)
         return dx, dw, db
+
+
+def _transpose_first(out_features: int, in_features: int) -> bool:
+    """Whether the weight gradient of an ``(N, K)`` weight is faster with the transposed output gradient copied
+    first.
+
+    The copy costs ``M * N`` elements through a slow transpose, so it only pays where ``N`` is wide and the
+    contraction is long: measured with 2 threads on an AMX Xeon (bf16, ``M`` tokens), ``N=768, K=3072`` (ViT-B's
+    ``fc2``, M=788) 4.39 ms strided against 2.20 ms copied; ``N=384, K=1536`` 1.28x; but ``N=3072, K=768`` (``fc1``)
+    0.86x, ``N=768, K=768`` 0.76x and ``N=96, K=384`` (Swin-T's first ``fc2``, M=3136) 0.61x.
+    """
+    return in_features >= 2 * out_features and out_features >= 256
 
 
 def uses_fast_backward(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -44,7 +44,7 @@ from backbones.models.swin import SwinTransformer
 from engine.errors import UserError
 from medvit import register_model
 from medvit.convert import SWIN_UNETR_CONVERTERS, SWIN_UNETR_ENCODER_CONVERTERS
-from medvit.nets._common import check_norm_name
+from medvit.nets._common import check_norm_name, decoder_channels_last, to_channels_last, view_free_instance_norms
 
 __all__ = ["SwinUNETR", "swin_unetr"]
 
@@ -112,6 +112,7 @@ class SwinUNETR(nn.Module):
             attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, spatial_dims=3, patch_norm=False,
             downsample_last=True, final_norm=False, clip_mode="truncate", stage_pre_layer=pre)
         self._make_decoder([info["num_chs"] for info in self.swinViT.feature_info], norm_name)
+        view_free_instance_norms(self)  # same function and keys, no backward copies of the full-res maps
         self.num_features = feature_size
         first = ["swinViT.patch_embed.proj"] + [k[:-len(".weight")] for k in self.state_dict()
                                                   if k.startswith("encoder1.") and k.endswith("conv.weight")
@@ -195,7 +196,10 @@ class SwinUNETR(nn.Module):
         the levels are LayerNorm-ed over channels first when ``normalize``."""
         if self.normalize:
             levels = [F.layer_norm(f, f.shape[-1:]) for f in levels]
-        feats = [f.movedim(-1, 1).contiguous() for f in levels]  # (B, C, d, h, w)
+        cl = decoder_channels_last(x)  # bf16 on CPU: every decoder map channels-last, as the levels already are
+        feats = [f.movedim(-1, 1) if cl else f.movedim(-1, 1).contiguous() for f in levels]  # (B, C, d, h, w)
+        if cl:
+            x = to_channels_last(x)  # (B, C_in, D, H, W)
         n = self.num_stages
         skips = [self.encoder1(x)] + [getattr(self, f"encoder{k + 2}")(feats[k]) for k in range(n - 1)] + [feats[n - 1]]
         y = getattr(self, _BOTTLENECK)(feats[n])
@@ -214,7 +218,7 @@ class SwinUNETR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
-        return self.forward_head(x)
+        return self.forward_head(x).contiguous()  # NCDHW whatever the decoder's memory format
 
 
 def _build(pretrained: Optional[Any] = None, **kwargs: Any) -> SwinUNETR:

@@ -66,3 +66,24 @@ def test_math_path_saves_no_more_than_flash(M):
     math_bytes = _saved_bytes(lambda: sdpa(q, k, v))
     flash_bytes = _saved_bytes(lambda: F.scaled_dot_product_attention(q, k, v))
     assert math_bytes <= flash_bytes, (math_bytes, flash_bytes)
+
+
+def test_a_learned_bias_takes_the_math_path_whatever_the_keys():
+    """A bias that needs a gradient (Swin's relative-position table) has no fused CPU kernel: SDPA would fall back
+    to fp32 math; vtk runs the same math in bf16 and the bias gets SDPA's gradient."""
+    q, k, v = _qkv(4, 3, 49, 49, 16)  # M = 49 > Dh + 2
+    table = torch.randn(1, 3, 49, 49, requires_grad=True)
+    assert not _math_is_better(q, k, 0.0, table.detach())
+    assert _math_is_better(q, k, 0.0, table)
+    out = sdpa(q, k, v, table)
+    assert "SoftmaxBackward0" in _graph(out)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, table)]
+    ref = F.scaled_dot_product_attention(*ref_in[:3], attn_mask=ref_in[3])
+    torch.testing.assert_close(out.double(), ref, atol=0.03, rtol=0.02)
+    g = torch.randn_like(ref)
+    (gb,) = torch.autograd.grad(out, table, g.to(out.dtype))
+    (gb_ref,) = torch.autograd.grad(ref, ref_in[3], g)
+    assert gb.dtype == torch.float32
+    assert (gb.double() - gb_ref).norm() <= 0.02 * gb_ref.norm()
+    with torch.no_grad():
+        assert not _math_is_better(q, k, 0.0, table)  # inference keeps the fused kernel

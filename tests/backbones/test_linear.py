@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from backbones.layers import Linear
-from backbones.layers.linear import uses_fast_backward
+from backbones.layers.linear import _transpose_first, uses_fast_backward
 
 
 def _run(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, autocast: bool):
@@ -19,14 +19,17 @@ def _run(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, autocast: bool):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(3, 7, 16), (5, 16)])
-def test_autocast_training_path_is_bitwise_nn_linear(bias, shape):
+@pytest.mark.parametrize("lead", [(3, 7), (5,)])
+@pytest.mark.parametrize("features", [(16, 24), (512, 256)])  # strided / copied transposed gradient
+def test_autocast_training_path_is_bitwise_nn_linear(bias, lead, features):
     torch.manual_seed(0)
-    ref = nn.Linear(16, 24, bias=bias)
-    fast = Linear(16, 24, bias=bias)
+    K, N = features
+    assert _transpose_first(N, K) == (features == (512, 256))  # both branches run
+    ref = nn.Linear(K, N, bias=bias)
+    fast = Linear(K, N, bias=bias)
     fast.load_state_dict(ref.state_dict())
-    x = torch.randn(shape)
-    g = torch.randn(*shape[:-1], 24)
+    x = torch.randn(*lead, K)
+    g = torch.randn(*lead, N)
     y_ref, g_ref = _run(ref, x, g, autocast=True)
     y, grads = _run(fast, x, g, autocast=True)
     assert y.dtype == torch.bfloat16 and "AutocastLinearCPU" in type(y.grad_fn).__name__  # the fast path ran

@@ -144,3 +144,45 @@ def test_param_counts_match_monai(feature_size, count):
     with torch.device("meta"):
         net = medvit.create_model("swin_unetr", feature_size=feature_size)
     assert sum(p.numel() for p in net.parameters()) == count
+
+
+def test_bf16_training_runs_a_channels_last_decoder_with_the_monai_gradients(monkeypatch):
+    """Under CPU autocast the decoder's maps are channels-last and its norms view-free; the logits and the
+    gradients are MONAI's (bf16 rounding apart), and the fp32 path stays NCDHW."""
+    import medvit.nets.swin_unetr as mod
+    from medvit.nets._common import ViewFreeInstanceNorm3d
+
+    size = (32, 64, 32)
+    ref, ours = _pair(size, (1, 1, 1, 1))
+    ref.train(), ours.train()
+    assert any(isinstance(m, ViewFreeInstanceNorm3d) for m in ours.modules())
+    x = torch.randn(1, 1, *size)
+    seen = []
+    ours.decoder1.conv_block.conv1.conv.register_forward_hook(lambda _m, _i, o: seen.append(o))
+    cl = torch.channels_last_3d
+
+    def run(model, autocast):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        out.float().square().mean().backward()
+        return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out, grads = run(ours, True)
+    assert seen[-1].is_contiguous(memory_format=cl) and not seen[-1].is_contiguous()
+    out_ref, grads_ref = run(ref, True)
+    _, grads32 = run(ref, False)  # MONAI in fp32: the yardstick of bf16's own rounding
+    scale = out_ref.abs().max().item()
+    assert (out - out_ref).abs().max().item() <= 0.05 * scale
+    pairs = [(n, n) for n in grads_ref if not n.startswith("swinViT.")]  # the decoder: MONAI's own keys
+    assert len(pairs) > 20 and all(n in grads for n, _ in pairs)
+    pairs += [("swinViT.layers.0.blocks.0.attn.relative_position_bias_table",  # the learned bias: through SDPA's mask
+               "swinViT.layers1.0.blocks.0.attn.relative_position_bias_table")]
+    for name, ref_name in pairs:  # vtk bf16 is as close to MONAI fp32 as MONAI bf16 is
+        g, r, r32 = grads[name], grads_ref[ref_name], grads32[ref_name]
+        assert (g - r32).norm() <= 1.5 * (r - r32).norm() + 0.02 * r32.norm(), name
+    run(ours, False)
+    assert seen[-1].is_contiguous()
+    monkeypatch.setattr(mod, "decoder_channels_last", lambda x: False)
+    run(ours, True)
+    assert seen[-1].is_contiguous()
