@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["sync", "timed", "interleaved", "count_flops", "matrix_rate", "rss_mib", "peak_rss_mib",
+__all__ = ["sync", "timed", "interleaved", "count_flops", "matrix_rate", "rss_mib", "peak_rss_mib", "reset_peak_rss",
            "run_json_subprocess"]
 
 
@@ -83,8 +83,30 @@ def rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to its current one (Linux >= 4.0: ``5`` to
+    ``/proc/self/clear_refs``); ``False`` where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mib() -> float:
-    """This process's peak resident set since it started (MiB; ``ru_maxrss`` is in KiB on Linux)."""
+    """This process's peak resident set (MiB): ``VmHWM`` of ``/proc/self/status``, which belongs to this process's
+    own address space (and :func:`reset_peak_rss` resets). Not ``ru_maxrss``: Linux carries that over ``fork`` and
+    ``exec``, so a subprocess started by a large benchmark process reports the parent's size as its own peak
+    (every "peak" of the suite's first memory columns was the parent's RSS). ``ru_maxrss`` only where there is no
+    ``/proc``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

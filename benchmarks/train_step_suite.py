@@ -54,8 +54,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from benchmarks._common import (count_flops, interleaved, matrix_rate, peak_rss_mib, rss_mib,  # noqa: E402
-                                run_json_subprocess, sync)
+from benchmarks._common import (count_flops, interleaved, matrix_rate, peak_rss_mib, reset_peak_rss,  # noqa: E402
+                                rss_mib, run_json_subprocess, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
            "format_table", "plain_adamw", "engine_adamw"]
@@ -505,6 +505,7 @@ def memory_probe(family: str, impl: str, precision: str, size: str, device: str)
         sync(dev)
         peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     else:
+        reset_peak_rss()  # the peak of building the model is not the step's
         base = rss_mib()
         step(), step()
         peak = peak_rss_mib()

@@ -46,3 +46,27 @@ def test_bad_options_exit_2(args, needle, capsys):
     assert main(["bench", "train-step", *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+
+def test_a_subprocess_peak_memory_is_its_own_not_its_parents():
+    """``peak_rss_mib`` in a fresh interpreter started by a large process: ``ru_maxrss`` carries the parent's size
+    over fork + exec (the suite's memory columns once read 5-8 GiB for every model); ``VmHWM`` does not."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmarks._common import rss_mib
+
+    ballast = bytearray(600 * 2 ** 20)  # this process grows by 600 MiB, every page touched
+    ballast[::4096] = b"1" * len(ballast[::4096])
+    parent = rss_mib()
+    assert parent > 600
+    code = ("import json; from benchmarks._common import peak_rss_mib, reset_peak_rss, rss_mib; "
+            "r = reset_peak_rss(); b = rss_mib(); x = bytearray(100 * 2 ** 20); x[::4096] = b'1' * len(x[::4096]); "
+            "print(json.dumps({'base': b, 'peak': peak_rss_mib(), 'reset': r}))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    del ballast
+    assert 90 <= out["peak"] - out["base"] < 300, out  # the child's own 100 MiB are seen
+    assert out["peak"] < parent - 300, (out, parent)  # the parent's size is not
