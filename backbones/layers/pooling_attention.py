@@ -68,7 +68,7 @@ def attention_pool(x: torch.Tensor, pool: Optional[nn.Module], thw: Thw, num_pre
     prefix, x = x[:, :, :num_prefix_tokens], x[:, :, num_prefix_tokens:]
     B, nH, L, Dh = x.shape
     T, H, W = thw
-    x = x.reshape(B * nH, T, H, W, Dh).permute(0, 4, 1, 2, 3)  # (B*nH, Dh, T, H, W)
+    x = x.reshape(B * nH, T, H, W, Dh).permute(0, 4, 1, 2, 3).contiguous()  # (B*nH, Dh, T, H, W)
     x = pool(x)
     thw = (x.shape[2], x.shape[3], x.shape[4])
     x = x.reshape(B, nH, Dh, -1).transpose(2, 3)  # (B, nH, T'*H'*W', Dh)

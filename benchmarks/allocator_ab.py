@@ -1,0 +1,89 @@
+"""What glibc's page faults cost a train step: malloc defaults against heap retention, in one process (issue 14).
+
+PyTorch's CPU allocator is plain ``malloc``; glibc serves large blocks with ``mmap`` and gives freed ones back to
+the kernel, so every step faults its activations, casts and gradients in again (zeroed pages, system time).
+``mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD)`` keeps freed memory in the heap instead. The two settings are
+toggled before each step (``malloc_trim`` returns the heap for the default one), interleaved, for vtk's default
+step and the reference's fp32 step. An experiment, not a vtk setting: nothing in vtk calls ``mallopt``.
+
+Usage::
+
+    nice python -m benchmarks.allocator_ab --family vit_b --size full --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import resource
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+
+from benchmarks._common import interleaved  # noqa: E402
+from benchmarks.train_step_suite import FAMILIES, SIZES, build_case, build_models, make_step  # noqa: E402
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
+
+
+def retain() -> None:
+    """Keep freed blocks up to 1 GiB in the heap."""
+    libc = _libc()
+    libc.mallopt(_M_MMAP_THRESHOLD, 2 ** 30)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
+
+
+def release() -> None:
+    """glibc's initial settings (128 KiB), and the heap given back."""
+    libc = _libc()
+    libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    libc.malloc_trim(0)
+
+
+def _with(setup: Callable[[], None], step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        setup()
+        step()
+    return run
+
+
+def faults(fn: Callable[[], None]) -> Tuple[int, float]:
+    """Minor page faults and system seconds of one call."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    fn()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", default="vit_b", choices=list(FAMILIES))
+    p.add_argument("--size", default="full", choices=SIZES)
+    p.add_argument("--steps", type=int, default=3)
+    a = p.parse_args(argv)
+    dev = torch.device("cpu")
+    case = build_case(a.family, a.size)
+    vtk, ref = build_models(case, dev)
+    vtk_step = make_step(vtk, case, "bf16", dev, optimizer="engine")
+    fns = {"vtk/default": _with(release, vtk_step), "vtk/default+retain": _with(retain, vtk_step)}
+    if ref is not None:
+        ref_step = make_step(ref, case, "32", dev, case.ref_fwd, optimizer="plain")
+        fns.update({"ref/32": _with(release, ref_step), "ref/32+retain": _with(retain, ref_step)})
+    secs = interleaved(fns, steps=a.steps, warmup=1, device=dev)
+    for name, fn in fns.items():
+        n, sys_s = faults(fn)
+        print(f"{a.family} {a.size} {name}: {secs[name]:.3f} s, {n} minor faults, {sys_s:.3f} s system")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
