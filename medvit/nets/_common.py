@@ -58,7 +58,9 @@ def _view_free_forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Ten
     fp32 it is made contiguous as ``instance_norm`` does, since CPU ``batch_norm`` accumulates channels-last stats
     less exactly (1e-3 at 96^3, below bf16's rounding but not fp32's), so fp32 results are bit-identical.
     """
-    if self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1:
+    if (self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1 or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
+        # exports keep the stock op: a trace would freeze the batch-1 branch, ONNX cannot size the folded view
         return nn.modules.instancenorm._InstanceNorm.forward(self, x)
     if x.shape[1] != self.num_features and self.affine:
         return nn.modules.instancenorm._InstanceNorm.forward(self, x)  # raises the library's error
