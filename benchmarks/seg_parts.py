@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+from unittest import mock
 import sys
 from pathlib import Path
 from typing import Callable, ContextManager, Dict, Iterator, Optional, Sequence, Tuple
@@ -38,23 +39,13 @@ def _undo_view_free(m: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _patched(obj: object, name: str, value: object) -> Iterator[None]:
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
-@contextlib.contextmanager
 def _no_cl() -> Iterator[None]:
     """UNETR's and Swin-UNETR's decoders in NCDHW under autocast too (``decoder_channels_last`` always false)."""
     import medvit.nets.swin_unetr as swin_unetr
     import medvit.nets.unetr as unetr
 
-    with _patched(unetr, "decoder_channels_last", lambda x: False), \
-            _patched(swin_unetr, "decoder_channels_last", lambda x: False):
+    with mock.patch.object(unetr, "decoder_channels_last", lambda x: False), \
+            mock.patch.object(swin_unetr, "decoder_channels_last", lambda x: False):
         yield
 
 
@@ -62,7 +53,7 @@ def _noncontig_out() -> ContextManager[None]:
     """UNETR returning the head's output as it comes (channels-last under CPU autocast)."""
     from medvit.nets.unetr import UNETR
 
-    return _patched(UNETR, "forward", lambda self, x: self.forward_head(self.forward_features(x)))
+    return mock.patch.object(UNETR, "forward", lambda self, x: self.forward_head(self.forward_features(x)))
 
 
 # name -> (model transform, context the step runs in)

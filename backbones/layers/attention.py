@@ -31,11 +31,11 @@ def _math_is_better(q: torch.Tensor, k: torch.Tensor, dropout_p: float,
     more output-sized tensor per call, and none for ``M <= Dh + 2``), in training (autograd on) on the CPU in bf16,
     without dropout. MViT-B's pooled keys (129 of them, ``Dh = 96``) are the case between the two bounds: its
     attention went from 59 ms (flash) to 15 ms per step, level with pytorchvideo's explicit attention, which saves
-    the probabilities too. Long keys (ViT's 197 with ``Dh = 64``) keep flash. It is also taken whatever ``M`` when the additive mask
-    itself needs a gradient (a learned relative-position bias, as in Swin): no fused CPU kernel differentiates
-    the mask, so SDPA falls back to its math kernel, which upcasts the bf16 inputs to fp32 and saves fp32
-    probabilities (Swin-T 224^2 b1 bf16 step: 30 ms of bmm against timm's 9 ms). Everything else stays on SDPA's
-    fused kernels.
+    the probabilities too. Long keys (ViT's 197 with ``Dh = 64``) keep flash. It is also taken whatever ``M``
+    when the additive mask itself needs a gradient (a learned relative-position bias, as in Swin): no fused CPU
+    kernel differentiates the mask, so SDPA falls back to its math kernel, which upcasts the bf16 inputs to fp32
+    and saves fp32 probabilities (Swin-T 224^2 b1 bf16 step: 30 ms of bmm against timm's 9 ms). Everything else
+    stays on SDPA's fused kernels.
     """
     if not (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0.0
             and torch.is_grad_enabled() and not torch.jit.is_tracing()):

@@ -11,8 +11,8 @@ from torch import nn
 
 from engine.choices import check_choice
 
-__all__ = ["check_norm_name", "decoder_channels_last", "to_channels_last", "ViewFreeInstanceNorm1d", "ViewFreeInstanceNorm2d", "ViewFreeInstanceNorm3d",
-           "view_free_instance_norms"]
+__all__ = ["check_norm_name", "decoder_channels_last", "to_channels_last", "ViewFreeInstanceNorm1d",
+           "ViewFreeInstanceNorm2d", "ViewFreeInstanceNorm3d", "view_free_instance_norms"]
 
 
 def check_norm_name(norm_name: Union[str, tuple]) -> Union[str, tuple]:
@@ -58,12 +58,11 @@ def _view_free_forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Ten
     fp32 it is made contiguous as ``instance_norm`` does, since CPU ``batch_norm`` accumulates channels-last stats
     less exactly (1e-3 at 96^3, below bf16's rounding but not fp32's), so fp32 results are bit-identical.
     """
-    if (self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1 or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
+    if (self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1
+            or (self.affine and x.shape[1] != self.num_features)  # the stock op raises the library's error
+            or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
         # exports keep the stock op: a trace would freeze the batch-1 branch, ONNX cannot size the folded view
         return nn.modules.instancenorm._InstanceNorm.forward(self, x)
-    if x.shape[1] != self.num_features and self.affine:
-        return nn.modules.instancenorm._InstanceNorm.forward(self, x)  # raises the library's error
     if not x.is_floating_point() or x.element_size() >= 4:
         x = x.contiguous()  # fp32: what instance_norm does (CPU batch_norm's channels-last stats are less exact)
     B, C = x.shape[:2]
