@@ -1,15 +1,18 @@
 """Shared helpers of the train-step, seg-predict and GPU suites: timing, FLOP counting, matrix rate, peak memory.
 
-Peak memory of a train step is not something ``tracemalloc`` sees (torch allocates outside Python's allocator), so
-it is measured as the growth of the resident set in a fresh subprocess: the RSS once the model, optimizer and batch
-exist, against the process's peak RSS (``ru_maxrss``) after two train steps. On CUDA,
-``torch.cuda.max_memory_allocated`` gives the same quantity directly.
+Peak memory of a train step is not something ``tracemalloc`` sees (torch allocates outside Python's allocator).
+On CUDA ``torch.cuda.max_memory_allocated`` gives it: the peak of the bytes live in tensors. On the CPU
+:class:`TensorPeak` counts the same quantity (every storage an op creates, until its last tensor dies), which is
+deterministic; the growth of the resident set in a fresh subprocess (:func:`peak_rss_mib`) is reported beside it,
+but it moves by +-50 MiB between identical runs of a 1.2 GiB ViT-B step with how glibc happens to place and return
+blocks, so it cannot rank two models within a few percent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import weakref
 import resource
 import statistics
 import subprocess
@@ -18,9 +21,11 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = ["sync", "timed", "interleaved", "count_flops", "matrix_rate", "rss_mib", "peak_rss_mib", "reset_peak_rss",
-           "run_json_subprocess"]
+           "run_json_subprocess", "TensorPeak"]
 
 
 def sync(device: torch.device) -> None:
@@ -39,18 +44,30 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
-                device: torch.device, stat: str = "median") -> Dict[str, float]:
+                device: torch.device, stat: str = "median",
+                setup: Optional[Dict[str, Callable[[], object]]] = None) -> Dict[str, float]:
     """Median (or ``stat="min"``: fastest) seconds per call of each of ``fns``, run in turn (ABBA: the order
     flips every round) after ``warmup`` untimed calls each, so load changes on a shared machine hit every function
-    alike."""
+    alike. ``setup[name]``, where given, runs untimed before each call of ``fns[name]`` (a process-wide setting such
+    as the C heap policy, switched per function)."""
     names = list(fns)
+    setup = setup or {}
+
+    def call(n: str, timer: bool) -> Optional[float]:
+        if n in setup:
+            setup[n]()
+        if timer:
+            return timed(fns[n], device)
+        fns[n]()
+        return None
+
     for _ in range(warmup):
         for n in names:
-            fns[n]()
+            call(n, False)
     times: Dict[str, List[float]] = {n: [] for n in names}
     for i in range(steps):
         for n in (names if i % 2 == 0 else names[::-1]):
-            times[n].append(timed(fns[n], device))
+            times[n].append(call(n, True))
     reduce = min if stat == "min" else statistics.median
     return {n: reduce(t) for n, t in times.items()}
 
@@ -108,6 +125,59 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _storage_key(t: object) -> int:
+    """The data pointer of a dense tensor's storage (0 for anything else)."""
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.is_meta:
+        return 0
+    return t.untyped_storage().data_ptr()
+
+
+class TensorPeak(TorchDispatchMode):
+    """Peak bytes live in the tensors that the ops run inside it create: ``max_memory_allocated`` for the CPU.
+
+    Every storage an op returns that none of its inputs had is counted from then until the last tensor on it dies
+    (views and in-place results share their input's count; parameters and tensors made before the mode are not
+    counted). Kernels' internal scratch (a oneDNN workspace) is not seen, as the CUDA figure does not see cuBLAS's.
+
+    Example::
+
+        >>> with TensorPeak() as m:
+        ...     y = torch.ones(2 ** 18).mul(2)   # two 1 MiB tensors, the first freed at once
+        >>> round(m.peak / 2 ** 20)
+        2
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: Dict[int, List[int]] = {}  # storage pointer -> [tensors on it, bytes]
+        self.current = 0
+        self.peak = 0
+
+    def _drop(self, key: int) -> None:
+        entry = self.live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self.live[key]
+            self.current -= entry[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {_storage_key(a) for a in tree_flatten((args, kwargs))[0]}
+        for t in tree_flatten(out)[0]:
+            key = _storage_key(t)
+            if key == 0 or (key in inputs and key not in self.live):
+                continue  # not a dense tensor, or a view / in-place result of an uncounted tensor
+            if key in self.live:
+                self.live[key][0] += 1
+            else:
+                nbytes = t.untyped_storage().nbytes()
+                self.live[key] = [1, nbytes]
+                self.current += nbytes
+                self.peak = max(self.peak, self.current)
+            weakref.finalize(t, self._drop, key)
+        return out
 
 
 def run_json_subprocess(module: str, args: Sequence[str], timeout: float = 1800) -> Optional[dict]:

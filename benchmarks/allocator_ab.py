@@ -2,9 +2,9 @@
 
 PyTorch's CPU allocator is plain ``malloc``; glibc serves large blocks with ``mmap`` and gives freed ones back to
 the kernel, so every step faults its activations, casts and gradients in again (zeroed pages, system time).
-``mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD)`` keeps freed memory in the heap instead. The two settings are
-toggled before each step (``malloc_trim`` returns the heap for the default one), interleaved, for vtk's default
-step and the reference's fp32 step. An experiment, not a vtk setting: nothing in vtk calls ``mallopt``.
+``mallopt(M_MMAP_THRESHOLD / M_TRIM_THRESHOLD)`` keeps freed memory in the heap instead (``engine.heap``, the
+engine's ``TrainConfig.cpu_heap``). The two policies are set (untimed) before each step (``system`` also gives the
+heap back with ``malloc_trim``), interleaved, for vtk's bf16 step and the reference's fp32 step.
 
 Usage::
 
@@ -14,9 +14,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -26,35 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 from benchmarks._common import interleaved  # noqa: E402
 from benchmarks.train_step_suite import FAMILIES, SIZES, build_case, build_models, make_step  # noqa: E402
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL("libc.so.6")
-
-
-def retain() -> None:
-    """Keep freed blocks up to 1 GiB in the heap."""
-    libc = _libc()
-    libc.mallopt(_M_MMAP_THRESHOLD, 2 ** 30)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)
-
-
-def release() -> None:
-    """glibc's initial settings (128 KiB), and the heap given back."""
-    libc = _libc()
-    libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-    libc.malloc_trim(0)
-
-
-def _with(setup: Callable[[], None], step: Callable[[], None]) -> Callable[[], None]:
-    def run() -> None:
-        setup()
-        step()
-    return run
-
+from engine.heap import set_cpu_heap  # noqa: E402
 
 def faults(fn: Callable[[], None]) -> Tuple[int, float]:
     """Minor page faults and system seconds of one call."""
@@ -74,12 +46,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     case = build_case(a.family, a.size)
     vtk, ref = build_models(case, dev)
     vtk_step = make_step(vtk, case, "bf16", dev, optimizer="engine")
-    fns = {"vtk/default": _with(release, vtk_step), "vtk/default+retain": _with(retain, vtk_step)}
+    fns = {"vtk/default": vtk_step, "vtk/default+retain": vtk_step}
     if ref is not None:
         ref_step = make_step(ref, case, "32", dev, case.ref_fwd, optimizer="plain")
-        fns.update({"ref/32": _with(release, ref_step), "ref/32+retain": _with(retain, ref_step)})
-    secs = interleaved(fns, steps=a.steps, warmup=1, device=dev)
+        fns.update({"ref/32": ref_step, "ref/32+retain": ref_step})
+    setup = {n: partial(set_cpu_heap, "retain" if n.endswith("+retain") else "system") for n in fns}
+    secs = interleaved(fns, steps=a.steps, warmup=1, device=dev, setup=setup)
     for name, fn in fns.items():
+        setup[name]()
         n, sys_s = faults(fn)
         print(f"{a.family} {a.size} {name}: {secs[name]:.3f} s, {n} minor faults, {sys_s:.3f} s system")
     return 0

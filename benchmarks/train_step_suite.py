@@ -25,8 +25,10 @@ Families and references:
 Reported per family: median seconds per step; ``x`` = reference time / vtk time (> 1: vtk faster) at equal
 precision and for the defaults (vtk ``--precision auto`` against the reference's fp32); GFLOP per step (matmuls,
 convolutions and attention, forward + backward, by ``torch.utils.flop_counter``); MFU = FLOP/s of the step over
-the measured matrix-multiply rate of the same dtype; peak memory of a step (RSS growth in a fresh subprocess on
-CPU, ``max_memory_allocated`` on CUDA).
+the measured matrix-multiply rate of the same dtype; peak memory of a step in a fresh subprocess (the peak of the
+bytes live in tensors: ``max_memory_allocated`` on CUDA, :class:`benchmarks._common.TensorPeak` on the CPU; the
+JSON rows also carry the CPU's RSS growth, ``rss_mib``). ``vtk/default`` runs with the engine's C heap policy
+(``retain``, :mod:`engine.heap`), every other step with glibc's.
 
 Sizes: ``tiny`` (narrow models, seconds: tests and dry runs), ``small`` (the real architectures, batch 1 and
 reduced clips/volumes: minutes on a 2-core CPU), ``full`` (the papers' training inputs).
@@ -54,8 +56,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from benchmarks._common import (count_flops, interleaved, matrix_rate, peak_rss_mib, reset_peak_rss,  # noqa: E402
-                                rss_mib, run_json_subprocess, sync)
+from benchmarks._common import (TensorPeak, count_flops, interleaved, matrix_rate, peak_rss_mib,  # noqa: E402
+                                reset_peak_rss, rss_mib, run_json_subprocess, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
            "format_table", "plain_adamw", "engine_adamw"]
@@ -485,12 +487,27 @@ def make_step(model: nn.Module, case: Case, precision: str, device: torch.device
     return step
 
 
+def heap_setup(fns: Dict[str, Callable[[], None]], device: torch.device) -> Dict[str, Callable[[], None]]:
+    """Per step, the C heap policy its run would have: ``vtk/default`` the engine's (``TrainConfig.cpu_heap``,
+    ``retain``), every other step glibc's (the references' scripts, and the same-precision pairs compare the
+    models alone). Nothing on CUDA."""
+    if device.type != "cpu":
+        return {}
+    from engine.config import TrainConfig
+    from engine.heap import set_cpu_heap
+
+    engine_policy = TrainConfig().cpu_heap
+    return {n: partial(set_cpu_heap, engine_policy if n == "vtk/default" else "system") for n in fns}
+
+
 # -------------------------------------------------------------------------------------------------------- memory
 def memory_probe(family: str, impl: str, precision: str, size: str, device: str) -> Dict[str, float]:
-    """Peak memory of two train steps of one model, measured in this (fresh) process: CUDA
-    ``max_memory_allocated`` growth, else RSS growth (peak RSS after the steps minus the RSS once the model,
-    optimizer and batch exist). vtk's step uses the engine's optimizer (:func:`engine_adamw`, what ``vtk ... train``
-    runs), the reference's ``torch.optim.AdamW`` (:func:`plain_adamw`)."""
+    """Peak memory of two train steps of one model, measured in this (fresh) process. ``growth_mib``: on CUDA the
+    growth of ``max_memory_allocated``, on the CPU the peak of the bytes live in the steps' tensors
+    (:class:`benchmarks._common.TensorPeak`, the same quantity, deterministic); ``rss_growth_mib``: peak RSS after
+    the steps minus the RSS once the model, optimizer and batch exist (CPU; noisy, see :mod:`benchmarks._common`).
+    vtk's step uses the engine's optimizer (:func:`engine_adamw`, what ``vtk ... train`` runs), the reference's
+    ``torch.optim.AdamW`` (:func:`plain_adamw`)."""
     dev = torch.device(device)
     case = build_case(family, size)
     torch.manual_seed(0)
@@ -504,19 +521,21 @@ def memory_probe(family: str, impl: str, precision: str, size: str, device: str)
         step(), step()
         sync(dev)
         peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20
-    else:
-        reset_peak_rss()  # the peak of building the model is not the step's
-        base = rss_mib()
+        return {"base_mib": base, "peak_mib": peak, "growth_mib": max(0.0, peak - base)}
+    reset_peak_rss()  # the peak of building the model is not the step's
+    base = rss_mib()
+    with TensorPeak() as tensors:
         step(), step()
-        peak = peak_rss_mib()
-    return {"base_mib": base, "peak_mib": peak, "growth_mib": max(0.0, peak - base)}
+    peak = peak_rss_mib()
+    return {"base_mib": base, "peak_mib": peak, "rss_growth_mib": max(0.0, peak - base),
+            "growth_mib": tensors.peak / 2 ** 20}
 
 
-def measure_memory(family: str, impl: str, precision: str, size: str, device: torch.device) -> Optional[float]:
-    """:func:`memory_probe` in a fresh subprocess (MiB; ``None`` if it failed)."""
-    out = run_json_subprocess("benchmarks.train_step_suite",
-                              ["--memory-probe", family, impl, precision, "--size", size, "--device", str(device)])
-    return None if out is None else float(out["growth_mib"])
+def measure_memory(family: str, impl: str, precision: str, size: str,
+                   device: torch.device) -> Optional[Dict[str, float]]:
+    """:func:`memory_probe` in a fresh subprocess (``None`` if it failed)."""
+    return run_json_subprocess("benchmarks.train_step_suite",
+                               ["--memory-probe", family, impl, precision, "--size", size, "--device", str(device)])
 
 
 # --------------------------------------------------------------------------------------------------------- suite
@@ -525,9 +544,10 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     """Time, count and (optionally) measure the memory of one family; returns its row (see :func:`format_table`).
 
     Steps timed: ``vtk/P`` and ``ref/P`` per precision ``P``, both with ``torch.optim.AdamW`` (the models alone,
-    same optimizer), and ``vtk/default``: vtk as ``vtk ... train`` runs by default (``--precision auto`` and the
-    engine's optimizer, :func:`engine_adamw`), against which ``ref/32`` (the reference's default use: fp32 and
-    ``torch.optim.AdamW``) gives the ``default`` speed-up.
+    same optimizer and glibc's heap), and ``vtk/default``: vtk as ``vtk ... train`` runs by default
+    (``--precision auto``, the engine's optimizer :func:`engine_adamw` and its C heap policy, :func:`heap_setup`),
+    against which ``ref/32`` (the reference's default use: fp32 and ``torch.optim.AdamW``) gives the ``default``
+    speed-up; ``engine`` is ``vtk/<auto>`` over ``vtk/default`` (what the engine's optimizer and heap add).
     """
     from engine.context import resolve_precision
 
@@ -543,10 +563,10 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     flops = {"vtk": count_flops(make_step(vtk, case, "32", device))}
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
-    times = interleaved(fns, steps, warmup, device)
+    times = interleaved(fns, steps, warmup, device, setup=heap_setup(fns, device))
     row: Dict[str, Any] = dict(family=family, config=case.config, reference=case.reference or "none",
                                size=size, tokens=case.tokens, flops=flops, times=times, mfu={}, speedup={},
-                               memory_mib={}, tokens_per_s={})
+                               memory_mib={}, rss_mib={}, tokens_per_s={})
     for key, t in times.items():
         impl, p = key.split("/")
         p = auto if p == "default" else p
@@ -558,13 +578,15 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     if "ref/32" in times:
         row["speedup"]["default"] = times["ref/32"] / times["vtk/default"]
     if f"vtk/{auto}" in times:
-        row["speedup"]["optimizer"] = times[f"vtk/{auto}"] / times["vtk/default"]
+        row["speedup"]["engine"] = times[f"vtk/{auto}"] / times["vtk/default"]  # fused optimizer + heap
     row["default_precision"] = auto
     del vtk, ref, fns
     if memory:
         for p in precisions:
             for impl in ("vtk", "ref") if case.build_ref is not None else ("vtk",):
-                row["memory_mib"][f"{impl}/{p}"] = measure_memory(family, impl, p, size, device)
+                probe = measure_memory(family, impl, p, size, device) or {}
+                row["memory_mib"][f"{impl}/{p}"] = probe.get("growth_mib")
+                row["rss_mib"][f"{impl}/{p}"] = probe.get("rss_growth_mib")
     return row
 
 

@@ -26,6 +26,7 @@ import yaml
 
 from engine.choices import check_choice
 from engine.errors import UserError
+from engine.heap import CPU_HEAP_POLICIES
 
 __all__ = [
     "with_pretrained_and_preset",
@@ -81,6 +82,9 @@ class TrainConfig:
         resume: A run folder to continue from ``checkpoints/last``.
         keep_checkpoints: Also keep the weights of the last N periodic saves as ``checkpoints/step-NNNNNNN``
             (0: only ``last`` and ``best``).
+        cpu_heap: On the CPU, ``retain`` (default: the C heap keeps the memory a step frees for the next one,
+            so steps do not fault their tensors in again; glibc only, see :mod:`engine.heap`) or ``system``
+            (glibc's thresholds: freed blocks go back to the kernel).
         dist_timeout: Seconds a collective may wait under torchrun before the run fails with one line (a rank
             that died or got stuck can then never hang the others forever).
     """
@@ -113,6 +117,7 @@ class TrainConfig:
     quiet: bool = False
     resume: Optional[str] = None
     keep_checkpoints: int = 0
+    cpu_heap: str = "retain"
     dist_timeout: float = 600.0
 
     def validate(self) -> "TrainConfig":
@@ -121,6 +126,7 @@ class TrainConfig:
         _check_choice("device", self.device, None, pattern=_DEVICE_RE)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("cpu_heap", self.cpu_heap, CPU_HEAP_POLICIES)
         for name in ("batch_size", "grad_accum", "max_steps", "log_every"):
             _check_number(name, getattr(self, name), minimum=1, integer=True)
         for name in ("warmup_steps", "val_every", "ckpt_every", "num_workers", "seed", "keep_checkpoints"):

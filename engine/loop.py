@@ -25,6 +25,7 @@ from torch import nn
 from engine import checkpoint as ckpt
 from engine.config import TrainConfig, default_out
 from engine.context import Context, resolve_precision
+from engine.heap import set_cpu_heap
 from engine.data import EpochBatchSampler, SeededDataset, make_train_loader, micro_batch_size, steps_per_epoch
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, broadcast_object, setup, teardown
 from engine.errors import Interrupted, RunError, UserError, VtkError
@@ -170,7 +171,8 @@ class _Trainer:
         self.step, self.best, self.best_step, self.last_metrics = 0, None, 0, {}
         self.window: Dict[str, float] = {}
         seed_everything(cfg.seed)
-        self._note(f"building {cfg.model or 'the model'} on {dist.device} (precision {resolve_precision(cfg.precision, dist.device)})")
+        self._note(f"building {cfg.model or 'the model'} on {dist.device} (precision "
+                   f"{resolve_precision(cfg.precision, dist.device)}{self._apply_cpu_heap()})")
         self.raw = task.build_model(cfg).to(dist.device)
         self._note(f"preparing the {cfg.data or 'training'} datasets")
         self.train_ds, self.val_ds = task.build_datasets(cfg)
@@ -190,6 +192,13 @@ class _Trainer:
         self.ctx = Context(dist, cfg.precision, log_fn=self.logger.log, progress_fn=self.progress.wrap, cfg=cfg)
 
     # ----------------------------------------------------------------------------------------------- setup
+    def _apply_cpu_heap(self) -> str:
+        """``cfg.cpu_heap`` for a CPU run (see :mod:`engine.heap`); what to add to the start-up note."""
+        if self.dist.device.type != "cpu":
+            return ""
+        applied = set_cpu_heap(self.cfg.cpu_heap)
+        return f", heap {self.cfg.cpu_heap}" + ("" if applied else " (not glibc: unchanged)")
+
     def _prepare_out(self) -> Path:
         cfg = self.cfg
         if cfg.out is None:

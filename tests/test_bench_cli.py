@@ -20,7 +20,7 @@ def test_train_step_table_and_json(tmp_path, capsys):
     assert set(t) == {"vtk/32", "ref/32", "vtk/bf16", "ref/bf16", "vtk/default"}
     assert row["speedup"]["32"] == pytest.approx(t["ref/32"] / t["vtk/32"])
     assert row["speedup"]["default"] == pytest.approx(t["ref/32"] / t["vtk/default"])
-    assert row["speedup"]["optimizer"] == pytest.approx(t[f"vtk/{row['default_precision']}"] / t["vtk/default"])
+    assert row["speedup"]["engine"] == pytest.approx(t[f"vtk/{row['default_precision']}"] / t["vtk/default"])
     assert row["flops"]["vtk"] > 0 and row["flops"]["ref"] > 0
     assert row["mfu"]["vtk/bf16"] == pytest.approx(row["flops"]["vtk"] / t["vtk/bf16"] / res["rates"]["bf16"])
     text = md.read_text()
@@ -29,11 +29,40 @@ def test_train_step_table_and_json(tmp_path, capsys):
     assert "| vivit |" in capsys.readouterr().out
 
 
-def test_memory_probe_measures_a_step_in_a_subprocess():
+def test_memory_probe_measures_a_step_in_a_subprocess_and_repeats_exactly():
     from benchmarks.train_step_suite import measure_memory
 
-    small = measure_memory("vit_b", "vtk", "32", "tiny", torch.device("cpu"))
-    assert small is not None and small > 0
+    a = measure_memory("vit_b", "vtk", "32", "tiny", torch.device("cpu"))
+    b = measure_memory("vit_b", "vtk", "32", "tiny", torch.device("cpu"))
+    assert a is not None and b is not None
+    assert a["growth_mib"] > 0 and a["rss_growth_mib"] >= 0
+    assert a["growth_mib"] == b["growth_mib"]  # tensor bytes: no allocator noise
+
+
+def test_tensor_peak_counts_live_tensors_views_and_saved_activations():
+    from benchmarks._common import TensorPeak
+
+    mib = 2 ** 18  # float32 elements in 1 MiB
+    with TensorPeak() as seq:
+        for _ in range(3):
+            t = torch.ones(4 * mib)  # 4 MiB, freed before the next
+            del t
+    assert seq.peak == 4 * 2 ** 20 and seq.current == 0
+    with TensorPeak() as both:
+        a = torch.ones(4 * mib)
+        v = a.view(2, -1)[0]  # a view keeps its storage alive, and counts nothing more
+        b = torch.ones(4 * mib)
+        del a
+        c = torch.ones(mib)
+    assert both.peak == 9 * 2 ** 20 and both.current == 9 * 2 ** 20
+    del v, b, c
+    assert both.current == 0
+    x = torch.randn(4 * mib, requires_grad=True)
+    with TensorPeak() as saved:
+        y = x.exp()  # saved for backward: exp's output
+        y.sum().backward()
+    del y
+    assert saved.peak >= 8 * 2 ** 20  # exp's output and x's 4 MiB gradient
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -5,7 +5,10 @@ import torch
 from torch import nn
 
 from backbones.layers import Linear
+import importlib
 from backbones.layers.linear import _transpose_first, uses_fast_backward
+
+linear_module = importlib.import_module("backbones.layers.linear")  # the package re-exports a function `linear`
 
 
 def _run(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, autocast: bool):
@@ -21,10 +24,12 @@ def _run(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, autocast: bool):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("lead", [(3, 7), (5,)])
 @pytest.mark.parametrize("features", [(16, 24), (512, 256)])  # strided / copied transposed gradient
-def test_autocast_training_path_is_bitwise_nn_linear(bias, lead, features):
+@pytest.mark.parametrize("amx", [True, False])
+def test_autocast_training_path_is_bitwise_nn_linear(bias, lead, features, amx, monkeypatch):
+    monkeypatch.setattr(linear_module, "cpu_has_amx", lambda: amx)  # both branches run on any CPU
     torch.manual_seed(0)
     K, N = features
-    assert _transpose_first(N, K) == (features == (512, 256))  # both branches run
+    assert _transpose_first(N, K) == (amx and features == (512, 256))
     ref = nn.Linear(K, N, bias=bias)
     fast = Linear(K, N, bias=bias)
     fast.load_state_dict(ref.state_dict())
