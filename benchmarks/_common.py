@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import weakref
 import resource
 import statistics
 import subprocess
 import sys
 import time
+import weakref
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch

@@ -28,6 +28,7 @@ from benchmarks._common import interleaved  # noqa: E402
 from benchmarks.train_step_suite import FAMILIES, SIZES, build_case, build_models, make_step  # noqa: E402
 from engine.heap import set_cpu_heap  # noqa: E402
 
+
 def faults(fn: Callable[[], None]) -> Tuple[int, float]:
     """Minor page faults and system seconds of one call."""
     r0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -12,7 +12,7 @@ import torch
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum
 
 __all__ = ["Context", "autocast_dtype", "resolve_precision", "cpu_has_native_bf16", "autocast_for",
-           "precision_option", "INFERENCE_PRECISIONS"]
+           "precision_option", "INFERENCE_PRECISIONS", "cpu_has_amx"]
 
 T = TypeVar("T")
 _DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
@@ -25,17 +25,29 @@ def autocast_dtype(precision: str) -> Optional[torch.dtype]:
 
 
 @functools.lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+def _torch_capability_has_amx() -> bool:
+    return "AMX" in str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()).upper()
+
+
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (avx512_bf16 or AMX-BF16), per ``/proc/cpuinfo`` or
     PyTorch's CPU capability."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
-    if "avx512_bf16" in flags or "amx_bf16" in flags:
-        return True
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return "AMX" in str(capability).upper()
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags()) or _torch_capability_has_amx()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX-BF16 tiles (``amx_bf16`` in ``/proc/cpuinfo``, or PyTorch's CPU capability)."""
+    return "amx_bf16" in _cpu_flags() or _torch_capability_has_amx()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -44,7 +44,8 @@ def set_cpu_heap(policy: str) -> bool:
 
     Args:
         policy: ``retain`` (keep freed blocks for reuse: fewer page faults per step) or ``system`` (glibc's
-            initial thresholds, and what the heap holds free given back now).
+            initial thresholds, without its dynamic raising of the mmap threshold once set, and what the heap holds
+            free given back now).
 
     Returns:
         Whether the policy took effect (``False`` without glibc).

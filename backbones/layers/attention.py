@@ -31,9 +31,10 @@ def _math_is_better(q: torch.Tensor, k: torch.Tensor, dropout_p: float,
     (autograd on) on the CPU in bf16, without dropout. In a model the cost is the probabilities, at most two
     output-sized tensors per call: flash's saved output is also the output projection's saved input (one storage),
     while the explicit output is copied by the caller's head merge, which the projection saves instead (STAM at
-    112^2, ``N = M = 50``, ``Dh = 64``: +10 MiB, 0.7% of the step's tensor peak, for a 1.19x faster bf16 step). MViT-B's pooled keys (129 of them, ``Dh = 96``) are the case between the two bounds: its
-    attention went from 59 ms (flash) to 15 ms per step, level with pytorchvideo's explicit attention, which saves
-    the probabilities too. Long keys (ViT's 197 with ``Dh = 64``) keep flash. It is also taken whatever ``M``
+    112^2, ``N = M = 50``, ``Dh = 64``: +10 MiB, 0.7% of the step's tensor peak, for a 1.19x faster bf16 step).
+    MViT-B's pooled keys (129 of them, ``Dh = 96``) are the case between ``Dh`` and ``2 Dh``: its attention went
+    from 59 ms (flash) to 15 ms per step, level with pytorchvideo's explicit attention, which saves the
+    probabilities too. Long keys (ViT's 197 with ``Dh = 64``) keep flash. It is also taken whatever ``M``
     when the additive mask itself needs a gradient (a learned relative-position bias, as in Swin): no fused CPU
     kernel differentiates the mask, so SDPA falls back to its math kernel, which upcasts the bf16 inputs to fp32
     and saves fp32 probabilities (Swin-T 224^2 b1 bf16 step: 30 ms of bmm against timm's 9 ms). Everything else

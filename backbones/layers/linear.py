@@ -12,8 +12,6 @@ equal in ``tests/backbones/test_linear.py``). Everywhere else (CUDA, fp32, infer
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
@@ -21,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["Linear", "linear", "uses_fast_backward", "cpu_has_amx"]
+from engine.context import cpu_has_amx
+
+__all__ = ["Linear", "linear", "uses_fast_backward"]
 
 
 class _AutocastLinearCPU(torch.autograd.Function):
@@ -52,17 +52,6 @@ class _AutocastLinearCPU(torch.autograd.Function):
         return dx, dw, db
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX-BF16 tiles (``amx_bf16`` in ``/proc/cpuinfo``, or PyTorch's CPU capability)."""
-    try:
-        if "amx_bf16" in Path("/proc/cpuinfo").read_text().split():
-            return True
-    except OSError:
-        pass
-    return "AMX" in str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()).upper()
-
-
 def _transpose_first(out_features: int, in_features: int) -> bool:
     """Whether the weight gradient of an ``(N, K)`` weight is faster with the transposed output gradient copied
     first.
@@ -73,7 +62,7 @@ def _transpose_first(out_features: int, in_features: int) -> bool:
     ``fc2``, M=788) 4.39 ms strided against 2.20 ms copied; ``N=384, K=1536`` 1.28x; but ``N=3072, K=768`` (``fc1``)
     0.86x, ``N=768, K=768`` 0.76x and ``N=96, K=384`` (Swin-T's first ``fc2``, M=3136) 0.61x. On the AMD EPYC
     (avx512_bf16, no AMX) the copy never pays: ``N=768, K=3072`` 0.98x, ``N=384, K=1536`` 0.89x, ``N=3072, K=768``
-    0.74x (``python benchmarks/speed_fixes.py``-style timing, strided against copied product, 2 threads).
+    0.74x (each shape timed alone, strided against copied product, 2 threads).
     """
     return in_features >= 2 * out_features and out_features >= 256 and cpu_has_amx()
 
