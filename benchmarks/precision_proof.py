@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
 from engine.io import atomic_write_json, atomic_write_text  # noqa: E402
+from engine.metrics import read_metrics  # noqa: E402
 
 __all__ = ["main", "colin27_train_args", "motion_train_args", "last_val", "run_proof"]
 
@@ -87,8 +89,6 @@ def _vtk(args: Sequence[str], log: Path) -> float:
 
 def last_val(run: Path, key: str) -> Optional[float]:
     """The last value of ``key`` in ``run/metrics.jsonl`` (``None`` when it never was logged)."""
-    from engine.metrics import read_metrics
-
     values = [r[key] for r in read_metrics(run) if key in r]
     return float(values[-1]) if values else None
 
@@ -125,8 +125,6 @@ def run_proof(task: str, precision: str, seed: int, out: Path, steps: Optional[i
     done = out / f"{run.name}.done"
     if not done.exists():
         if run.exists():  # an earlier attempt stopped part-way: start that run again
-            import shutil
-
             shutil.rmtree(run)
         print(f"{task} {precision} seed {seed}: training (log {log}) ...", flush=True)
         train_s = _vtk(train, log)
@@ -162,10 +160,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for t in tasks:
         if t not in TASKS:
             p.error(f"--task: {t!r} is not one of {', '.join(TASKS)}")
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds: {a.seeds!r} is not a comma-separated list of integers")
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for task in tasks:
-        for seed in [int(s) for s in a.seeds.split(",")]:
+        for seed in seeds:
             for precision in [x.strip() for x in a.precision.split(",")]:
                 rows.append(run_proof(task, precision, seed, a.out, a.steps, a.motion_data))
                 print(_table(rows[-1:]).splitlines()[-1], flush=True)

@@ -1,5 +1,6 @@
 """benchmarks/precision_proof.py runs the docs' learning-proof commands: the same options, and a real (short) run."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -47,8 +48,6 @@ def test_short_proof_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys)
     json_path = tmp_path / "rows.json"
     assert precision_proof.main(["--task", "colin27", "--precision", "32", "--steps", "2", "--out", str(out),
                                  "--json", str(json_path)]) == 0
-    import json
-
     rows = json.loads(json_path.read_text())["rows"]
     assert [(r["task"], r["precision"], r["seed"]) for r in rows] == [("colin27", "32", 0)]
     assert 0.0 <= rows[0]["eval"] <= 1.0 and rows[0]["val"] is not None
