@@ -133,6 +133,11 @@ def _expand(q, k, v, attn_mask):
     return q, k, v, attn_mask
 
 
+def _flat(t: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """``t`` broadcast over ``lead`` and flattened to ``(L, *, *)`` (a copy only where the view cannot fold)."""
+    return t.expand(*lead, *t.shape[-2:]).reshape(-1, *t.shape[-2:])
+
+
 def _backward_block(q, k, v, attn_mask, grad_out) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK, dV of one block of :class:`_RecomputedAttention`.
 
@@ -142,12 +147,11 @@ def _backward_block(q, k, v, attn_mask, grad_out) -> Tuple[torch.Tensor, torch.T
     p = _probs(q, k, attn_mask)  # (.., N, M), contiguous
     lead, (N, M) = p.shape[:-2], p.shape[-2:]
     grad_out = grad_out.expand(*lead, N, grad_out.shape[-1])
-    flat = lambda t: t.expand(*lead, *t.shape[-2:]).reshape(-1, *t.shape[-2:])  # noqa: E731  (L, *, *)
-    grad_v = torch.bmm(p.view(-1, N, M).transpose(1, 2), flat(grad_out))  # (L, M, Dh)
+    grad_v = torch.bmm(p.view(-1, N, M).transpose(1, 2), _flat(grad_out, lead))  # (L, M, Dh)
     grad_s = torch._softmax_backward_data(grad_out @ v.transpose(-2, -1), p, -1, p.dtype)
     del p
     grad_s = grad_s.mul_(q.shape[-1] ** -0.5)  # (.., N, M)
-    grad_k = torch.bmm(grad_s.view(-1, N, M).transpose(1, 2), flat(q))  # (L, M, Dh)
+    grad_k = torch.bmm(grad_s.view(-1, N, M).transpose(1, 2), _flat(q, lead))  # (L, M, Dh)
     return (grad_s @ k, grad_k.view(*lead, M, -1), grad_v.view(*lead, M, -1))  # (.., N, Dh), (.., M, Dh) x2
 
 
@@ -169,8 +173,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch
          mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0) -> torch.Tensor:
     """SDPA with an optional additive ``bias`` and an optional boolean ``mask`` (True = attend).
 
-    Short-key attention in CPU bf16 training runs as explicit matmuls + softmax (same function; see
-    :func:`_math_is_better`), every other call through ``F.scaled_dot_product_attention``.
+    Attention over up to ``_MAX_KEYS`` keys in CPU bf16 training runs as explicit matmuls + softmax that
+    recompute the probabilities in backward (same function; see :func:`_math_is_better`), every other call
+    through ``F.scaled_dot_product_attention``.
 
     Args:
         q, k, v: ``(B, H, N, Dh)`` (``k``/``v`` may have another length ``M``).

@@ -121,6 +121,32 @@ def test_recomputed_attention_gradients_equal_autograd_bit_for_bit(with_mask, bl
         assert torch.equal(a, b), (a - b).abs().max()
 
 
+def test_attention_layer_trains_to_the_bit_as_through_autograd(monkeypatch):
+    """A whole layer: output, input gradient and every parameter gradient equal those of autograd through the
+    explicit matmuls (the path the recomputation replaced), so runs that took it are unchanged."""
+    torch.manual_seed(0)
+    layer = Attention(64, num_heads=4)
+    x = torch.randn(2, 24, 64, requires_grad=True)
+
+    def run():
+        layer.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        nodes.append(set(_graph(out)))
+        out.float().square().mean().backward()
+        return [out.detach(), x.grad, *(p.grad for p in layer.parameters())]
+
+    nodes = []
+    got = run()
+    monkeypatch.setattr(attention_mod, "_RecomputedAttention",
+                        type("Autograd", (), {"apply": staticmethod(lambda q, k, v, m: _probs(q, k, m) @ v)}))
+    ref = run()
+    assert "_RecomputedAttentionBackward" in nodes[0] and "SoftmaxBackward0" in nodes[1]
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("block_bytes", [None, 200])
 def test_recomputed_attention_passes_gradcheck_with_broadcast_keys(block_bytes, monkeypatch):
     if block_bytes is not None:
