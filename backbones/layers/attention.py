@@ -87,10 +87,11 @@ class _RecomputedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, attn_mask):
         ctx.save_for_backward(q, k, v, attn_mask)
-        blocks = _blocks(*_lead_and_bytes(q, k, v, attn_mask, 2))  # S, P
+        lead = _lead(q, k, v, attn_mask)
+        blocks = _blocks(lead, _temp_bytes(q, k, 2))  # S, P
         if len(blocks) == 1:
             return _probs(q, k, attn_mask) @ v  # (.., N, Dh)
-        q, k, v, attn_mask = _expand(q, k, v, attn_mask)
+        q, k, v, attn_mask = _expand(lead, q, k, v, attn_mask)
         out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (.., N, Dh)
         for idx in blocks:
             out[idx] = _probs(q[idx], k[idx], None if attn_mask is None else attn_mask[idx]) @ v[idx]
@@ -100,13 +101,14 @@ class _RecomputedAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q0, k0, v0, mask0 = ctx.saved_tensors
-        blocks = _blocks(*_lead_and_bytes(q0, k0, v0, mask0, 3))  # P, dP, dS
+        lead = _lead(q0, k0, v0, mask0)
+        blocks = _blocks(lead, _temp_bytes(q0, k0, 3))  # P, dP, dS
         with torch.autocast(q0.device.type, enabled=False):
             grad_out = grad_out.to(q0.dtype)
             if len(blocks) == 1:
                 grads = _backward_block(q0, k0, v0, mask0, grad_out)
             else:
-                q, k, v, mask = _expand(q0, k0, v0, mask0)
+                q, k, v, mask = _expand(lead, q0, k0, v0, mask0)
                 grad_out = grad_out.expand(*q.shape[:-1], grad_out.shape[-1])
                 grads = [t.new_empty(t.shape) for t in (q, k, v)]  # (.., N, Dh), (.., M, Dh) x2
                 for idx in blocks:
@@ -116,17 +118,19 @@ class _RecomputedAttention(torch.autograd.Function):
         return (*(g.sum_to_size(t.shape) for g, t in zip(grads, (q0, k0, v0))), None)
 
 
-def _lead_and_bytes(q, k, v, attn_mask, copies: int) -> Tuple[Tuple[int, ...], int]:
-    """The broadcast leading dims of q, k, v (and the mask), and the bytes of ``copies`` ``(N, M)`` temporaries
-    per index of them."""
+def _lead(q, k, v, attn_mask) -> Tuple[int, ...]:
+    """The broadcast leading dims of q, k, v (and the mask)."""
     masks = () if attn_mask is None else (attn_mask.shape[:-2],)
-    lead = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], *masks))
-    return lead, q.shape[-2] * k.shape[-2] * q.element_size() * copies
+    return tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], *masks))
 
 
-def _expand(q, k, v, attn_mask):
-    """q, k, v (and the mask) as views over their broadcast leading dims."""
-    lead, _ = _lead_and_bytes(q, k, v, attn_mask, 0)
+def _temp_bytes(q, k, copies: int) -> int:
+    """Bytes of ``copies`` ``(N, M)`` temporaries per index of the leading dims."""
+    return q.shape[-2] * k.shape[-2] * q.element_size() * copies
+
+
+def _expand(lead: Tuple[int, ...], q, k, v, attn_mask):
+    """q, k, v (and the mask) as views over the broadcast leading dims ``lead``."""
     q, k, v = (t.expand(*lead, *t.shape[-2:]) for t in (q, k, v))
     if attn_mask is not None:
         attn_mask = attn_mask.expand(*lead, q.shape[-2], k.shape[-2])

@@ -1,5 +1,5 @@
 """``backbones.layers.sdpa``: the explicit-softmax path of CPU bf16 training is the same attention as SDPA, is
-taken only for short keys or a learned mask, and (without a learned mask) saves no more for backward than SDPA's
+taken for up to ``_MAX_KEYS`` keys or a learned mask, and (without a learned mask) saves no more for backward than SDPA's
 flash kernel: its probabilities are recomputed in backward, with the gradients of autograd through the explicit
 matmuls bit for bit."""
 
@@ -79,7 +79,7 @@ def test_attention_layer_holds_no_more_after_forward_on_the_math_path_than_on_fl
     head merge; with the probabilities recomputed the layer still holds no more than with flash."""
     torch.manual_seed(0)
     layer = Attention(64, num_heads=4).to(torch.bfloat16)  # Dh = 16
-    x = torch.randn(2, 24, 64, dtype=torch.bfloat16, requires_grad=True)  # N = M = 24 <= 2 Dh
+    x = torch.randn(2, 24, 64, dtype=torch.bfloat16, requires_grad=True)  # N = M = 24 <= _MAX_KEYS
 
     def held(expect_math):
         with TensorPeak() as m:
