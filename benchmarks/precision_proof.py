@@ -12,7 +12,8 @@ training precision (what a user of the default gets end to end):
 
 It prints one row per run (the last in-training validation metric, the evaluation metric, wall time) and, with
 ``--json``, writes the rows. Runs that finished are reused (``<run>.done`` beside the run folder, written when
-its training exited 0), so a proof that was stopped goes on with the runs it had not finished.
+its training exited 0), so a proof that was stopped goes on with the runs it had not finished. While a run trains,
+its steps (read from its ``metrics.jsonl``) show on stderr with an ETA.
 
 Usage::
 
@@ -30,18 +31,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
 from engine.io import atomic_write_json, atomic_write_text  # noqa: E402
 from engine.metrics import read_metrics  # noqa: E402
+from engine.progress import ItemProgress  # noqa: E402
 
 __all__ = ["main", "colin27_train_args", "motion_train_args", "last_val", "run_proof"]
 
 TASKS = ("colin27", "motion")
 COLIN27 = ROOT / "medvit" / "assets" / "colin27"
+MOTION_CLASSES, MOTION_PER_CLASS = 4, 640  # docs/videovit.md's motion set
 
 
 def colin27_train_args(out: Path, steps: int) -> List[str]:
@@ -68,8 +71,14 @@ def motion_train_args(out: Path, data: Path, steps: int) -> List[str]:
             "--num-workers", "1", "--quiet"]
 
 
-def _vtk(args: Sequence[str], log: Path) -> float:
+Progress = Tuple[str, int, str, Callable[[], int]]  # (description, total, unit, units done so far)
+
+
+def _vtk(args: Sequence[str], log: Path, progress: Optional[Progress] = None) -> float:
     """Run ``vtk *args`` in a fresh interpreter (output appended to ``log``); its wall time in seconds.
+
+    With ``progress``, its count is polled every 2 s while the command runs and shown with an ETA on stderr
+    (:class:`engine.progress.ItemProgress`): the child's own progress goes to the log.
 
     Raises:
         RuntimeError: The command failed (the log's path and tail in the message).
@@ -79,12 +88,45 @@ def _vtk(args: Sequence[str], log: Path) -> float:
     with open(log, "a") as fh:
         fh.write("$ vtk " + " ".join(args) + "\n")
         fh.flush()
-        rc = subprocess.call([sys.executable, "-m", "cli.main", *args], stdout=fh, stderr=subprocess.STDOUT,
-                             env=env)
-    if rc != 0:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env)
+        _watch(proc, progress)
+    if proc.returncode != 0:
         tail = log.read_text().splitlines()[-5:]
-        raise RuntimeError(f"vtk {' '.join(args[:2])} exited {rc}; see {log}: " + " | ".join(tail))
+        raise RuntimeError(f"vtk {' '.join(args[:2])} exited {proc.returncode}; see {log}: " + " | ".join(tail))
     return time.perf_counter() - start
+
+
+def _watch(proc: subprocess.Popen, progress: Optional[Progress]) -> None:
+    """Wait for ``proc``, advancing a progress bar from ``progress``'s count every 2 s."""
+    if progress is None:
+        proc.wait()
+        return
+    description, total, unit, count = progress
+    with ItemProgress(total, description, unit=unit) as bar:
+        finished = False
+        while not finished:
+            try:
+                proc.wait(timeout=2.0)
+                finished = True
+            except subprocess.TimeoutExpired:
+                pass
+            done = min(count(), total)
+            if done > bar.done:
+                bar.advance(done - bar.done)
+
+
+def _last_step(run: Path) -> int:
+    """The highest ``step`` in ``run/metrics.jsonl`` so far: 0 before the first record; a line the run is still
+    writing is skipped."""
+    path = run / "metrics.jsonl"
+    steps = [0]
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            steps.append(int(json.loads(line).get("step", 0)))
+        except ValueError:
+            continue
+    return max(steps)
 
 
 def last_val(run: Path, key: str) -> Optional[float]:
@@ -94,13 +136,17 @@ def last_val(run: Path, key: str) -> Optional[float]:
 
 
 def _motion_data(out: Path, given: Optional[Path], log: Path) -> Path:
+    """The motion set: ``given``, or synthesised under ``out`` unless a finished synthesis is there
+    (``vtk_synth.json`` is written last, so a synthesis that stopped part-way is made again)."""
     if given is not None:
         return given
     data = out / "motion4"
-    if not (data / "annotations").exists():
+    if not (data / "vtk_synth.json").is_file():
         print(f"synthesising the motion set into {data} ...", flush=True)
-        _vtk(["data", "synth", "kinetics400", "--out", str(data), "--classes", "4", "--videos-per-class", "640",
-              "--frames", "16", "--size", "32", "--seed", "0"], log)
+        videos = MOTION_CLASSES * MOTION_PER_CLASS * 5 // 4  # train + a quarter as many for validation
+        _vtk(["data", "synth", "kinetics400", "--out", str(data), "--classes", str(MOTION_CLASSES),
+              "--videos-per-class", str(MOTION_PER_CLASS), "--frames", "16", "--size", "32", "--seed", "0"], log,
+             ("synth motion4", videos, "videos", lambda: sum(1 for _ in data.rglob("*.mp4"))))
     return data
 
 
@@ -127,10 +173,12 @@ def run_proof(task: str, precision: str, seed: int, out: Path, steps: Optional[i
         if run.exists():  # an earlier attempt stopped part-way: start that run again
             shutil.rmtree(run)
         print(f"{task} {precision} seed {seed}: training (log {log}) ...", flush=True)
-        train_s = _vtk(train, log)
+        total = int(train[train.index("--max-steps") + 1])
+        train_s = _vtk(train, log, (f"{run.name} train", total, "steps", lambda: _last_step(run)))
         atomic_write_text(done, f"{train_s:.1f}\n")
     train_s = float(done.read_text())
     if not metrics.exists():
+        print(f"{task} {precision} seed {seed}: evaluating (log {log}) ...", flush=True)
         _vtk(evaluate, log)
     record = json.loads(metrics.read_text())
     return {"task": task, "precision": precision, "seed": seed, "val_key": val_key, "val": last_val(run, val_key),

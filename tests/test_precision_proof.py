@@ -50,11 +50,34 @@ def test_short_proof_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys)
                                  "--json", str(json_path)]) == 0
     rows = json.loads(json_path.read_text())["rows"]
     assert [(r["task"], r["precision"], r["seed"]) for r in rows] == [("colin27", "32", 0)]
+    err = capsys.readouterr().err  # the training's steps, polled from its metrics.jsonl, with an ETA
+    assert re.search(r"colin27-32-s0 train: 2/2 steps [\d.]+ steps/s eta ", err), err
     assert 0.0 <= rows[0]["eval"] <= 1.0 and rows[0]["val"] is not None
     # a second call reuses the finished run: no training subprocess
     calls = []
     real = precision_proof._vtk
-    monkeypatch.setattr(precision_proof, "_vtk", lambda args, log: calls.append(args[:2]) or real(args, log))
+    monkeypatch.setattr(precision_proof, "_vtk",
+                        lambda args, log, progress=None: calls.append(args[:2]) or real(args, log, progress))
     assert precision_proof.main(["--task", "colin27", "--precision", "32", "--steps", "2", "--out", str(out)]) == 0
     assert calls == []
     assert "| colin27 | 32 | 0 |" in capsys.readouterr().out
+
+
+def test_last_step_skips_the_line_a_run_is_still_writing(tmp_path):
+    assert precision_proof._last_step(tmp_path) == 0  # no metrics.jsonl yet
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "train/loss": 1.4}\n{"step": 20, "val/top1": 0.3}\n'
+                                            '{"step": 30, "trai')
+    assert precision_proof._last_step(tmp_path) == 20
+
+
+def test_motion_set_is_synthesised_again_unless_its_marker_is_there(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(precision_proof, "_vtk", lambda args, log, progress=None: calls.append((args, progress)))
+    data = tmp_path / "motion4"
+    (data / "annotations").mkdir(parents=True)  # a synthesis that stopped after its training split
+    assert precision_proof._motion_data(tmp_path, None, tmp_path / "log") == data
+    assert len(calls) == 1 and calls[0][0][:3] == ["data", "synth", "kinetics400"]
+    assert calls[0][1][1] == 3200  # 2560 train + 640 validation videos: the progress total
+    (data / "vtk_synth.json").write_text("{}")
+    assert precision_proof._motion_data(tmp_path, None, tmp_path / "log") == data
+    assert len(calls) == 1
