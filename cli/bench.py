@@ -11,7 +11,7 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "bench_video_loader", "bench_video_eval", "bench_train_step",
+__all__ = ["bench_backbones", "bench_mfu_budget", "bench_video_loader", "bench_video_eval", "bench_train_step",
            "run_benchmark_script"]
 
 
@@ -124,6 +124,34 @@ def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-s
             str(warmup)] + (["--device", device] if device else []) + ([] if memory else ["--no-memory"])
     argv += (["--out", str(out)] if out else []) + (["--json", str(json_out)] if json_out else [])
     rc = run_benchmark_script("train_step_suite", argv)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@bench_app.command("mfu-budget")
+def bench_mfu_budget(family: str = typer.Option("vit_b", "--family", help="Comma-separated families (as for "
+                                                "train-step; default vit_b)."),
+                     size: str = typer.Option("full", "--size", help="tiny, small or full (the papers' inputs)."),
+                     steps: int = typer.Option(3, "--steps", help="Unprofiled train steps timed (median)."),
+                     out: Optional[Path] = typer.Option(None, "--out", help="Write the markdown here."),
+                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the budgets as JSON here.")
+                     ) -> None:
+    """What stands between vtk's default train step and the matrix rate: the profiled step's time by group, and
+    every matmul rebuilt from the profile and timed alone (the MFU ceiling of the step's own matrix shapes).
+
+    Example: nice vtk bench mfu-budget --family vit_b --size full --out budget.md
+    """
+    from benchmarks.train_step_suite import FAMILIES, SIZES
+    from engine.choices import check_choice
+
+    for f in [v.strip() for v in family.split(",")]:
+        check_choice("--family", f, list(FAMILIES))
+    check_choice("--size", size, SIZES)
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    argv = ["--family", family, "--size", size, "--steps", str(steps)]
+    argv += (["--out", str(out)] if out else []) + (["--json", str(json_out)] if json_out else [])
+    rc = run_benchmark_script("mfu_budget", argv)
     if rc:
         raise typer.Exit(rc)
 

@@ -77,6 +77,22 @@ def test_bad_options_exit_2(args, needle, capsys):
     assert needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--family", "vit_b,vitb"], "--family: 'vitb' is not one of"),
+    (["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
+    (["--steps", "0"], "--steps must be >= 1"),
+])
+def test_mfu_budget_bad_options_exit_2(args, needle, capsys):
+    assert main(["bench", "mfu-budget", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_mfu_budget_writes_its_table(tmp_path, capsys, one_thread):
+    out = tmp_path / "budget.md"
+    assert main(["bench", "mfu-budget", "--family", "vit_b", "--size", "tiny", "--steps", "1", "--out", str(out)]) == 0
+    assert "MFU ceiling with nothing but the matmuls" in out.read_text() and "**ViT tiny" in capsys.readouterr().out
+
 
 def test_a_subprocess_peak_memory_is_its_own_not_its_parents():
     """``peak_rss_mib`` in a fresh interpreter started by a large process: ``ru_maxrss`` carries the parent's size
