@@ -25,7 +25,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from benchmarks._common import count_flops, matrix_rate  # noqa: E402
+from benchmarks._common import count_flops, matrix_rate, timed  # noqa: E402
 from benchmarks.profile_bf16 import _group  # noqa: E402
 from benchmarks.train_step_suite import build_case, build_models, make_step  # noqa: E402
 
@@ -80,12 +79,7 @@ def standalone_ms(call: Call, reps: int = 5) -> float:
     args = [_operand(s, st, d) for s, st, d in zip(shapes, strides, dtypes)]
     fn = getattr(torch, op.split("::")[1])
     fn(*args)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    return 1e3 * min(timed(lambda: fn(*args), torch.device("cpu")) for _ in range(reps))
 
 
 def _profile(step) -> Tuple[Dict[Call, List[float]], Dict[str, float], List[Dict[str, Any]]]:
@@ -130,7 +124,7 @@ def budget(family: str, size: str, steps: int = 3, device: torch.device = torch.
     try:
         step()
         step()
-        wall = statistics.median(_timed(step) for _ in range(steps))
+        wall = statistics.median(timed(step, device) for _ in range(steps))
         calls, groups, others = _profile(step)
     finally:
         set_cpu_heap("system")
@@ -148,12 +142,6 @@ def budget(family: str, size: str, steps: int = 3, device: torch.device = torch.
                 matmul_alone_rate_pct=100 * executed / (alone_total / 1e3) / rate,
                 matmul_alone_ms=alone_total, groups_ms=groups, profiled_ms=sum(groups.values()), matmuls=rows,
                 other_ops=others[:40])
-
-
-def _timed(step) -> float:
-    t = time.perf_counter()
-    step()
-    return time.perf_counter() - t
 
 
 def format_budget(b: Dict[str, Any], top: int = 12) -> str:

@@ -65,25 +65,17 @@ def test_tensor_peak_counts_live_tensors_views_and_saved_activations():
     assert saved.peak >= 8 * 2 ** 20  # exp's output and x's 4 MiB gradient
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--family", "vitb"], "--family: 'vitb' is not one of"),
-    (["--precision", "32,fp8"], "--precision: 'fp8' is not one of 32, bf16"),
-    (["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
-    (["--steps", "0"], "--steps must be >= 1"),
+@pytest.mark.parametrize("command,args,needle", [
+    ("train-step", ["--family", "vitb"], "--family: 'vitb' is not one of"),
+    ("train-step", ["--precision", "32,fp8"], "--precision: 'fp8' is not one of 32, bf16"),
+    ("train-step", ["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
+    ("train-step", ["--steps", "0"], "--steps must be >= 1"),
+    ("mfu-budget", ["--family", "vit_b,vitb"], "--family: 'vitb' is not one of"),
+    ("mfu-budget", ["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
+    ("mfu-budget", ["--steps", "0"], "--steps must be >= 1"),
 ])
-def test_bad_options_exit_2(args, needle, capsys):
-    assert main(["bench", "train-step", *args]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--family", "vit_b,vitb"], "--family: 'vitb' is not one of"),
-    (["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
-    (["--steps", "0"], "--steps must be >= 1"),
-])
-def test_mfu_budget_bad_options_exit_2(args, needle, capsys):
-    assert main(["bench", "mfu-budget", *args]) == 2
+def test_bad_options_exit_2(command, args, needle, capsys):
+    assert main(["bench", command, *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
 

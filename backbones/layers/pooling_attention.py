@@ -107,7 +107,8 @@ def _conv_pool_channels_last(x: torch.Tensor, pool: nn.Conv3d) -> torch.Tensor:
     Returns:
         ``(B', T', H', W', Dh)`` in fp32, contiguous.
     """
-    x = x.float().contiguous().permute(0, 4, 1, 2, 3)  # (B', Dh, T, H, W); one copy (to(..., memory_format=) skips it)
+    # one copy: .to(float32, memory_format=contiguous_format) returns an fp32 view unchanged
+    x = x.float().contiguous().permute(0, 4, 1, 2, 3)  # (B', Dh, T, H, W)
     with torch.autocast("cpu", enabled=False):
         y = pool(x)  # (B', Dh, T', H', W'), channels-last strides
     return y.permute(0, 2, 3, 4, 1).contiguous()  # (B', T', H', W', Dh); a view when oneDNN kept channels-last
