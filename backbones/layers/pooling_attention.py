@@ -107,11 +107,34 @@ def _conv_pool_channels_last(x: torch.Tensor, pool: nn.Conv3d) -> torch.Tensor:
     Returns:
         ``(B', T', H', W', Dh)`` in fp32, contiguous.
     """
-    # one copy: .to(float32, memory_format=contiguous_format) returns an fp32 view unchanged
-    x = x.float().contiguous().permute(0, 4, 1, 2, 3)  # (B', Dh, T, H, W)
+    x = x.contiguous().permute(0, 4, 1, 2, 3)  # (B', Dh, T, H, W), channels-last strides
     with torch.autocast("cpu", enabled=False):
-        y = pool(x)  # (B', Dh, T', H', W'), channels-last strides
+        if x.dtype == torch.float32:
+            y = pool(x)
+        else:  # saves the low-precision input, not its fp32 copy: no more bytes held than the bf16 conv
+            y = _UpcastConv.apply(x, pool.weight, pool.stride, pool.padding, pool.groups)
     return y.permute(0, 2, 3, 4, 1).contiguous()  # (B', T', H', W', Dh); a view when oneDNN kept channels-last
+
+
+class _UpcastConv(torch.autograd.Function):
+    """A bias-free conv3d of a low-precision input with fp32 weights, computed in fp32, that saves the input as it
+    came and casts it again in backward (fp32 output and weight gradient; the input's gradient in its dtype)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, groups)
+        return torch.nn.functional.conv3d(x.float(), weight, None, stride, padding, 1, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        stride, padding, groups = ctx.conf
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad_y, x.float(), weight, None, stride, padding, (1, 1, 1), False, (0, 0, 0), groups,
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
+        return (None if gx is None else gx.to(x.dtype)), gw, None, None, None
 
 
 def _make_pool(mode: str, kernel: Sequence[int], stride: Sequence[int], channels: int) -> nn.Module:

@@ -140,17 +140,23 @@ def test_cpu_conv_pool_runs_in_fp32_under_bf16_autocast():
     """oneDNN's bf16 depthwise 3D conv is 4x slower than fp32 channels-last on the CPU: under autocast the pooling
     conv takes fp32 inputs and its fp32 weight as it is, and hands bf16 on like the rest of the block."""
     pool = _randomise(nn.Conv3d(8, 8, (3, 3, 3), (1, 2, 2), (1, 1, 1), groups=8, bias=False)).train()
-    dtypes = []
-    pool.register_forward_hook(lambda m, i, o: dtypes.append((i[0].dtype, o.dtype)))
     leaf, q = _qkv_view(2, 2, 1 + 2 * 4 * 4, 8)
     qb = q.bfloat16()
-    with torch.autocast("cpu", torch.bfloat16):
-        y, thw = attention_pool(qb, pool, THW)
-    assert dtypes == [(torch.float32, torch.float32)] and y.dtype == torch.bfloat16 and thw == (2, 2, 2)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+        with torch.autocast("cpu", torch.bfloat16):
+            y, thw = attention_pool(qb, pool, THW)
+    assert y.dtype == torch.bfloat16 and thw == (2, 2, 2)
+    grid = 2 * 2 * 2 * 4 * 4 * 8  # B*nH * T*H*W * Dh
+    assert (torch.bfloat16, grid) in saved and (torch.float32, grid) not in saved  # the input saved as it came
     ref = _ncdhw_pool(qb.float(), pool, THW)  # fp32 math on the same bf16 tokens, rounded once at the end
     torch.testing.assert_close(y, ref.bfloat16(), rtol=0, atol=0)
     y.float().sum().backward()
     assert pool.weight.grad.dtype == torch.float32 and leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    q32 = qb.detach().float().requires_grad_()
+    ref_grads = torch.autograd.grad(_ncdhw_pool(q32, pool, THW).sum(), (q32, pool.weight))
+    torch.testing.assert_close(pool.weight.grad, ref_grads[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(leaf.grad[:, :, 0].float(), ref_grads[0].transpose(1, 2).bfloat16().float())
 
 
 def test_bf16_weights_and_pools_keep_the_ncdhw_path():
