@@ -60,7 +60,8 @@ from benchmarks._common import (TensorPeak, count_flops, interleaved, matrix_rat
                                 reset_peak_rss, rss_mib, run_json_subprocess, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
-           "format_table", "plain_adamw", "engine_adamw"]
+           "format_table", "plain_adamw", "engine_adamw",
+           "default_precisions"]
 
 SIZES = ("tiny", "small", "full")
 PRECISIONS = ("32", "bf16")
@@ -631,10 +632,24 @@ def _parse_list(text: str, choices: Sequence[str], option: str) -> List[str]:
     return values
 
 
+def default_precisions(device: torch.device) -> List[str]:
+    """``--precision auto``: fp32 and bf16 where ``device`` runs bf16 natively, fp32 alone where it would emulate
+    bf16 (a CPU without avx512_bf16 or AMX: its bf16 steps would take many times longer and prove nothing); the
+    line printed says which."""
+    from engine.context import resolve_precision
+
+    if resolve_precision("auto", device) == "bf16":
+        return ["32", "bf16"]
+    why = "no avx512_bf16 or AMX: emulated bf16 is many times slower" if device.type == "cpu" else "no bf16"
+    print(f"bf16 left out: {device} has no native bf16 ({why}); --precision 32,bf16 times it anyway", flush=True)
+    return ["32"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="all", help=f"comma-separated: {', '.join(FAMILIES)} (default all)")
-    p.add_argument("--precision", default="32,bf16", help="comma-separated: 32, bf16")
+    p.add_argument("--precision", default="auto", help="comma-separated: 32, bf16 (default auto: 32 and bf16 "
+                   "where the device has native bf16, 32 alone where it would emulate bf16)")
     p.add_argument("--size", default="small", choices=SIZES)
     p.add_argument("--steps", type=int, default=3, help="timed steps per model and precision")
     p.add_argument("--warmup", type=int, default=1)
@@ -650,12 +665,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         families = _parse_list(a.family, list(FAMILIES), "--family")
-        precisions = _parse_list(a.precision, PRECISIONS, "--precision")
-    except ValueError as e:
+        device = torch.device(a.device)
+        precisions = (default_precisions(device) if a.precision == "auto"
+                      else _parse_list(a.precision, PRECISIONS, "--precision"))
+    except (ValueError, RuntimeError) as e:
         p.error(str(e))
     if a.steps < 1 or a.warmup < 0:
         p.error(f"--steps must be >= 1 and --warmup >= 0, got {a.steps} and {a.warmup}")
-    device = torch.device(a.device)
     rates = {pr: matrix_rate(torch.float32 if pr == "32" else torch.bfloat16, device) for pr in precisions}
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, size {a.size}, "
           f"steps {a.steps} (+{a.warmup} warm-up); matrix rate " +

@@ -93,7 +93,9 @@ def bench_video_loader(clips: str = typer.Option("8x32,16x4", "--clips", help="C
 def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-separated families: vit_b, swin_t, "
                                                 "unetr, swin_unetr, transunet, medt, timesformer, vivit, stam, vtn, "
                                                 "mvit (default all)."),
-                     precision: str = typer.Option("32,bf16", "--precision", help="Comma-separated: 32, bf16."),
+                     precision: str = typer.Option("auto", "--precision", help="Comma-separated: 32, bf16 "
+                                                   "(default auto: both where the device has native bf16, else "
+                                                   "32)."),
                      size: str = typer.Option("small", "--size", help="tiny (seconds), small (real models, small "
                                               "inputs: minutes on a CPU) or full (the papers' inputs)."),
                      steps: int = typer.Option(3, "--steps", help="Timed train steps per model and precision."),
@@ -115,7 +117,7 @@ def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-s
 
     for f in ([] if family == "all" else [v.strip() for v in family.split(",")]):
         check_choice("--family", f, list(FAMILIES))
-    for p in [v.strip() for v in precision.split(",")]:
+    for p in ([] if precision == "auto" else [v.strip() for v in precision.split(",")]):
         check_choice("--precision", p, PRECISIONS)
     check_choice("--size", size, SIZES)
     if steps < 1 or warmup < 0:

@@ -25,6 +25,8 @@ def _version(dist: str) -> str:
 def _device_rows() -> List[Tuple[str, str]]:
     import torch
 
+    from engine.context import resolve_precision
+
     rows = [("torch CUDA build", torch.version.cuda or "none (CPU build)")]
     if torch.cuda.is_available():
         idx = torch.cuda.current_device()
@@ -33,9 +35,21 @@ def _device_rows() -> List[Tuple[str, str]]:
                  ("GPU", f"{props.name}, {props.total_memory / 2**30:.1f} GiB, sm_{props.major}{props.minor}"),
                  ("bf16 supported", str(torch.cuda.is_bf16_supported()))]
     else:
-        rows += [("device", "cpu (no CUDA device)"), ("bf16 supported", "yes (CPU autocast)")]
-    rows.append(("torch threads", str(torch.get_num_threads())))
+        rows += [("device", "cpu (no CUDA device)"), ("bf16 supported", _cpu_bf16())]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows += [("precision auto", resolve_precision("auto", device)), ("torch threads", str(torch.get_num_threads()))]
     return rows
+
+
+def _cpu_bf16() -> str:
+    """Whether this CPU's bf16 is native (and by which instructions) or emulated."""
+    from engine.context import cpu_has_amx, cpu_has_native_bf16
+
+    if cpu_has_amx():
+        return "native (AMX)"
+    if cpu_has_native_bf16():
+        return "native (avx512_bf16)"
+    return "emulated (no avx512_bf16 or AMX: bf16 is many times slower than fp32 here)"
 
 
 def collect_info() -> List[Tuple[str, str]]:

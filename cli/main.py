@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 import typer
@@ -19,7 +20,7 @@ except ImportError:  # older typer runs on the click package
     from click import ClickException
 
 from cli.apps import app
-from engine.errors import VtkError
+from engine.errors import VtkError, VtkWarning
 
 __all__ = ["main"]
 
@@ -37,6 +38,20 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _show_vtk_warnings() -> None:
+    """Print vtk's own warnings (:class:`engine.errors.VtkWarning`) as one ``vtk: warning:`` line on stderr; every
+    other warning keeps Python's format."""
+    python_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if isinstance(category, type) and issubclass(category, VtkWarning):
+            print(f"vtk: warning: {_one_line(message)}", file=file or sys.stderr, flush=True)
+        else:
+            python_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI and return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -44,7 +59,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     _register_commands()
     try:
-        rc = app(args=argv, prog_name="vtk", standalone_mode=False)
+        with warnings.catch_warnings():
+            _show_vtk_warnings()
+            rc = app(args=argv, prog_name="vtk", standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

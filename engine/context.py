@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, Mapping, Optional, TypeVar
 
 import torch
 
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum
+from engine.errors import VtkWarning
 
 __all__ = ["Context", "autocast_dtype", "resolve_precision", "cpu_has_native_bf16", "autocast_for",
-           "precision_option", "INFERENCE_PRECISIONS", "cpu_has_amx"]
+           "precision_option", "INFERENCE_PRECISIONS", "cpu_has_amx", "cpu_has_native_fp16", "emulation_note",
+           "PrecisionWarning", "cpu_autocast_is_native"]
 
 T = TypeVar("T")
 _DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
@@ -50,9 +53,46 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in _cpu_flags() or _torch_capability_has_amx()
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_fp16() -> bool:
+    """Whether this CPU multiplies fp16 matrices natively (avx512_fp16 or AMX-FP16, per ``/proc/cpuinfo``)."""
+    return bool({"avx512_fp16", "amx_fp16"} & _cpu_flags())
+
+
+def cpu_autocast_is_native() -> bool:
+    """Whether a CPU autocast is on and this CPU multiplies its dtype natively (oneDNN's bf16 / fp16 kernels run;
+    elsewhere PyTorch's emulation does, with other layouts and far slower)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return False
+    dtype = torch.get_autocast_dtype("cpu")
+    return (dtype == torch.bfloat16 and cpu_has_native_bf16()) or (dtype == torch.float16 and cpu_has_native_fp16())
+
+
+class PrecisionWarning(VtkWarning):
+    """A precision that this device can only emulate: it runs, but many times slower than fp32."""
+
+
+def emulation_note(precision: str, device: torch.device) -> Optional[str]:
+    """Why a resolved ``precision`` (``32``, ``bf16``, ``16-mixed``) is slow on ``device``, or ``None``.
+
+    On a CPU without avx512_bf16 or AMX, PyTorch multiplies bf16 matrices in a scalar fallback: on a 2-core AVX2
+    EPYC about 1 GFLOP/s against fp32's 125 (docs/performance.md). fp16 needs avx512_fp16 or AMX-FP16 alike.
+    """
+    if device.type != "cpu":
+        return None
+    if precision == "bf16" and not cpu_has_native_bf16():
+        return ("--precision bf16: this CPU has no native bf16 (no avx512_bf16 or AMX), so its bf16 matrix "
+                "multiplies are emulated, many times slower than fp32; --precision auto uses fp32 here")
+    if precision == "16-mixed" and not cpu_has_native_fp16():
+        return ("--precision 16: this CPU has no native fp16 (no avx512_fp16 or AMX-FP16), so its fp16 matrix "
+                "multiplies are emulated, many times slower than fp32; --precision auto uses fp32 here")
+    return None
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA devices with bf16 and on CPUs with native bf16, else ``32``; other values
-    pass through. Enables TF32 matmuls on CUDA for the fp32 work that remains.
+    pass through, with a :class:`PrecisionWarning` (:func:`emulation_note`) where the device can only emulate
+    them. Enables TF32 matmuls on CUDA for the fp32 work that remains.
 
     Metrics, loss reductions, written probabilities and checkpoints stay fp32 whatever this returns: autocast only
     changes the matmul/conv inputs.
@@ -61,6 +101,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if precision != "auto":
+        note = emulation_note(precision, device)
+        if note is not None:
+            warnings.warn(note, PrecisionWarning)  # one location: Python's default filter shows it once
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "32"

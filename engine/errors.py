@@ -5,7 +5,7 @@ The CLI maps them to exit codes: :class:`UserError` -> 2 (bad path, bad option v
 file or value at fault, e.g. ``UserError("scan.nii.gz: truncated gzip stream")``.
 """
 
-__all__ = ["VtkError", "UserError", "RunError", "Interrupted"]
+__all__ = ["VtkError", "UserError", "RunError", "Interrupted", "VtkWarning"]
 
 
 class VtkError(Exception):
@@ -32,3 +32,10 @@ class Interrupted(VtkError):
     def __init__(self, message: str, exit_code: int = 143) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class VtkWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one ``vtk: warning:`` line).
+
+    Library code raises it with :func:`warnings.warn`, so Python callers can filter or escalate it as usual.
+    """

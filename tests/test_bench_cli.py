@@ -10,10 +10,21 @@ import torch
 from cli.main import main
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_default_precisions_leave_out_emulated_bf16(monkeypatch, capsys, native):
+    import engine.context
+    from benchmarks.train_step_suite import default_precisions
+
+    monkeypatch.setattr(engine.context, "cpu_has_native_bf16", lambda: native)
+    assert default_precisions(torch.device("cpu")) == (["32", "bf16"] if native else ["32"])
+    out = capsys.readouterr().out
+    assert ("bf16 left out: cpu has no native bf16 (no avx512_bf16 or AMX" in out) == (not native)
+
+
 def test_train_step_table_and_json(tmp_path, capsys):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
     assert main(["bench", "train-step", "--family", "vivit", "--size", "tiny", "--steps", "1", "--warmup", "0",
-                 "--no-memory", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 0
+                 "--precision", "32,bf16", "--no-memory", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 0
     res = json.loads(js.read_text())
     (row,) = res["rows"]
     t = row["times"]

@@ -30,8 +30,22 @@ def test_info_prints_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert torch.__version__.split("+")[0] in out
-    for name in ("python", "monai", "pytorchvideo", "decord", "torch threads", "bf16 supported"):
+    for name in ("python", "monai", "pytorchvideo", "decord", "torch threads", "bf16 supported", "precision auto"):
         assert name in out
+
+
+@pytest.mark.parametrize("amx,native,says,auto", [(True, True, "native (AMX)", "bf16"),
+                                                 (False, True, "native (avx512_bf16)", "bf16"),
+                                                 (False, False, "emulated (no avx512_bf16 or AMX", "32")])
+def test_info_says_whether_cpu_bf16_is_native(monkeypatch, amx, native, says, auto):
+    import engine.context
+    from cli.info import collect_info
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(engine.context, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(engine.context, "cpu_has_native_bf16", lambda: native)
+    rows = dict(collect_info())
+    assert rows["bf16 supported"].startswith(says) and rows["precision auto"] == auto
 
 
 def test_help_lists_groups(capsys):

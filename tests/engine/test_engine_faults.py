@@ -142,6 +142,33 @@ def test_sigterm_exits_143_after_saving(tmp_path):
     assert e.value.exit_code == 143
 
 
+@pytest.mark.parametrize("bf16,fp16", [(False, False), (True, False), (True, True)])
+def test_emulated_precision_warns_once_and_native_is_silent(monkeypatch, bf16, fp16):
+    import warnings
+
+    from engine import context
+    from engine.context import PrecisionWarning, autocast_for
+
+    monkeypatch.setattr(context, "cpu_has_native_bf16", lambda: bf16)
+    monkeypatch.setattr(context, "cpu_has_native_fp16", lambda: fp16)
+    cpu = torch.device("cpu")
+    for precision, native, text in [("bf16", bf16, "--precision bf16: this CPU has no native bf16 (no avx512_bf16"),
+                                    ("16-mixed", fp16, "--precision 16: this CPU has no native fp16")]:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("default")
+            for _ in range(3):  # the engine resolves once per step: one line, not one per step
+                assert resolve_precision(precision, cpu) == precision
+                with autocast_for(precision, cpu):
+                    pass
+        lines = [str(w.message) for w in seen if issubclass(w.category, PrecisionWarning)]
+        assert lines == ([] if native else [lines[0]]) and all(line.startswith(text) for line in lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        assert resolve_precision("auto", cpu) == ("bf16" if bf16 else "32")  # auto never picks an emulated one
+        assert resolve_precision("32", cpu) == "32"
+        assert context.emulation_note("bf16", torch.device("cuda")) is None
+
+
 def test_precision_auto_follows_the_hardware():
     cpu = torch.device("cpu")
     flags = open("/proc/cpuinfo").read().split()

@@ -44,17 +44,25 @@ def test_predictor_runs_the_network_in_the_chosen_precision(run):
     assert (masks["32"] != masks["bf16"]).mean() <= 0.005
 
 
-def test_precision_option_reaches_predict_and_rejects_a_bad_value(run, tmp_path, capsys):
+def test_precision_option_reaches_predict_and_rejects_a_bad_value(run, tmp_path, capsys, monkeypatch):
+    import engine.context
+
+    monkeypatch.setattr(engine.context, "cpu_has_native_bf16", lambda: False)  # a CPU that emulates bf16
     out, data = run
     pred = tmp_path / "pred"
     args = ["seg", "predict", "--checkpoint", str(out), "--input", str(data / "imagesTs"), "--out", str(pred),
             "--device", "cpu", "--no-overlay"]
+    capsys.readouterr()
     assert main(args + ["--precision", "fp32"]) == 0
+    assert "warning" not in capsys.readouterr().err
     fp32 = np.asarray(nib.load(str(pred / "img0004_seg.nii.gz")).dataobj)
     assert main(args + ["--precision", "bf16"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == ["vtk: warning: --precision bf16: this CPU has no native bf16 (no avx512_bf16 or AMX), so its "
+                      "bf16 matrix multiplies are emulated, many times slower than fp32; --precision auto uses fp32 "
+                      "here"]  # one line for the whole run (every sliding window resolves it again)
     bf16 = np.asarray(nib.load(str(pred / "img0004_seg.nii.gz")).dataobj)
     assert (fp32 != bf16).mean() <= 0.005
-    capsys.readouterr()
     assert main(args + ["--precision", "bf61"]) == 2
     err = capsys.readouterr().err
     assert "--precision: 'bf61' is not one of auto, 32, bf16, 16" in err and "Traceback" not in err
