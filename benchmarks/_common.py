@@ -72,25 +72,63 @@ def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
     return {n: reduce(t) for n, t in times.items()}
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (2 per multiply-add) of the matrix multiplies, convolutions and attention one call of ``fn`` runs
-    (``torch.utils.flop_counter``: forward and backward)."""
+def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter():
+    """``FlopCounterMode`` that also counts PyTorch's CPU flash attention (``torch.utils.flop_counter`` knows only
+    the CUDA kernels, so an SDPA call on the CPU counted nothing), with the same formulas as its CUDA ones."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops})
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs (2 per multiply-add) of the matrix multiplies, convolutions and attention one call of ``fn`` runs
+    (:func:`flop_counter`: forward and backward)."""
+    with flop_counter() as counter:
         fn()
     return int(counter.get_total_flops())
 
 
-def matrix_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+def matrix_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5,
+                budget_s: float = 0.5) -> float:
     """Measured FLOP/s of an ``n x n`` by ``n x n`` matrix multiply in ``dtype`` on ``device`` (median of ``reps``):
-    the denominator of MFU, the rate this device reaches on the simplest large matmul."""
+    the denominator of MFU, the rate this device reaches on the simplest large matmul.
+
+    On a CPU, where a 256^3 product says one ``n``-product would take over ``budget_s`` (a dtype the CPU only
+    emulates, such as bf16 on AVX2: about 1 GFLOP/s, so 17 s per 2048^3 product), ``n`` halves until it fits: such a
+    rate is far from any peak anyway, and the measurement stays seconds long."""
+    if device.type == "cpu":
+        n = _cpu_matrix_size(dtype, n, budget_s)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     t = statistics.median(timed(lambda: a @ b, device) for _ in range(reps))
     return 2.0 * n ** 3 / t
+
+
+def _cpu_matrix_size(dtype: torch.dtype, n: int, budget_s: float, probe: int = 256) -> int:
+    """The largest ``n / 2^k >= probe`` whose product takes under ``budget_s`` at the rate of a ``probe`` one."""
+    x = torch.randn(probe, probe, dtype=dtype)
+    x @ x
+    rate = 2.0 * probe ** 3 / max(timed(lambda: x @ x, torch.device("cpu")), 1e-9)
+    while n > probe and 2.0 * n ** 3 / rate > budget_s:
+        n //= 2
+    return n
 
 
 def rss_mib() -> float:

@@ -1,0 +1,32 @@
+"""``benchmarks._common``: the MFU denominator stays seconds long where the CPU only emulates a dtype."""
+
+import pytest
+import torch
+
+import benchmarks._common as common
+
+
+@pytest.mark.parametrize("gflops,n", [(200.0, 2048), (30.0, 1024), (1.0, 512), (0.01, 256)])
+def test_cpu_matrix_size_fits_the_budget(monkeypatch, gflops, n):
+    monkeypatch.setattr(common, "timed", lambda fn, device: 2.0 * 256 ** 3 / (gflops * 1e9))  # the probe's time
+    assert common._cpu_matrix_size(torch.float32, 2048, budget_s=0.5) == n
+
+
+def test_matrix_rate_on_the_cpu_is_a_rate():
+    rate = common.matrix_rate(torch.float32, torch.device("cpu"), n=256, reps=2)
+    assert 1e8 < rate < 1e14
+
+
+def test_cpu_flash_attention_counts_its_matmuls():
+    import torch.nn.functional as F
+
+    b, h, n, m, d = 2, 3, 17, 11, 16
+    q = torch.randn(b, h, n, d, requires_grad=True)
+    k, v = (torch.randn(b, h, m, d, requires_grad=True) for _ in range(2))
+    with common.flop_counter() as counter:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    ops = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert ops == {"aten._scaled_dot_product_flash_attention_for_cpu",
+                   "aten._scaled_dot_product_flash_attention_for_cpu_backward"}  # the CPU kernel really ran
+    # forward q k^T and p v; backward recomputes q k^T, then dp, dv, dq, dk: 7 products of 2 b h n m d each
+    assert counter.get_total_flops() == 7 * 2 * b * h * n * m * d
