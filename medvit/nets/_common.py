@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.choices import check_choice
+from engine.context import cpu_autocast_is_native
 
 __all__ = ["check_norm_name", "decoder_channels_last", "to_channels_last", "ViewFreeInstanceNorm1d",
            "ViewFreeInstanceNorm2d", "ViewFreeInstanceNorm3d", "view_free_instance_norms"]
@@ -26,14 +27,16 @@ def check_norm_name(norm_name: Union[str, tuple]) -> Union[str, tuple]:
 
 
 def decoder_channels_last(x: torch.Tensor) -> bool:
-    """Whether the conv decoder of a network fed ``x`` runs channels-last: under a CPU autocast (bf16/fp16).
+    """Whether the conv decoder of a network fed ``x`` runs channels-last: under a CPU autocast (bf16/fp16) whose
+    dtype this CPU multiplies natively.
 
     oneDNN keeps a convolution's output channels-last when its input is, the view-free instance norms keep it in
     bf16, so with every map of the decoder channels-last nothing is reordered between NCDHW and oneDNN's
-    channels-last layout. Not done in fp32 (the matmuls dominate there and fp32 norm stats must stay exact) nor on
+    channels-last layout. Not done in fp32 (the matmuls dominate there and fp32 norm stats must stay exact), where
+    the dtype is emulated (an AVX2 CPU: the fallback conv returns NCDHW, so the copies would be wasted) nor on
     CUDA (not measured there).
     """
-    return x.device.type == "cpu" and x.dim() == 5 and torch.is_autocast_enabled("cpu")
+    return x.device.type == "cpu" and x.dim() == 5 and cpu_autocast_is_native()
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:

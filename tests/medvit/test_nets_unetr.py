@@ -11,6 +11,7 @@ from torch import nn
 
 import medvit
 from backbones._builder import load_pretrained
+from engine.context import cpu_has_native_bf16
 from engine.errors import UserError
 from medvit.convert import UNETR_CONVERTERS
 from medvit.convert.monai_unetr import convert_monai_unetr, is_monai_unetr
@@ -192,6 +193,18 @@ def test_view_free_instance_norm_keeps_bf16_channels_last_and_fp32_exact() -> No
     torch.testing.assert_close(out16.float(), ref, rtol=0, atol=0.05)  # bf16 output rounding
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_channels_last_decoder_needs_a_native_cpu_autocast(monkeypatch, native) -> None:
+    import engine.context
+    from medvit.nets._common import decoder_channels_last
+
+    monkeypatch.setattr(engine.context, "cpu_has_native_bf16", lambda: native)
+    x = torch.zeros(1, 1, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decoder_channels_last(x) == native and not decoder_channels_last(x[0])  # 5-D maps only
+    assert not decoder_channels_last(x)  # fp32
+
+
 def test_decoder_runs_channels_last_under_cpu_autocast_only(monkeypatch) -> None:
     import medvit.nets.unetr as unetr_mod
 
@@ -211,7 +224,8 @@ def test_decoder_runs_channels_last_under_cpu_autocast_only(monkeypatch) -> None
         return out, [t.is_contiguous(memory_format=cl) and not t.is_contiguous() for t in seen]
 
     out, formats = run(True)
-    assert formats == [True, True, True] and out.is_contiguous() and out.dtype == torch.bfloat16
+    native = cpu_has_native_bf16()  # oneDNN's bf16 convs; a CPU that emulates bf16 (AVX2) keeps NCDHW
+    assert formats == [native] * 3 and out.is_contiguous() and out.dtype == torch.bfloat16
     out32, formats32 = run(False)
     assert formats32 == [False, False, False]
     monkeypatch.setattr(unetr_mod, "decoder_channels_last", lambda x: False)
