@@ -81,7 +81,8 @@ def synth_ct(path: Path, shape=(512, 512, 100), spacing=(0.75, 0.75, 2.5), seed:
 
 def train_weights(ct: Path, label: Path, size: str, steps: int, seed: int = 0,
                   lr: float = 1e-2) -> Dict[str, torch.Tensor]:
-    """Train MONAI's ``UNETR`` for ``steps`` AdamW steps (bf16 autocast, batch 1) on random ``roi^3`` crops of the
+    """Train MONAI's ``UNETR`` for ``steps`` AdamW steps (``auto`` precision: bf16 autocast where the CPU has native
+    bf16, else fp32; batch 1) on random ``roi^3`` crops of the
     synthetic CT and its labels, preprocessed as the MONAI script does (RAS, ``SPACING``, HU window), so that both
     pipelines time a model with confident predictions (untrained logits are near ties everywhere and any
     half-voxel resampling difference flips them). The ViT is frozen (random features; the convolutional
@@ -89,6 +90,8 @@ def train_weights(ct: Path, label: Path, size: str, steps: int, seed: int = 0,
     from monai.networks.nets import UNETR
     from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityRanged,
                                   Spacingd)
+
+    from engine.context import autocast_for
 
     cfg = UNETR_SIZES[size]
     roi = cfg["roi"]
@@ -113,7 +116,7 @@ def train_weights(ct: Path, label: Path, size: str, steps: int, seed: int = 0,
     for step in range(steps):
         o = [int(torch.randint(0, n - roi + 1, (1,), generator=g)) for n in img.shape[2:]]
         sl = (slice(None), slice(None)) + tuple(slice(a, a + roi) for a in o)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_for("auto", torch.device("cpu")):
             logits = net(img[sl])
         loss = torch.nn.functional.cross_entropy(logits.float(), lab[sl[:1] + sl[2:]])
         opt.zero_grad(set_to_none=True)
@@ -223,10 +226,12 @@ def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str,
             path = fns[name]()
             times[name].append(time.perf_counter() - t)
             masks[name] = _mask(path)
-    vtk32 = _mask(vtk_predict(ct, w, work / "vtk32", size, overlap, sw_batch_size, "32"))
+    from engine.context import resolve_precision
+
+    fp32 = resolve_precision(vtk_precision, torch.device("cpu")) == "32"  # (auto on a CPU without native bf16)
+    vtk32 = masks["vtk"] if fp32 else _mask(vtk_predict(ct, w, work / "vtk32", size, overlap, sw_batch_size, "32"))
     if masks["vtk"].shape != masks["monai"].shape:
         raise RuntimeError(f"mask shapes differ: vtk {masks['vtk'].shape}, MONAI {masks['monai'].shape}")
-    from engine.context import resolve_precision
 
     med = {k: statistics.median(v) for k, v in times.items()}
     truth = _mask(work / "label.nii.gz")
