@@ -60,8 +60,7 @@ from benchmarks._common import (TensorPeak, count_flops, interleaved, matrix_rat
                                 reset_peak_rss, rss_mib, run_json_subprocess, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
-           "format_table", "plain_adamw", "engine_adamw",
-           "default_precisions"]
+           "format_table", "plain_adamw", "engine_adamw", "default_precisions"]
 
 SIZES = ("tiny", "small", "full")
 PRECISIONS = ("32", "bf16")
