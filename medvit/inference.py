@@ -52,10 +52,14 @@ PROB_FORMATS = ("npz", "nifti")  # --save-probabilities
 
 
 def autocast_for(device: torch.device, amp: bool):
-    """bf16 autocast on CPU, fp16 on CUDA, or a no-op."""
+    """``--amp``: bf16 autocast on CPU, fp16 on CUDA, or a no-op; warns as ``--precision bf16`` does where the CPU
+    only emulates bf16 (:func:`engine.context.emulation_note`)."""
     if not amp:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    from engine.context import autocast_dtype, resolve_precision
+
+    precision = resolve_precision("16-mixed" if device.type == "cuda" else "bf16", device)
+    return torch.autocast(device.type, dtype=autocast_dtype(precision))
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:

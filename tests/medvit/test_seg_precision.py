@@ -67,3 +67,25 @@ def test_precision_option_reaches_predict_and_rejects_a_bad_value(run, tmp_path,
     err = capsys.readouterr().err
     assert "--precision: 'bf61' is not one of auto, 32, bf16, 16" in err and "Traceback" not in err
     assert main(["seg", "eval", "--checkpoint", str(out), "--device", "cpu", "--precision", "64"]) == 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_is_bf16_on_the_cpu_and_warns_where_bf16_is_emulated(monkeypatch, native):
+    import warnings
+
+    import engine.context
+    from engine.context import PrecisionWarning
+    from medvit.inference import sliding_window_probs
+
+    monkeypatch.setattr(engine.context, "cpu_has_native_bf16", lambda: native)
+    seen = []
+
+    def model(x):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype)
+        return torch.cat([x, -x], 1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        probs = sliding_window_probs(model, torch.randn(1, 1, 8, 8, 8), (8, 8, 8), amp=True)
+    assert seen == [torch.bfloat16] and probs.dtype == torch.float32
+    assert len([w for w in caught if issubclass(w.category, PrecisionWarning)]) == (0 if native else 1)
