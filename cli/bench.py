@@ -11,7 +11,7 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "bench_mfu_budget", "bench_video_loader", "bench_video_eval", "bench_train_step",
+__all__ = ["bench_backbones", "bench_matrix_rate", "bench_mfu_budget", "bench_video_loader", "bench_video_eval", "bench_train_step",
            "run_benchmark_script"]
 
 
@@ -154,6 +154,32 @@ def bench_mfu_budget(family: str = typer.Option("vit_b", "--family", help="Comma
     argv = ["--family", family, "--size", size, "--steps", str(steps)]
     argv += (["--out", str(out)] if out else []) + (["--json", str(json_out)] if json_out else [])
     rc = run_benchmark_script("mfu_budget", argv)
+    if rc:
+        raise typer.Exit(rc)
+
+
+@bench_app.command("matrix-rate")
+def bench_matrix_rate(dtypes: str = typer.Option("32,bf16,16", "--dtypes", help="Comma-separated: 32, bf16, 16."),
+                      n: int = typer.Option(2048, "--n", help="Matrix edge (halved on a CPU for an emulated "
+                                            "dtype)."),
+                      device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
+                                                           "available)."),
+                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rates as JSON here.")
+                      ) -> None:
+    """This device's matrix-multiply rate in fp32, bf16 and fp16, each against fp32, native or emulated, and what
+    --precision auto picks from it (seconds).
+
+    Example: vtk bench matrix-rate
+    """
+    from benchmarks.matrix_rates import DTYPES
+    from engine.choices import check_choice
+
+    for d in [v.strip() for v in dtypes.split(",")]:
+        check_choice("--dtypes", d, list(DTYPES))
+    if n < 256:
+        raise UserError(f"--n must be >= 256, got {n}")
+    argv = ["--dtypes", dtypes, "--n", str(n)] + (["--device", device] if device else [])
+    rc = run_benchmark_script("matrix_rates", argv + (["--json", str(json_out)] if json_out else []))
     if rc:
         raise typer.Exit(rc)
 

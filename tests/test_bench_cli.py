@@ -84,6 +84,8 @@ def test_tensor_peak_counts_live_tensors_views_and_saved_activations():
     ("mfu-budget", ["--family", "vit_b,vitb"], "--family: 'vitb' is not one of"),
     ("mfu-budget", ["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
     ("mfu-budget", ["--steps", "0"], "--steps must be >= 1"),
+    ("matrix-rate", ["--dtypes", "32,fp8"], "--dtypes: 'fp8' is not one of 32, bf16, 16"),
+    ("matrix-rate", ["--n", "64"], "--n must be >= 256"),
 ])
 def test_bad_options_exit_2(command, args, needle, capsys):
     assert main(["bench", command, *args]) == 2
@@ -118,3 +120,9 @@ def test_a_subprocess_peak_memory_is_its_own_not_its_parents():
     del ballast
     assert 90 <= out["peak"] - out["base"] < 300, out  # the child's own 100 MiB are seen
     assert out["peak"] < parent - 300, (out, parent)  # the parent's size is not
+
+
+def test_matrix_rate_prints_its_table(capsys):
+    assert main(["bench", "matrix-rate", "--dtypes", "32", "--n", "256", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "--precision auto picks" in out and "| 32 | 256 |" in out and "| 1.00x | native |" in out

@@ -30,3 +30,24 @@ def test_cpu_flash_attention_counts_its_matmuls():
                    "aten._scaled_dot_product_flash_attention_for_cpu_backward"}  # the CPU kernel really ran
     # forward q k^T and p v; backward recomputes q k^T, then dp, dv, dq, dk: 7 products of 2 b h n m d each
     assert counter.get_total_flops() == 7 * 2 * b * h * n * m * d
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_matrix_rates_say_native_or_emulated_and_what_auto_picks(monkeypatch, tmp_path, native):
+    import json
+
+    import engine.context
+    from benchmarks import matrix_rates
+
+    monkeypatch.setattr(engine.context, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(engine.context, "cpu_has_native_fp16", lambda: False)
+    out = tmp_path / "rates.json"
+    assert matrix_rates.main(["--dtypes", "32,bf16,16", "--n", "256", "--reps", "1", "--device", "cpu",
+                              "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["dtype"]: r for r in res["rows"]}
+    assert res["auto"] == ("bf16" if native else "32") and rows["32"]["vs_fp32"] == 1.0
+    assert rows["bf16"]["support"] == ("native" if native else "emulated (no avx512_bf16 or AMX)")
+    assert rows["16"]["support"] == "emulated (no avx512_fp16 or AMX-FP16)"
+    assert all(r["gflops"] > 0 and r["n"] == 256 for r in res["rows"])
+    assert rows["bf16"]["vs_fp32"] == pytest.approx(rows["bf16"]["gflops"] / rows["32"]["gflops"])
