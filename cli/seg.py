@@ -327,6 +327,9 @@ def evaluate(
     num_classes: Optional[int] = _opt_num_classes(),
     class_names: Optional[str] = _opt_class_names(),
     model_arg: Optional[List[str]] = _opt_model_arg(),
+    model_file: Optional[Path] = typer.Option(None, "--model-file", help="A `vtk models export` file (.onnx runs "
+                                              "in onnxruntime, .pt in TorchScript) with its protocol inside; needs "
+                                              "--data and --data-dir."),
 ) -> None:
     """Sliding-window evaluation in each label's own grid: Dice, HD95 (mm), NSD per organ.
 
@@ -338,12 +341,19 @@ def evaluate(
     _check_window_options(sw_batch_size, out)
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
-    source = _sources(checkpoint, model, pretrained, protocol)
+    if model_file is not None:
+        from backbones.runtime import refuse_with_model_file
+
+        refuse_with_model_file(model_file, {"--checkpoint": checkpoint, "--model": model, "--pretrained": pretrained,
+                                            **{_PROTOCOL_OPTIONS[k]: v for k, v in protocol.items()}})
+        source = None
+    else:
+        source = _sources(checkpoint, model, pretrained, protocol)
     result = evaluate_checkpoint(source, data, data_dir, split, tolerance, device=device, overlap=overlap,
                                  sw_batch_size=sw_batch_size, mode=mode, amp=amp, precision=precision,
                                  tta=tta_axes if tta_axes is not None else tta, stitch=stitch,
-                                 postprocess=postprocess, progress=True)
-    first = source[0] if isinstance(source, list) else source
+                                 postprocess=postprocess, progress=True, model_file=model_file)
+    first = model_file if model_file is not None else source[0] if isinstance(source, list) else source
     target = out or (default_eval_dir(checkpoint) if checkpoint else Path(f"eval-{Path(first).stem}"))
     write_reports(target, result.rows, result.summary, result.names)
     write_choice(target, result)

@@ -174,9 +174,11 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, data_dir: Option
                         overlap: float = 0.5, sw_batch_size: int = 4, mode: str = "gaussian",
                         amp: bool = False, precision: str = "auto", tta: Any = False, stitch: str = "auto",
                         postprocess: str = "auto",
-                        progress: Any = None) -> EvalResult:
+                        progress: Any = None, model_file: Optional[os.PathLike] = None) -> EvalResult:
     """Load a run (folder or ``.safetensors``; a list is an ensemble) and evaluate it; ``data``/``data_dir``
-    default to the (first) run's.
+    default to the (first) run's. With ``model_file`` (a ``vtk models export`` file, ``checkpoint`` ``None``) the
+    exported graph runs inside the same protocol (:meth:`medvit.inference.Predictor.from_model_file`); it records
+    no dataset folder, so ``data_dir`` is needed.
 
     Raises:
         UserError: A bad ``split``/``mode``/``overlap``/``stitch``/``postprocess``, a run without a dataset,
@@ -190,11 +192,18 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, data_dir: Option
     check_choice("--postprocess", postprocess, POSTPROCESS_MODES)
     if data is not None:
         check_choice("--data", data, DATA_CHOICES, what="dataset kind")
-    pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp, precision, tta=tta, stitch=stitch)
+    if model_file is not None:
+        pred = Predictor.from_model_file(model_file, device, overlap, sw_batch_size, mode, amp, precision, tta=tta,
+                                         stitch=stitch)
+        checkpoint = model_file
+    else:
+        pred = Predictor(checkpoint, device, overlap, sw_batch_size, mode, amp, precision, tta=tta, stitch=stitch)
     kind, root = data or pred.cfg.data, data_dir or pred.cfg.data_dir
     if not kind or not root:
         first = checkpoint[0] if isinstance(checkpoint, (list, tuple)) else checkpoint
-        raise UserError(f"{first}: the run records no dataset; pass --data and --data-dir")
+        what = ("the exported model records no dataset folder" if model_file is not None
+                else "the run records no dataset")
+        raise UserError(f"{first}: {what}; pass --data and --data-dir")
     result = evaluate_split(pred, kind, root, split, tolerance, postprocess, progress)
     srcs = checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     result.summary.update(checkpoint=str(srcs[0]) if len(srcs) == 1 else [str(c) for c in srcs],

@@ -83,6 +83,34 @@ def test_seg_predict_from_export_equals_pytorch_on_colin27(seg_run: Path, suffix
     assert got.shape == ref.shape and int((got != ref).sum()) == 0
 
 
+@pytest.mark.parametrize("suffix", _FORMATS)
+def test_seg_eval_from_export_equals_pytorch_on_colin27(seg_run: Path, suffix: str, tmp_path: Path,
+                                                        one_thread) -> None:
+    """``vtk seg eval --model-file``: the exported graph's Dice, HD95 and NSD per case and organ are the PyTorch
+    run's, on the shipped Colin27 cases."""
+    exported = tmp_path / f"unetr.{suffix}"
+    assert main(["models", "export", "--checkpoint", str(seg_run), "--out", str(exported), "--static-spatial"]) == 0
+    common = ["--data", "decathlon", "--data-dir", str(COLIN.parents[1]), "--split", "all", "--device", "cpu",
+              "--precision", "32", "--postprocess", "none"]
+    assert main(["seg", "eval", "--checkpoint", str(seg_run), "--out", str(tmp_path / "torch"), *common]) == 0
+    assert main(["seg", "eval", "--model-file", str(exported), "--out", str(tmp_path / "export"), *common]) == 0
+    ref, got = ((tmp_path / d / "per_case.csv").read_text() for d in ("torch", "export"))
+    assert len(ref.splitlines()) > 4 and got == ref  # every case and organ, to the digit
+    summary = json.loads((tmp_path / "export" / "metrics.json").read_text())
+    assert summary["checkpoint"] == str(exported) and summary["cases"] >= 1
+
+
+def test_seg_eval_with_model_file_refuses_other_sources_and_needs_a_dataset(seg_run: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    exported = tmp_path / "unetr.pt"
+    assert main(["models", "export", "--checkpoint", str(seg_run), "--out", str(exported), "--static-spatial"]) == 0
+    capsys.readouterr()
+    assert main(["seg", "eval", "--model-file", str(exported), "--checkpoint", str(seg_run)]) == 2
+    assert "--checkpoint: not with --model-file" in _one_line_error(capsys)
+    assert main(["seg", "eval", "--model-file", str(exported), "--device", "cpu", "--data", "decathlon"]) == 2
+    assert "the exported model records no dataset folder; pass --data and --data-dir" in _one_line_error(capsys)
+
+
 @_NEEDS_ORT
 def test_seg_predict_reads_the_protocol_from_the_file(seg_run: Path, tmp_path: Path, one_thread) -> None:
     """The same graph with another intensity window in its metadata gives another mask: the window in the file
