@@ -111,8 +111,7 @@ def matrix_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
     On a CPU, where a 256^3 product says one ``n``-product would take over ``budget_s`` (a dtype the CPU only
     emulates, such as bf16 on AVX2: about 1 GFLOP/s, so 17 s per 2048^3 product), ``n`` halves until it fits: such a
     rate is far from any peak anyway, and the measurement stays seconds long."""
-    if device.type == "cpu":
-        n = _cpu_matrix_size(dtype, n, budget_s)
+    n = matrix_size(dtype, device, n, budget_s)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -121,8 +120,11 @@ def matrix_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
     return 2.0 * n ** 3 / t
 
 
-def _cpu_matrix_size(dtype: torch.dtype, n: int, budget_s: float, probe: int = 256) -> int:
-    """The largest ``n / 2^k >= probe`` whose product takes under ``budget_s`` at the rate of a ``probe`` one."""
+def matrix_size(dtype: torch.dtype, device: torch.device, n: int, budget_s: float, probe: int = 256) -> int:
+    """The edge :func:`matrix_rate` uses: ``n`` off a CPU; on it, the largest ``n / 2^k >= probe`` whose product
+    takes under ``budget_s`` at the rate of a ``probe`` one."""
+    if device.type != "cpu":
+        return n
     x = torch.randn(probe, probe, dtype=dtype)
     x @ x
     rate = 2.0 * probe ** 3 / max(timed(lambda: x @ x, torch.device("cpu")), 1e-9)

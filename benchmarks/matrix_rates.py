@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from benchmarks._common import _cpu_matrix_size, matrix_rate  # noqa: E402
+from benchmarks._common import matrix_rate, matrix_size  # noqa: E402
 
 __all__ = ["DTYPES", "main", "measure", "format_rates"]
 
@@ -35,7 +35,7 @@ _PRECISION = {"32": "32", "bf16": "bf16", "16": "16-mixed"}  # the engine's name
 
 def _support(key: str, device: torch.device) -> str:
     """``native`` or ``emulated`` (with why) for the dtype ``key`` on ``device``."""
-    from engine.context import emulation_note
+    from engine.context import EMULATED_WHY, emulation_note
 
     if key == "32":
         return "native"
@@ -43,7 +43,7 @@ def _support(key: str, device: torch.device) -> str:
         return "emulated (this GPU has no bf16)"
     if emulation_note(_PRECISION[key], device) is None:
         return "native"
-    return "emulated (" + ("no avx512_bf16 or AMX" if key == "bf16" else "no avx512_fp16 or AMX-FP16") + ")"
+    return f"emulated ({EMULATED_WHY[_PRECISION[key]]})"
 
 
 def measure(keys: Sequence[str], device: torch.device, n: int = 2048, reps: int = 5) -> Dict[str, Any]:
@@ -53,7 +53,7 @@ def measure(keys: Sequence[str], device: torch.device, n: int = 2048, reps: int 
     rows: List[Dict[str, Any]] = []
     for key in keys:
         dtype = DTYPES[key]
-        used = _cpu_matrix_size(dtype, n, 0.5) if device.type == "cpu" else n
+        used = matrix_size(dtype, device, n, 0.5)
         rate = matrix_rate(dtype, device, n=used, reps=reps, budget_s=float("inf"))  # at `used`, not halved again
         rows.append(dict(dtype=key, n=used, gflops=rate / 1e9, support=_support(key, device)))
     fp32 = next((r["gflops"] for r in rows if r["dtype"] == "32"), None)

@@ -228,8 +228,9 @@ def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str,
             masks[name] = _mask(path)
     from engine.context import resolve_precision
 
-    fp32 = resolve_precision(vtk_precision, torch.device("cpu")) == "32"  # (auto on a CPU without native bf16)
-    vtk32 = masks["vtk"] if fp32 else _mask(vtk_predict(ct, w, work / "vtk32", size, overlap, sw_batch_size, "32"))
+    resolved = resolve_precision(vtk_precision, torch.device("cpu"))  # 32 for auto on a CPU without native bf16
+    vtk32 = (masks["vtk"] if resolved == "32"
+             else _mask(vtk_predict(ct, w, work / "vtk32", size, overlap, sw_batch_size, "32")))
     if masks["vtk"].shape != masks["monai"].shape:
         raise RuntimeError(f"mask shapes differ: vtk {masks['vtk'].shape}, MONAI {masks['monai'].shape}")
 
@@ -240,7 +241,7 @@ def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str,
                 weights="trained here" if trained is not None else (str(weights) if weights else "seeded init"),
                 differ_pct_vtk_vs_truth=float((masks["vtk"] != truth).mean() * 100),
                 differ_pct_monai_vs_truth=float((masks["monai"] != truth).mean() * 100),
-                vtk_precision=resolve_precision(vtk_precision, torch.device("cpu")),
+                vtk_precision=resolved,
                 monai_precision=monai_precision, seconds=med, all_seconds=times,
                 speedup=med["monai"] / med["vtk"],
                 differ_pct=float((masks["vtk"] != masks["monai"]).mean() * 100),

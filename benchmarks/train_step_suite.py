@@ -635,11 +635,11 @@ def default_precisions(device: torch.device) -> List[str]:
     """``--precision auto``: fp32 and bf16 where ``device`` runs bf16 natively, fp32 alone where it would emulate
     bf16 (a CPU without avx512_bf16 or AMX: its bf16 steps would take many times longer and prove nothing); the
     line printed says which."""
-    from engine.context import resolve_precision
+    from engine.context import EMULATED_WHY, resolve_precision
 
     if resolve_precision("auto", device) == "bf16":
         return ["32", "bf16"]
-    why = "no avx512_bf16 or AMX: emulated bf16 is many times slower" if device.type == "cpu" else "no bf16"
+    why = f"{EMULATED_WHY['bf16']}: emulated bf16 is many times slower" if device.type == "cpu" else "no bf16"
     print(f"bf16 left out: {device} has no native bf16 ({why}); --precision 32,bf16 times it anyway", flush=True)
     return ["32"]
 

@@ -11,8 +11,8 @@ import typer
 from cli.apps import bench_app
 from engine.errors import UserError
 
-__all__ = ["bench_backbones", "bench_matrix_rate", "bench_mfu_budget", "bench_video_loader", "bench_video_eval", "bench_train_step",
-           "run_benchmark_script"]
+__all__ = ["bench_backbones", "bench_matrix_rate", "bench_mfu_budget", "bench_video_loader", "bench_video_eval",
+           "bench_train_step", "run_benchmark_script"]
 
 
 def run_benchmark_script(script: str, argv: List[str]) -> int:

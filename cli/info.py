@@ -43,13 +43,13 @@ def _device_rows() -> List[Tuple[str, str]]:
 
 def _cpu_bf16() -> str:
     """Whether this CPU's bf16 is native (and by which instructions) or emulated."""
-    from engine.context import cpu_has_amx, cpu_has_native_bf16
+    from engine.context import EMULATED_WHY, cpu_has_amx, cpu_has_native_bf16
 
     if cpu_has_amx():
         return "native (AMX)"
     if cpu_has_native_bf16():
         return "native (avx512_bf16)"
-    return "emulated (no avx512_bf16 or AMX: bf16 is many times slower than fp32 here)"
+    return f"emulated ({EMULATED_WHY['bf16']}: bf16 is many times slower than fp32 here)"
 
 
 def collect_info() -> List[Tuple[str, str]]:

@@ -225,6 +225,14 @@ _PROTOCOL_OPTIONS = {"roi": "--roi", "spacing": "--spacing", "a_min": "--a-min",
                      "num_classes": "--num-classes", "names": "--class-names", "model_arg": "--model-arg"}
 
 
+def _refuse_with_model_file(model_file: Path, checkpoint, model, pretrained, protocol: dict) -> None:
+    """``--model-file`` holds its model and protocol: any other source or protocol option exits 2."""
+    from backbones.runtime import refuse_with_model_file
+
+    refuse_with_model_file(model_file, {"--checkpoint": checkpoint, "--model": model, "--pretrained": pretrained,
+                                        **{_PROTOCOL_OPTIONS[k]: v for k, v in protocol.items()}})
+
+
 def _floats(text: Optional[str], option: str) -> Optional[List[float]]:
     if text is None:
         return None
@@ -342,10 +350,7 @@ def evaluate(
     protocol = dict(roi=roi, spacing=spacing, a_min=a_min, a_max=a_max, num_classes=num_classes,
                     names=class_names, model_arg=model_arg)
     if model_file is not None:
-        from backbones.runtime import refuse_with_model_file
-
-        refuse_with_model_file(model_file, {"--checkpoint": checkpoint, "--model": model, "--pretrained": pretrained,
-                                            **{_PROTOCOL_OPTIONS[k]: v for k, v in protocol.items()}})
+        _refuse_with_model_file(model_file, checkpoint, model, pretrained, protocol)
         source = None
     else:
         source = _sources(checkpoint, model, pretrained, protocol)
@@ -452,10 +457,7 @@ def predict(
                     names=class_names, model_arg=model_arg)
     options = dict(tta=tta_axes if tta_axes is not None else tta, stitch=stitch, postprocess=postprocess)
     if model_file is not None:
-        from backbones.runtime import refuse_with_model_file
-
-        refuse_with_model_file(model_file, {"--checkpoint": checkpoint, "--model": model, "--pretrained": pretrained,
-                                            **{_PROTOCOL_OPTIONS[k]: v for k, v in protocol.items()}})
+        _refuse_with_model_file(model_file, checkpoint, model, pretrained, protocol)
         pred = Predictor.from_model_file(model_file, device, overlap, sw_batch_size, mode, amp, precision, **options)
     else:
         pred = Predictor(_sources(checkpoint, model, pretrained, protocol), device, overlap, sw_batch_size, mode,

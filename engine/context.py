@@ -15,7 +15,7 @@ from engine.errors import VtkWarning
 
 __all__ = ["Context", "autocast_dtype", "resolve_precision", "cpu_has_native_bf16", "autocast_for",
            "precision_option", "INFERENCE_PRECISIONS", "cpu_has_amx", "cpu_has_native_fp16", "emulation_note",
-           "PrecisionWarning", "cpu_autocast_is_native"]
+           "PrecisionWarning", "cpu_autocast_is_native", "EMULATED_WHY"]
 
 T = TypeVar("T")
 _DTYPES = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}
@@ -68,6 +68,10 @@ def cpu_autocast_is_native() -> bool:
     return (dtype == torch.bfloat16 and cpu_has_native_bf16()) or (dtype == torch.float16 and cpu_has_native_fp16())
 
 
+#: What a CPU lacks when it only emulates a precision (``/proc/cpuinfo`` flags named in words).
+EMULATED_WHY = {"bf16": "no avx512_bf16 or AMX", "16-mixed": "no avx512_fp16 or AMX-FP16"}
+
+
 class PrecisionWarning(VtkWarning):
     """A precision that this device can only emulate: it runs, but many times slower than fp32."""
 
@@ -81,10 +85,10 @@ def emulation_note(precision: str, device: torch.device) -> Optional[str]:
     if device.type != "cpu":
         return None
     if precision == "bf16" and not cpu_has_native_bf16():
-        return ("--precision bf16: this CPU has no native bf16 (no avx512_bf16 or AMX), so its bf16 matrix "
+        return (f"--precision bf16: this CPU has no native bf16 ({EMULATED_WHY['bf16']}), so its bf16 matrix "
                 "multiplies are emulated, many times slower than fp32; --precision auto uses fp32 here")
     if precision == "16-mixed" and not cpu_has_native_fp16():
-        return ("--precision 16: this CPU has no native fp16 (no avx512_fp16 or AMX-FP16), so its fp16 matrix "
+        return (f"--precision 16: this CPU has no native fp16 ({EMULATED_WHY['16-mixed']}), so its fp16 matrix "
                 "multiplies are emulated, many times slower than fp32; --precision auto uses fp32 here")
     return None
 

@@ -56,10 +56,9 @@ def autocast_for(device: torch.device, amp: bool):
     only emulates bf16 (:func:`engine.context.emulation_note`)."""
     if not amp:
         return contextlib.nullcontext()
-    from engine.context import autocast_dtype, resolve_precision
+    from engine.context import autocast_for as autocast_precision
 
-    precision = resolve_precision("16-mixed" if device.type == "cuda" else "bf16", device)
-    return torch.autocast(device.type, dtype=autocast_dtype(precision))
+    return autocast_precision("16-mixed" if device.type == "cuda" else "bf16", device)
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:

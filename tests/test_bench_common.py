@@ -9,7 +9,7 @@ import benchmarks._common as common
 @pytest.mark.parametrize("gflops,n", [(200.0, 2048), (30.0, 1024), (1.0, 512), (0.01, 256)])
 def test_cpu_matrix_size_fits_the_budget(monkeypatch, gflops, n):
     monkeypatch.setattr(common, "timed", lambda fn, device: 2.0 * 256 ** 3 / (gflops * 1e9))  # the probe's time
-    assert common._cpu_matrix_size(torch.float32, 2048, budget_s=0.5) == n
+    assert common.matrix_size(torch.float32, torch.device("cpu"), 2048, budget_s=0.5) == n
 
 
 def test_matrix_rate_on_the_cpu_is_a_rate():
