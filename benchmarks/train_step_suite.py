@@ -596,21 +596,23 @@ def _f(v: Optional[float], fmt: str = "{:.3f}") -> str:
 
 def format_table(rows: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> str:
     """Markdown table: per precision vtk s, reference s and ``x`` (reference / vtk, both with
-    ``torch.optim.AdamW``), vtk's default step (``auto`` + the engine's optimizer) and its ``x`` against the
-    reference's fp32 step,
-    GFLOP per step (vtk / reference), MFU of vtk and the reference and peak step memory (MiB, vtk / reference)."""
+    ``torch.optim.AdamW``), vtk's default step (``auto`` + the engine's optimizer), its ``x`` against the
+    reference's fp32 step and its MFU (against the rate of the ``auto`` dtype: the MFU of the step ``vtk ...
+    train`` runs), GFLOP per step (vtk / reference), MFU of vtk and the reference per precision and peak step
+    memory (MiB, vtk / reference)."""
     head = ["family", "config", "reference"]
     for p in precisions:
         head += [f"{p} vtk s", f"{p} ref s", f"{p} x"]
-    head += ["vtk default s", "default x", "GFLOP vtk/ref"] + [f"MFU {p} vtk/ref" for p in precisions] + \
-            [f"mem {p} MiB vtk/ref" for p in precisions]
+    head += ["vtk default s", "default x", "MFU default", "GFLOP vtk/ref"]
+    head += [f"MFU {p} vtk/ref" for p in precisions] + [f"mem {p} MiB vtk/ref" for p in precisions]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         t, fl, m, mem = r["times"], r["flops"], r["mfu"], r["memory_mib"]
         cells = [r["family"], r["config"], r["reference"]]
         for p in precisions:
             cells += [_f(t.get(f"vtk/{p}")), _f(t.get(f"ref/{p}")), _f(r["speedup"].get(p), "{:.2f}")]
-        cells += [_f(t.get("vtk/default")), _f(r["speedup"].get("default"), "{:.2f}")]
+        cells += [_f(t.get("vtk/default")), _f(r["speedup"].get("default"), "{:.2f}"),
+                  _f(m.get("vtk/default"), "{:.0%}")]
         cells.append(f"{fl['vtk'] / 1e9:.1f} / {_f(fl.get('ref') and fl['ref'] / 1e9, '{:.1f}')}")
         for p in precisions:
             cells.append(f"{_f(m.get(f'vtk/{p}'), '{:.0%}')} / {_f(m.get(f'ref/{p}'), '{:.0%}')}")
