@@ -193,6 +193,29 @@ def test_view_free_instance_norm_keeps_bf16_channels_last_and_fp32_exact() -> No
     torch.testing.assert_close(out16.float(), ref, rtol=0, atol=0.05)  # bf16 output rounding
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_view_free_instance_norm_keeps_a_bf16_channels_last_batch_channels_last(grad: bool) -> None:
+    from medvit.nets._common import ViewFreeInstanceNorm3d
+
+    torch.manual_seed(0)
+    cl = torch.channels_last_3d
+    x = (torch.randn(3, 4, 12, 10, 8) * 2 + 5).contiguous(memory_format=cl)
+    stock, fast = nn.InstanceNorm3d(4, affine=True), ViewFreeInstanceNorm3d(4, affine=True)
+    perturb_(stock)
+    fast.load_state_dict(stock.state_dict())
+    x32, x16 = x.clone().requires_grad_(), x.bfloat16().requires_grad_(grad)
+    ref, out = stock(x32), fast(x16)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=cl) and not out.is_contiguous()
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=0.05)  # bf16 output rounding
+    if grad:  # per-sample batch_norm: the instance norm's gradients, to bf16 rounding
+        g = torch.randn(ref.shape)
+        want = torch.autograd.grad(ref, [x32, *stock.parameters()], g)
+        got = torch.autograd.grad(out, [x16, *fast.parameters()], g.bfloat16())
+        assert got[0].is_contiguous(memory_format=cl)
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b.float(), a, rtol=0.02, atol=0.02 * a.abs().max().item())
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_channels_last_decoder_needs_a_native_cpu_autocast(monkeypatch, native) -> None:
     import engine.context
@@ -205,13 +228,14 @@ def test_channels_last_decoder_needs_a_native_cpu_autocast(monkeypatch, native) 
     assert not decoder_channels_last(x)  # fp32
 
 
-def test_decoder_runs_channels_last_under_cpu_autocast_only(monkeypatch) -> None:
+@pytest.mark.parametrize("batch", [1, 2])  # a batch of several: the norms keep the layout (sliding windows, crops)
+def test_decoder_runs_channels_last_under_cpu_autocast_only(monkeypatch, batch: int) -> None:
     import medvit.nets.unetr as unetr_mod
 
     torch.manual_seed(0)
     net = UNETR(**CFG).train()
     perturb_(net)
-    x = torch.randn(1, 1, *SIZE, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(batch, 1, *SIZE, generator=torch.Generator().manual_seed(3))
     seen: List[torch.Tensor] = []
     for m in (net.encoder1.layer.conv1.conv, net.decoder2.conv_block.conv1.conv, net.encoder2.transp_conv_init.conv):
         m.register_forward_hook(lambda _m, _i, o: seen.append(o))
@@ -230,7 +254,8 @@ def test_decoder_runs_channels_last_under_cpu_autocast_only(monkeypatch) -> None
     assert formats32 == [False, False, False]
     monkeypatch.setattr(unetr_mod, "decoder_channels_last", lambda x: False)
     ncdhw, formats = run(True)
-    assert formats == [False, False, False]
+    # a batch's token maps are channels-last strided views ((B, C, N) transposed), which oneDNN keeps
+    assert formats == [False, batch > 1, False]
     # the same bf16 function in the other memory format: bf16 rounding apart, not a different network
     err = (out.float() - ncdhw.float()).abs().max().item()
     scale = out32.abs().max().item()
