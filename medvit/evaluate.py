@@ -173,17 +173,19 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, data_dir: Option
                         split: str = "validation", tolerance: float = 2.0, *, device: str = "auto",
                         overlap: float = 0.5, sw_batch_size: int = 4, mode: str = "gaussian",
                         amp: bool = False, precision: str = "auto", tta: Any = False, stitch: str = "auto",
-                        postprocess: str = "auto",
-                        progress: Any = None, model_file: Optional[os.PathLike] = None) -> EvalResult:
+                        postprocess: str = "auto", progress: Any = None,
+                        model_file: Optional[os.PathLike] = None, cpu_heap: str = "retain") -> EvalResult:
     """Load a run (folder or ``.safetensors``; a list is an ensemble) and evaluate it; ``data``/``data_dir``
     default to the (first) run's. With ``model_file`` (a ``vtk models export`` file, ``checkpoint`` ``None``) the
     exported graph runs inside the same protocol (:meth:`medvit.inference.Predictor.from_model_file`); it records
-    no dataset folder, so ``data_dir`` is needed.
+    no dataset folder, so ``data_dir`` is needed. On the CPU the C heap keeps freed memory for the next batch of
+    windows (``cpu_heap``, :func:`engine.heap.set_cpu_heap_on`).
 
     Raises:
         UserError: A bad ``split``/``mode``/``overlap``/``stitch``/``postprocess``, a run without a dataset,
             unreadable files.
     """
+    from engine.heap import set_cpu_heap_on
     from medvit.data.layouts import DATA_CHOICES
     from medvit.inference import Predictor
     from medvit.postprocess import POSTPROCESS_MODES
@@ -204,6 +206,7 @@ def evaluate_checkpoint(checkpoint, data: Optional[str] = None, data_dir: Option
         what = ("the exported model records no dataset folder" if model_file is not None
                 else "the run records no dataset")
         raise UserError(f"{first}: {what}; pass --data and --data-dir")
+    set_cpu_heap_on(pred.device, cpu_heap)
     result = evaluate_split(pred, kind, root, split, tolerance, postprocess, progress)
     srcs = checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     result.summary.update(checkpoint=str(srcs[0]) if len(srcs) == 1 else [str(c) for c in srcs],

@@ -746,19 +746,21 @@ def dist_rank() -> Tuple[int, int]:
 def predict_files(pred: Predictor, files: Sequence, out, overlay: bool = True, *,
                   probabilities: Optional[str] = None, series: Optional[str] = None,
                   rank: Optional[int] = None, world_size: Optional[int] = None,
-                  progress: Any = None) -> Iterator[Dict[str, Any]]:
+                  progress: Any = None, cpu_heap: str = "retain") -> Iterator[Dict[str, Any]]:
     """Predict ``files`` (NIfTI, NRRD, MHA/MHD files or DICOM series folders) into ``out``.
 
     Writes ``<stem>_seg.<ext>`` in each input's grid (NIfTI for NIfTI and DICOM, NRRD for NRRD, MHA for
     MHA/MHD), ``<stem>_overlay.png`` and, with ``probabilities`` (``npz`` or ``nifti``), ``<stem>_probs.npz`` /
     ``<stem>_probs.nii.gz``. Under ``torchrun`` (or with ``rank``/``world_size``) each rank takes every
-    ``world_size``-th file, so no file is written twice.
+    ``world_size``-th file, so no file is written twice. On the CPU the C heap keeps freed memory for the next
+    batch of windows (``cpu_heap``, :func:`engine.heap.set_cpu_heap_on`).
 
     Yields one ``{"input", "mask", "shape", "overlay", "probs"}`` per file of this rank as it is written.
     """
     from pathlib import Path
 
     from engine.errors import UserError
+    from engine.heap import set_cpu_heap_on
     from medvit.formats import output_stem, read_volume, write_mask, write_probabilities
 
     if probabilities is not None:
@@ -773,6 +775,7 @@ def predict_files(pred: Predictor, files: Sequence, out, overlay: bool = True, *
         if st in stems:
             raise UserError(f"{f}: its outputs {st}_seg.* would overwrite those of {stems[st]}")
         stems[st] = Path(f)
+    set_cpu_heap_on(pred.device, cpu_heap)
     for f in shard(files, rank, world_size):
         f = Path(f)
         vol = read_volume(f, series=series)

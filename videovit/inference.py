@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from backbones.runtime import exported_model
 from engine.errors import UserError
+from engine.heap import set_cpu_heap_on
 from engine.progress import ItemProgress
 from engine.pretrained import model_overrides
 
@@ -277,7 +278,7 @@ class Predictor:
         return f"{self.views[0]}x{self.views[1]}"
 
     def evaluate(self, split: str = "val", data: Optional[str] = None, data_dir: Optional[Union[str, Path]] = None,
-                 batch_size: int = 4, num_workers: int = 2) -> Evaluation:
+                 batch_size: int = 4, num_workers: int = 2, cpu_heap: str = "retain") -> Evaluation:
         """Multi-view evaluation of a split of the run's dataset (or of ``data`` / ``data_dir``).
 
         Args:
@@ -286,7 +287,10 @@ class Predictor:
             data_dir: Dataset folder; default the run's.
             batch_size: Videos per forward pass (each brings ``T*S`` views).
             num_workers: DataLoader workers decoding in parallel.
+            cpu_heap: On the CPU, the C heap policy of this process and its workers
+                (:func:`engine.heap.set_cpu_heap_on`; ``retain`` keeps freed memory for the next batch).
         """
+        set_cpu_heap_on(self.device, cpu_heap)  # before the DataLoader forks its workers
         cfg = dataclasses.replace(self.cfg, data=data or self.cfg.data,
                                   data_dir=str(data_dir) if data_dir else self.cfg.data_dir)
         vl = load_split(cfg, split)
@@ -382,7 +386,8 @@ class Predictor:
 
     def predict_all(self, files: Sequence[Path], top_k: int, sheet_for: Callable[[Path], Path],
                     on_result: Optional[Callable[[Path, List[Dict[str, Any]]], None]] = None,
-                    on_error: Optional[Callable[[Path, str], None]] = None) -> Optional[FilePredictions]:
+                    on_error: Optional[Callable[[Path, str], None]] = None,
+                    cpu_heap: str = "retain") -> Optional[FilePredictions]:
         """Predict this rank's share of ``files`` with a progress bar, write each contact sheet, merge on rank 0.
 
         Args:
@@ -391,12 +396,14 @@ class Predictor:
             sheet_for: The contact sheet path of a file.
             on_result: Called with ``(path, top)`` as each file of this rank is predicted.
             on_error: Called with ``(path, one-line message)`` for each file that cannot be decoded.
+            cpu_heap: On the CPU, the C heap policy (:func:`engine.heap.set_cpu_heap_on`).
 
         Returns:
             Every file's result in input order on rank 0 (or in one process); ``None`` on the other ranks.
         """
         from .report import write_contact_sheet
 
+        set_cpu_heap_on(self.device, cpu_heap)
         mine = self.shard(files)
         top, sheets, errors, scores = {}, {}, {}, {}
         with ItemProgress(len(mine), "predict", enabled=self.dist.is_main) as bar:

@@ -81,3 +81,17 @@ def test_a_cpu_run_applies_its_heap_policy_and_says_so(tmp_path, policy, monkeyp
     out = capsys.readouterr()
     assert f"heap {policy}" in out.out + out.err
     assert f"cpu_heap: {policy}" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_set_cpu_heap_on_acts_on_the_cpu_only(monkeypatch):
+    import torch
+
+    import engine.heap
+
+    seen = []
+    monkeypatch.setattr(engine.heap, "set_cpu_heap", lambda p: seen.append(p) or True)
+    assert engine.heap.set_cpu_heap_on("cpu") and engine.heap.set_cpu_heap_on(torch.device("cpu"), "system")
+    assert not engine.heap.set_cpu_heap_on("cuda:0") and not engine.heap.set_cpu_heap_on(torch.device("cuda", 1))
+    assert seen == ["retain", "system"]
+    with pytest.raises(ValueError, match="cpu_heap must be one of retain, system, got 'keep'"):
+        engine.heap.set_cpu_heap_on("cuda", "keep")  # checked on every device

@@ -420,3 +420,26 @@ def test_2d_images_are_read_by_skimage_as_pil_decodes_them(tmp_path, monkeypatch
     monkeypatch.setattr(skimage.io, "imread", lambda *a, **k: calls.append(a) or real(*a, **k))
     read_image2d(tmp_path / "a.bmp")
     assert calls  # the reader really is skimage's
+
+
+# ------------------------------------------------------------------------------------------------- C heap
+def test_prediction_and_evaluation_jobs_apply_the_cpu_heap_policy(tmp_path, monkeypatch, tiny_seg_models):
+    """``predict_files`` and ``evaluate_checkpoint`` set the C heap policy (``retain`` by default) on the CPU."""
+    import engine.heap
+    import medvit.evaluate
+
+    seen = []
+    monkeypatch.setattr(engine.heap, "set_cpu_heap", lambda p: seen.append(p) or True)
+    src = write_nifti(tmp_path / "in.nii.gz", _volume((14, 12, 10), 1).data, np.eye(4))
+    pred = _pred(Asym3d())
+    assert len(list(predict_files(pred, [src], tmp_path / "a", overlay=False))) == 1
+    list(predict_files(pred, [src], tmp_path / "b", overlay=False, cpu_heap="system"))
+    assert seen == ["retain", "system"]
+    with pytest.raises(ValueError, match="cpu_heap must be one of retain, system, got 'keep'"):
+        list(predict_files(pred, [src], tmp_path / "c", overlay=False, cpu_heap="keep"))
+
+    seen.clear()
+    monkeypatch.setattr(medvit.evaluate, "evaluate_split", lambda *a, **k: medvit.evaluate.EvalResult([], {}, []))
+    ck = _checkpoint(tmp_path / "m.safetensors", 1)
+    medvit.evaluate.evaluate_checkpoint(ck, data="decathlon", data_dir=tmp_path, device="cpu")  # the split: stubbed
+    assert seen == ["retain"]

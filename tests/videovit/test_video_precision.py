@@ -41,3 +41,18 @@ def test_precision_option_on_the_cli(run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["video", "eval", "--checkpoint", str(out), "--device", "cpu", "--precision", "half"]) == 2
     assert "--precision: 'half' is not one of auto, 32, bf16, 16" in capsys.readouterr().err
+
+
+def test_eval_and_predict_apply_the_cpu_heap_policy(run, tmp_path, monkeypatch):
+    import engine.heap
+    from videovit.inference import Predictor
+
+    seen = []
+    monkeypatch.setattr(engine.heap, "set_cpu_heap", lambda p: seen.append(p) or True)
+    out, data = run
+    pred = Predictor(out, device="cpu")
+    pred.evaluate("val", num_workers=0)
+    pred.evaluate("val", num_workers=0, cpu_heap="system")
+    videos = sorted((data / "val").glob("*/*.mp4"))[:1]
+    res = pred.predict_all(videos, 1, lambda p: tmp_path / f"{p.stem}.png")
+    assert seen == ["retain", "system", "retain"] and len(res.top) == 1
