@@ -6,11 +6,12 @@ soft tissue, two lungs, a spine and noise. The weights are one UNETR (MONAI's ``
 ``--weights`` for a trained MONAI state dict), saved once; both sides read that file.
 
 * vtk: ``vtk seg predict --model unetr --pretrained W --input CT --out DIR --overlap O --no-overlay``
-  (in-process ``cli.main.main``; ``--precision`` default ``auto``).
+  (in-process ``cli.main.main``; ``--precision`` default ``auto``; the C heap ``retain``, which the command
+  sets, :func:`engine.heap.set_cpu_heap_on`).
 * MONAI: the tutorial pipeline (``LoadImaged``, ``EnsureChannelFirstd``, ``Orientationd("RAS")``,
   ``Spacingd``, ``ScaleIntensityRanged``, a ``DataLoader``, ``sliding_window_inference`` with a gaussian blend,
   ``decollate_batch``, ``Invertd`` back to the scan's grid, ``AsDiscreted(argmax)``, ``SaveImaged``), fp32 as the
-  tutorials run it (``--monai-precision bf16`` for autocast).
+  tutorials run it (``--monai-precision bf16`` for autocast), on glibc's default heap (reset before each run).
 
 Both include reading the file, building the model from the weights file and writing the mask; rounds alternate
 (vtk, MONAI, MONAI, vtk, ...) and medians are reported with the ratio MONAI / vtk (> 1: vtk faster) and the share
@@ -220,8 +221,11 @@ def run(slices: int, size: str, overlap: float, rounds: int, vtk_precision: str,
     masks: Dict[str, np.ndarray] = {}
     fns = {"vtk": lambda: vtk_predict(ct, w, work / "vtk", size, overlap, sw_batch_size, vtk_precision),
            "monai": lambda: monai_predict(ct, w, work / "monai", size, overlap, sw_batch_size, monai_precision)}
+    from engine.heap import set_cpu_heap
+
     for i in range(rounds):
         for name in (("vtk", "monai") if i % 2 == 0 else ("monai", "vtk")):
+            set_cpu_heap("system")  # glibc's heap for MONAI's script; vtk's job sets its own (retain)
             t = time.perf_counter()
             path = fns[name]()
             times[name].append(time.perf_counter() - t)
