@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -411,13 +412,19 @@ FAMILIES: Dict[str, Callable[[str], Case]] = {
     "medt": _medt, "timesformer": _timesformer, "vivit": _vivit, "stam": _stam, "vtn": _vtn, "mvit": _mvit}
 
 
-def build_case(family: str, size: str) -> Case:
-    """The :class:`Case` of ``family`` at ``size``."""
+def build_case(family: str, size: str, batch: Optional[int] = None) -> Case:
+    """The :class:`Case` of ``family`` at ``size``; ``batch`` replaces the size's batch (``None``: keep it)."""
     if family not in FAMILIES:
         raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {', '.join(SIZES)}")
-    return FAMILIES[family](size)
+    case = FAMILIES[family](size)
+    if batch is None or batch == case.shape[0]:
+        return case
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    return dataclasses.replace(case, shape=(batch, *case.shape[1:]), tokens=case.tokens // case.shape[0] * batch,
+                               config=re.sub(r" b\d+$", "", case.config) + f" b{batch}")
 
 
 def build_models(case: Case, device: torch.device, share: bool = True) -> Tuple[nn.Module, Optional[nn.Module]]:
@@ -501,7 +508,8 @@ def heap_setup(fns: Dict[str, Callable[[], None]], device: torch.device) -> Dict
 
 
 # -------------------------------------------------------------------------------------------------------- memory
-def memory_probe(family: str, impl: str, precision: str, size: str, device: str) -> Dict[str, float]:
+def memory_probe(family: str, impl: str, precision: str, size: str, device: str,
+                 batch: Optional[int] = None) -> Dict[str, float]:
     """Peak memory of two train steps of one model, measured in this (fresh) process. ``growth_mib``: on CUDA the
     growth of ``max_memory_allocated``, on the CPU the peak of the bytes live in the steps' tensors
     (:class:`benchmarks._common.TensorPeak`, the same quantity, deterministic); ``rss_growth_mib``: peak RSS after
@@ -509,7 +517,7 @@ def memory_probe(family: str, impl: str, precision: str, size: str, device: str)
     vtk's step uses the engine's optimizer (:func:`engine_adamw`, what ``vtk ... train`` runs), the reference's
     ``torch.optim.AdamW`` (:func:`plain_adamw`)."""
     dev = torch.device(device)
-    case = build_case(family, size)
+    case = build_case(family, size, batch)
     torch.manual_seed(0)
     model = (case.build_ref() if impl == "ref" else case.build_vtk(None)).to(dev).train()
     step = make_step(model, case, precision, dev, case.ref_fwd if impl == "ref" else None,
@@ -531,16 +539,17 @@ def memory_probe(family: str, impl: str, precision: str, size: str, device: str)
             "growth_mib": tensors.peak / 2 ** 20}
 
 
-def measure_memory(family: str, impl: str, precision: str, size: str,
-                   device: torch.device) -> Optional[Dict[str, float]]:
+def measure_memory(family: str, impl: str, precision: str, size: str, device: torch.device,
+                   batch: Optional[int] = None) -> Optional[Dict[str, float]]:
     """:func:`memory_probe` in a fresh subprocess (``None`` if it failed)."""
     return run_json_subprocess("benchmarks.train_step_suite",
-                               ["--memory-probe", family, impl, precision, "--size", size, "--device", str(device)])
+                               ["--memory-probe", family, impl, precision, "--size", size, "--device", str(device)]
+                               + ([] if batch is None else ["--batch", str(batch)]))
 
 
 # --------------------------------------------------------------------------------------------------------- suite
 def run_family(family: str, size: str, precisions: Sequence[str], steps: int, warmup: int, device: torch.device,
-               rates: Dict[str, float], memory: bool = True) -> Dict[str, Any]:
+               rates: Dict[str, float], memory: bool = True, batch: Optional[int] = None) -> Dict[str, Any]:
     """Time, count and (optionally) measure the memory of one family; returns its row (see :func:`format_table`).
 
     Steps timed: ``vtk/P`` and ``ref/P`` per precision ``P``, both with ``torch.optim.AdamW`` (the models alone,
@@ -552,7 +561,7 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     from engine.context import resolve_precision
 
     auto = resolve_precision("auto", device)
-    case = build_case(family, size)
+    case = build_case(family, size, batch)
     vtk, ref = build_models(case, device)
     fns: Dict[str, Callable[[], None]] = {}
     for p in precisions:
@@ -584,7 +593,7 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     if memory:
         for p in precisions:
             for impl in ("vtk", "ref") if case.build_ref is not None else ("vtk",):
-                probe = measure_memory(family, impl, p, size, device) or {}
+                probe = measure_memory(family, impl, p, size, device, batch) or {}
                 row["memory_mib"][f"{impl}/{p}"] = probe.get("growth_mib")
                 row["rss_mib"][f"{impl}/{p}"] = probe.get("rss_growth_mib")
     return row
@@ -654,6 +663,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--size", default="small", choices=SIZES)
     p.add_argument("--steps", type=int, default=3, help="timed steps per model and precision")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch", type=int, default=None, help="batch size instead of the size's own (e.g. 2: the 3D "
+                   "recipes' two crops per case)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here (atomically)")
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON here (atomically)")
@@ -662,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.memory_probe:
         fam, impl, prec = a.memory_probe
-        print(json.dumps(memory_probe(fam, impl, prec, a.size, a.device)))
+        print(json.dumps(memory_probe(fam, impl, prec, a.size, a.device, a.batch)))
         return 0
     try:
         families = _parse_list(a.family, list(FAMILIES), "--family")
@@ -673,13 +684,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(str(e))
     if a.steps < 1 or a.warmup < 0:
         p.error(f"--steps must be >= 1 and --warmup >= 0, got {a.steps} and {a.warmup}")
+    if a.batch is not None and a.batch < 1:
+        p.error(f"--batch must be >= 1, got {a.batch}")
     rates = {pr: matrix_rate(torch.float32 if pr == "32" else torch.bfloat16, device) for pr in precisions}
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, size {a.size}, "
           f"steps {a.steps} (+{a.warmup} warm-up); matrix rate " +
           ", ".join(f"{k}: {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
     rows = []
     for fam in families:
-        row = run_family(fam, a.size, precisions, a.steps, a.warmup, device, rates, memory=not a.no_memory)
+        row = run_family(fam, a.size, precisions, a.steps, a.warmup, device, rates, memory=not a.no_memory,
+                         batch=a.batch)
         rows.append(row)
         print(f"{fam}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["times"].items()) +
               "".join(f", x{k} {v:.2f}" for k, v in row["speedup"].items()), flush=True)
@@ -688,7 +702,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from engine.io import atomic_write_text
 
     header = (f"<!-- python -m benchmarks.train_step_suite --size {a.size} --family {a.family} --precision "
-              f"{a.precision} --steps {a.steps}; device {device}, matrix rate "
+              f"{a.precision} --steps {a.steps}" + (f" --batch {a.batch}" if a.batch else "") +
+              f"; device {device}, matrix rate "
               + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()) + " -->\n")
     if a.out:
         atomic_write_text(a.out, header + table)

@@ -100,6 +100,8 @@ def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-s
                                               "inputs: minutes on a CPU) or full (the papers' inputs)."),
                      steps: int = typer.Option(3, "--steps", help="Timed train steps per model and precision."),
                      warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up steps per model."),
+                     batch: Optional[int] = typer.Option(None, "--batch", help="Batch size instead of the size's "
+                                                         "own (e.g. 2: the 3D recipes' two crops per case)."),
                      device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
                                                           "available)."),
                      memory: bool = typer.Option(True, "--memory/--no-memory", help="Peak memory of each step (a "
@@ -122,8 +124,11 @@ def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-s
     check_choice("--size", size, SIZES)
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    if batch is not None and batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
     argv = ["--family", family, "--precision", precision, "--size", size, "--steps", str(steps), "--warmup",
             str(warmup)] + (["--device", device] if device else []) + ([] if memory else ["--no-memory"])
+    argv += ["--batch", str(batch)] if batch is not None else []
     argv += (["--out", str(out)] if out else []) + (["--json", str(json_out)] if json_out else [])
     rc = run_benchmark_script("train_step_suite", argv)
     if rc:

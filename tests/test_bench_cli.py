@@ -43,6 +43,19 @@ def test_train_step_table_and_json(tmp_path, capsys):
     assert "| vivit |" in capsys.readouterr().out
 
 
+def test_batch_replaces_the_sizes_batch(tmp_path):
+    from benchmarks.train_step_suite import build_case
+
+    base, three = build_case("unetr", "tiny"), build_case("unetr", "tiny", 3)
+    assert base.shape[0] == 1 and three.shape == (3, *base.shape[1:]) and three.tokens == 3 * base.tokens
+    assert three.config == base.config[:-len(" b1")] + " b3"
+    js = tmp_path / "t.json"
+    assert main(["bench", "train-step", "--family", "vit_b", "--size", "tiny", "--steps", "1", "--warmup", "0",
+                 "--precision", "32", "--no-memory", "--device", "cpu", "--batch", "3", "--json", str(js)]) == 0
+    (row,) = json.loads(js.read_text())["rows"]
+    assert row["config"].endswith(" b3") and row["tokens"] == 3 * build_case("vit_b", "tiny").tokens // 2
+
+
 def test_memory_probe_measures_a_step_in_a_subprocess_and_repeats_exactly():
     from benchmarks.train_step_suite import measure_memory
 
@@ -51,6 +64,8 @@ def test_memory_probe_measures_a_step_in_a_subprocess_and_repeats_exactly():
     assert a is not None and b is not None
     assert a["growth_mib"] > 0 and a["rss_growth_mib"] >= 0
     assert a["growth_mib"] == b["growth_mib"]  # tensor bytes: no allocator noise
+    four = measure_memory("vit_b", "vtk", "32", "tiny", torch.device("cpu"), batch=4)  # the probe gets --batch
+    assert four is not None and four["growth_mib"] > a["growth_mib"]
 
 
 def test_tensor_peak_counts_live_tensors_views_and_saved_activations():
@@ -84,6 +99,7 @@ def test_tensor_peak_counts_live_tensors_views_and_saved_activations():
     ("train-step", ["--precision", "32,fp8"], "--precision: 'fp8' is not one of 32, bf16"),
     ("train-step", ["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
     ("train-step", ["--steps", "0"], "--steps must be >= 1"),
+    ("train-step", ["--batch", "0"], "--batch must be >= 1, got 0"),
     ("mfu-budget", ["--family", "vit_b,vitb"], "--family: 'vitb' is not one of"),
     ("mfu-budget", ["--size", "huge"], "--size: 'huge' is not one of tiny, small, full"),
     ("mfu-budget", ["--steps", "0"], "--steps must be >= 1"),
