@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from functools import partial
@@ -494,17 +495,74 @@ def make_step(model: nn.Module, case: Case, precision: str, device: torch.device
     return step
 
 
-def heap_setup(fns: Dict[str, Callable[[], None]], device: torch.device) -> Dict[str, Callable[[], None]]:
-    """Per step, the C heap policy its run would have: ``vtk/default`` the engine's (``TrainConfig.cpu_heap``,
-    ``retain``), every other step glibc's (the references' scripts, and the same-precision pairs compare the
-    models alone). Nothing on CUDA."""
-    if device.type != "cpu":
-        return {}
-    from engine.config import TrainConfig
-    from engine.heap import set_cpu_heap
+class ChildStep:
+    """vtk's default train step (``auto``, the engine's optimizer and C heap policy) run in a fresh process, one
+    step per call, so that the parent process never calls ``mallopt``.
 
-    engine_policy = TrainConfig().cpu_heap
-    return {n: partial(set_cpu_heap, engine_policy if n == "vtk/default" else "system") for n in fns}
+    glibc's default heap raises its mmap threshold as a process frees large blocks; once ``mallopt`` has set a
+    threshold (the engine's ``retain``, or ``system``) nothing gives that dynamic behaviour back. Timing the
+    references in a process that applied the engine's policy once would run their default use on a fixed 128 KiB
+    threshold instead: measured on the AMD EPYC, MONAI's UNETR 96^3 fp32 step 4.47 s in a process that never
+    called ``mallopt`` against 4.76 s after ``system``, timm's ViT-B/16 b4 2.49 against 2.56. The child runs a step
+    when called and the parent waits, so :func:`interleaved` still alternates it with the parent's steps.
+    """
+
+    def __init__(self, family: str, size: str, batch: Optional[int], threads: int) -> None:
+        import subprocess
+
+        args = ["--step-server", family, "--size", size, "--threads", str(threads)]
+        args += [] if batch is None else ["--batch", str(batch)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p]))
+        self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks.train_step_suite", *args], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._answer()  # built and warm
+
+    def _answer(self) -> None:
+        reply = self._proc.stdout.readline().strip()
+        if reply != "ok":
+            self._proc.kill()
+            raise RuntimeError(f"vtk/default step process: {reply or f'exited {self._proc.wait()}'}")
+
+    def __call__(self) -> None:
+        self._proc.stdin.write("step\n")
+        self._answer()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.write("stop\n")
+            self._proc.stdin.close()
+            self._proc.wait(60)
+
+
+def step_server(family: str, size: str, batch: Optional[int], threads: int) -> int:
+    """The process of :class:`ChildStep` (``--step-server``): apply the engine's heap policy, build vtk's model
+    (its own seeded init: the same network, so the same time), warm it up and run one default step per ``step``
+    line on stdin, answering ``ok`` on stdout, until ``stop``."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # only the protocol on stdout
+    try:
+        from engine.config import TrainConfig
+        from engine.context import resolve_precision
+        from engine.heap import set_cpu_heap
+
+        torch.set_num_threads(threads)
+        set_cpu_heap(TrainConfig().cpu_heap)
+        dev = torch.device("cpu")
+        case = build_case(family, size, batch)
+        torch.manual_seed(0)
+        step = make_step(case.build_vtk(None).to(dev).train(), case, resolve_precision("auto", dev), dev,
+                         optimizer="engine")
+        step()
+    except Exception as e:  # the parent raises it with the message
+        print(f"{type(e).__name__}: {e}", file=out, flush=True)
+        return 1
+    print("ok", file=out, flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        step()
+        print("ok", file=out, flush=True)
+    return 0
 
 
 # -------------------------------------------------------------------------------------------------------- memory
@@ -554,7 +612,8 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
 
     Steps timed: ``vtk/P`` and ``ref/P`` per precision ``P``, both with ``torch.optim.AdamW`` (the models alone,
     same optimizer and glibc's heap), and ``vtk/default``: vtk as ``vtk ... train`` runs by default
-    (``--precision auto``, the engine's optimizer :func:`engine_adamw` and its C heap policy, :func:`heap_setup`),
+    (``--precision auto``, the engine's optimizer :func:`engine_adamw` and, on the CPU, its C heap policy, in a
+    process of its own: :class:`ChildStep`; the parent's steps run on glibc's untouched heap),
     against which ``ref/32`` (the reference's default use: fp32 and ``torch.optim.AdamW``) gives the ``default``
     speed-up; ``engine`` is ``vtk/<auto>`` over ``vtk/default`` (what the engine's optimizer and heap add).
     """
@@ -568,11 +627,16 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
         fns[f"vtk/{p}"] = make_step(vtk, case, p, device)
         if ref is not None:
             fns[f"ref/{p}"] = make_step(ref, case, p, device, case.ref_fwd)
-    fns["vtk/default"] = make_step(vtk, case, auto, device, optimizer="engine")
+    child = ChildStep(family, size, batch, torch.get_num_threads()) if device.type == "cpu" else None
+    fns["vtk/default"] = child or make_step(vtk, case, auto, device, optimizer="engine")
     flops = {"vtk": count_flops(make_step(vtk, case, "32", device))}
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
-    times = interleaved(fns, steps, warmup, device, setup=heap_setup(fns, device))
+    try:
+        times = interleaved(fns, steps, warmup, device)
+    finally:
+        if child is not None:
+            child.close()
     row: Dict[str, Any] = dict(family=family, config=case.config, reference=case.reference or "none",
                                size=size, tokens=case.tokens, flops=flops, times=times, mfu={}, speedup={},
                                memory_mib={}, rss_mib={}, tokens_per_s={})
@@ -670,7 +734,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON here (atomically)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-probe", nargs=3, metavar=("FAMILY", "IMPL", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--step-server", metavar="FAMILY", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.step_server:
+        return step_server(a.step_server, a.size, a.batch, a.threads or torch.get_num_threads())
     if a.memory_probe:
         fam, impl, prec = a.memory_probe
         print(json.dumps(memory_probe(fam, impl, prec, a.size, a.device, a.batch)))

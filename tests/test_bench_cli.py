@@ -145,3 +145,18 @@ def test_matrix_rate_prints_its_table(capsys):
     assert main(["bench", "matrix-rate", "--dtypes", "32", "--n", "256", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "--precision auto picks" in out and "| 32 | 256 |" in out and "| 1.00x | native |" in out
+
+
+def test_default_step_runs_in_its_own_process_and_the_parent_keeps_glibcs_heap(monkeypatch):
+    """The references' default use is timed on glibc's untouched heap: the parent never calls ``mallopt``; vtk's
+    default step (with the engine's heap policy) runs in a step server."""
+    import engine.heap
+    from benchmarks.train_step_suite import ChildStep, run_family
+
+    calls = []
+    monkeypatch.setattr(engine.heap, "set_cpu_heap", lambda p: calls.append(p) or True)
+    monkeypatch.setattr(engine.heap, "glibc", lambda: calls.append("glibc"))
+    row = run_family("vit_b", "tiny", ["32"], 1, 0, torch.device("cpu"), {"32": 1e9}, memory=False)
+    assert calls == [] and row["times"]["vtk/default"] > 0
+    with pytest.raises(RuntimeError, match="vtk/default step process: ValueError: family 'vitb' is not one of"):
+        ChildStep("vitb", "tiny", None, 1)
