@@ -6,6 +6,10 @@ the kernel, so every step faults its activations, casts and gradients in again (
 engine's ``TrainConfig.cpu_heap``). The two policies are set (untimed) before each step (``system`` also gives the
 heap back with ``malloc_trim``), interleaved, for vtk's bf16 step and the reference's fp32 step.
 
+First, before any ``mallopt`` call, each step is timed on glibc's own heap (``+glibc``, not interleaved): glibc
+raises its mmap threshold as the process frees large blocks, and once a threshold has been set (``system``
+included) it no longer does, so ``system`` is stricter than a script that never calls ``mallopt``.
+
 Usage::
 
     nice python -m benchmarks.allocator_ab --family vit_b --size full --steps 3
@@ -51,6 +55,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if ref is not None:
         ref_step = make_step(ref, case, "32", dev, case.ref_fwd, optimizer="plain")
         fns.update({"ref/32": ref_step, "ref/32+retain": ref_step})
+    glibc = {f"{n}+glibc": interleaved({n: fns[n]}, steps=a.steps, warmup=1, device=dev)[n]
+             for n in fns if not n.endswith("+retain")}  # before any mallopt call
+    for name, s in glibc.items():
+        print(f"{a.family} {a.size} {name}: {s:.3f} s", flush=True)
     setup = {n: partial(set_cpu_heap, "retain" if n.endswith("+retain") else "system") for n in fns}
     secs = interleaved(fns, steps=a.steps, warmup=1, device=dev, setup=setup)
     for name, fn in fns.items():
