@@ -58,8 +58,9 @@ def _view_free_forward(self: nn.modules.instancenorm._InstanceNorm, x: torch.Ten
     times (28 copies of ``(1, 16, 96, 96, 96)`` in a UNETR step, ~11% of it). The same ``batch_norm`` call made
     directly (``B == 1``) or through ``_unsafe_view`` (not a view to autograd) gives the same values without the
     copies. A bf16/fp16 channels-last input stays channels-last (``instance_norm`` makes it contiguous first; a
-    batch of several goes through :func:`_channels_last_instance_norm`); in fp32 it is made contiguous as ``instance_norm`` does, since CPU ``batch_norm`` accumulates channels-last stats
-    less exactly (1e-3 at 96^3, below bf16's rounding but not fp32's), so fp32 results are bit-identical.
+    batch of several goes through :func:`_channels_last_instance_norm`); in fp32 it is made contiguous as
+    ``instance_norm`` does, since CPU ``batch_norm`` accumulates channels-last stats less exactly (1e-3 at 96^3,
+    below bf16's rounding but not fp32's), so fp32 results are bit-identical.
     """
     if (self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1
             or (self.affine and x.shape[1] != self.num_features)  # the stock op raises the library's error
