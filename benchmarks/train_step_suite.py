@@ -541,6 +541,13 @@ def step_server(family: str, size: str, batch: Optional[int], threads: int) -> i
     out = sys.stdout
     sys.stdout = sys.stderr  # only the protocol on stdout
     try:
+        return _serve_steps(family, size, batch, threads, out)
+    finally:
+        sys.stdout = out
+
+
+def _serve_steps(family: str, size: str, batch: Optional[int], threads: int, out) -> int:
+    try:
         from engine.config import TrainConfig
         from engine.context import resolve_precision
         from engine.heap import set_cpu_heap

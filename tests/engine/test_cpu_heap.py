@@ -55,17 +55,22 @@ def test_unknown_policy_is_refused():
     assert TrainConfig().cpu_heap == "retain"
 
 
-def test_the_train_step_suite_gives_only_vtk_default_the_engine_heap():
+def test_the_train_step_suites_step_server_runs_vtk_default_on_the_engine_heap(monkeypatch, capsys):
+    """The suite's ``vtk/default`` step runs in a step server that applies the engine's policy (the suite's own
+    process never calls ``mallopt``: ``tests/test_bench_cli.py``); one ``ok`` per step on its stdout."""
+    import io
+
     import torch
 
+    import engine.heap
     from benchmarks import train_step_suite as suite
 
     calls = []
-    setup = suite.heap_setup({"vtk/32": None, "ref/32": None, "vtk/default": None}, torch.device("cpu"))
-    for name, fn in setup.items():
-        calls.append((name, fn.args))
-    assert dict(calls) == {"vtk/32": ("system",), "ref/32": ("system",), "vtk/default": ("retain",)}
-    assert suite.heap_setup({"vtk/default": None}, torch.device("cuda")) == {}
+    monkeypatch.setattr(engine.heap, "set_cpu_heap", lambda p: calls.append(p) or True)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("step\nstep\nstop\nstep\n"))
+    assert suite.step_server("vit_b", "tiny", None, torch.get_num_threads()) == 0
+    assert calls == [TrainConfig().cpu_heap] == ["retain"]
+    assert capsys.readouterr().out.split() == ["ok"] * 3  # built, then two steps; nothing after "stop"
 
 
 @pytest.mark.parametrize("policy", ["retain", "system"])
