@@ -220,13 +220,18 @@ class TensorPeak(TorchDispatchMode):
         return out
 
 
+def subprocess_env() -> Dict[str, str]:
+    """The environment of a ``python -m benchmarks...`` child: this one, with this process's ``sys.path`` as the
+    child's ``PYTHONPATH`` (so a source checkout imports the same modules)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p]))
+
+
 def run_json_subprocess(module: str, args: Sequence[str], timeout: float = 1800) -> Optional[dict]:
     """Run ``python -m module *args`` in a fresh interpreter and parse the JSON of its last stdout line (``None``
     when it fails: the caller reports the measurement as missing rather than stopping the suite)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p]))
     try:
         r = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                           env=env)
+                           env=subprocess_env())
     except subprocess.TimeoutExpired:
         return None
     lines = [x for x in r.stdout.splitlines() if x.startswith("{")]

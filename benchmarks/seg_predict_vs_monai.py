@@ -15,8 +15,8 @@ soft tissue, two lungs, a spine and noise. The weights are one UNETR (MONAI's ``
 
 Both include reading the file, building the model from the weights file and writing the mask; MONAI's rounds
 run first (glibc's heap is then untouched: once vtk's command sets its policy, no call gives glibc back its
-dynamic mmap threshold), then vtk's, and medians are reported with the ratio MONAI / vtk (> 1: vtk faster) and the share
-of voxels whose labels differ. With seeded (untrained) weights the logits of many voxels are near ties, so the
+dynamic mmap threshold), then vtk's, and medians are reported with the ratio MONAI / vtk (> 1: vtk faster) and
+the share of voxels whose labels differ. With seeded (untrained) weights the logits of many voxels are near ties, so the
 bf16-vs-fp32 part of the difference is an upper bound of what a trained model shows; ``vtk fp32 vs MONAI`` isolates
 the pipelines' conventions (orientation, resampling, inversion).
 

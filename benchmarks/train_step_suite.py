@@ -45,7 +45,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import re
 import sys
 from functools import partial
@@ -59,7 +58,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from benchmarks._common import (TensorPeak, count_flops, interleaved, matrix_rate, peak_rss_mib,  # noqa: E402
-                                reset_peak_rss, rss_mib, run_json_subprocess, sync)
+                                reset_peak_rss, rss_mib, run_json_subprocess, subprocess_env, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
            "format_table", "plain_adamw", "engine_adamw", "default_precisions"]
@@ -512,9 +511,9 @@ class ChildStep:
 
         args = ["--step-server", family, "--size", size, "--threads", str(threads)]
         args += [] if batch is None else ["--batch", str(batch)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([p for p in sys.path if p]))
-        self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks.train_step_suite", *args], env=env,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks.train_step_suite", *args],
+                                      env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, bufsize=1)
         self._answer()  # built and warm
 
     def _answer(self) -> None:

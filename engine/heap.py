@@ -41,6 +41,11 @@ def glibc() -> Optional[ctypes.CDLL]:
     return libc
 
 
+def _check_policy(policy: str) -> None:
+    if policy not in CPU_HEAP_POLICIES:
+        raise ValueError(f"cpu_heap must be one of {', '.join(CPU_HEAP_POLICIES)}, got {policy!r}")
+
+
 def set_cpu_heap(policy: str) -> bool:
     """Apply a heap policy to this process (and the workers it forks afterwards).
 
@@ -55,8 +60,7 @@ def set_cpu_heap(policy: str) -> bool:
     Raises:
         ValueError: An unknown policy.
     """
-    if policy not in CPU_HEAP_POLICIES:
-        raise ValueError(f"cpu_heap must be one of {', '.join(CPU_HEAP_POLICIES)}, got {policy!r}")
+    _check_policy(policy)
     libc = glibc()
     if libc is None:
         return False
@@ -84,6 +88,5 @@ def set_cpu_heap_on(device, policy: str = "retain") -> bool:
     Returns:
         Whether the policy took effect (``False`` off the CPU or without glibc).
     """
-    if policy not in CPU_HEAP_POLICIES:
-        raise ValueError(f"cpu_heap must be one of {', '.join(CPU_HEAP_POLICIES)}, got {policy!r}")
+    _check_policy(policy)  # on every device
     return str(device).split(":")[0] == "cpu" and set_cpu_heap(policy)
