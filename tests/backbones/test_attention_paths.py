@@ -178,3 +178,24 @@ def test_a_learned_bias_takes_the_math_path_whatever_the_keys():
     assert (gb.double() - gb_ref).norm() <= 0.02 * gb_ref.norm()
     with torch.no_grad():
         assert not _math_is_better(q, k, 0.0, table)  # inference keeps the fused kernel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_learned_mask_takes_the_explicit_path_in_fp32_too_with_sdpa_values_and_grads(dtype):
+    """Swin's relative-position bias needs a gradient: SDPA would fall back to its math kernel (with its
+    all-masked-row guards); the explicit form scales q first, as timm's and MONAI's Swin do."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 49, 16, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    bias = torch.randn(1, 3, 49, 49, generator=g).requires_grad_()
+    assert _math_is_better(q, k, 0.0, bias.to(dtype))
+    out = sdpa(q, k, v, bias)
+    graph = set(_graph(out))
+    assert "SoftmaxBackward0" in graph and "SafeSoftmaxBackward0" not in graph  # not SDPA's math kernel
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    ref = F.scaled_dot_product_attention(*ref_in[:3], attn_mask=ref_in[3])
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.03, rtol=0.02)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad(out, (q, k, v, bias), grad.to(dtype))
+    for a, b in zip(grads, torch.autograd.grad(ref, ref_in, grad)):
+        torch.testing.assert_close(a.double(), b, **(tol if dtype == torch.float32 else dict(atol=0.05, rtol=0.05)))
