@@ -18,14 +18,17 @@ import subprocess
 import sys
 import time
 import weakref
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["sync", "timed", "interleaved", "count_flops", "matrix_rate", "rss_mib", "peak_rss_mib", "reset_peak_rss",
-           "run_json_subprocess", "TensorPeak"]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose cli.main run_vtk runs
+
+__all__ = ["sync", "timed", "interleaved", "interleaved_samples", "round_ratios", "count_flops", "matrix_rate",
+           "rss_mib", "peak_rss_mib", "reset_peak_rss", "run_json_subprocess", "run_vtk", "last_step", "TensorPeak"]
 
 
 def sync(device: torch.device) -> None:
@@ -46,10 +49,19 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
                 device: torch.device, stat: str = "median",
                 setup: Optional[Dict[str, Callable[[], object]]] = None) -> Dict[str, float]:
-    """Median (or ``stat="min"``: fastest) seconds per call of each of ``fns``, run in turn (ABBA: the order
-    flips every round) after ``warmup`` untimed calls each, so load changes on a shared machine hit every function
-    alike. ``setup[name]``, where given, runs untimed before each call of ``fns[name]`` (a process-wide setting such
-    as the C heap policy, switched per function)."""
+    """Median (or ``stat="min"``: fastest) seconds per call of each of ``fns`` over
+    :func:`interleaved_samples`."""
+    reduce = min if stat == "min" else statistics.median
+    return {n: reduce(t) for n, t in interleaved_samples(fns, steps, warmup, device, setup).items()}
+
+
+def interleaved_samples(fns: Dict[str, Callable[[], object]], steps: int, warmup: int, device: torch.device,
+                        setup: Optional[Dict[str, Callable[[], object]]] = None) -> Dict[str, List[float]]:
+    """Seconds of each of ``steps`` calls of each of ``fns``, run in turn (ABBA: the order flips every round)
+    after ``warmup`` untimed calls each, so load changes on a shared machine hit every function alike; the
+    ``i``-th entries of two functions come from the same round (see :func:`round_ratios`). ``setup[name]``, where
+    given, runs untimed before each call of ``fns[name]`` (a process-wide setting such as the C heap policy,
+    switched per function)."""
     names = list(fns)
     setup = setup or {}
 
@@ -68,8 +80,22 @@ def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
     for i in range(steps):
         for n in (names if i % 2 == 0 else names[::-1]):
             times[n].append(call(n, True))
-    reduce = min if stat == "min" else statistics.median
-    return {n: reduce(t) for n, t in times.items()}
+    return times
+
+
+def round_ratios(num: Sequence[float], den: Sequence[float]) -> Dict[str, float]:
+    """Spread of a speed-up over the rounds of :func:`interleaved_samples`: ``num[i] / den[i]`` per round (two
+    calls timed side by side, so a slow stretch of a shared machine mostly cancels), as its ``median``, ``lo``
+    and ``hi`` (the quartiles from 4 rounds on, else the extremes) and the number of ``rounds``.
+
+    Raises:
+        ValueError: The two lists differ in length or are empty.
+    """
+    if len(num) != len(den) or not num:
+        raise ValueError(f"need the same number (>= 1) of rounds, got {len(num)} and {len(den)}")
+    r = sorted(a / b for a, b in zip(num, den))
+    lo, hi = (r[0], r[-1]) if len(r) < 4 else statistics.quantiles(r, n=4, method="inclusive")[::2]
+    return {"median": statistics.median(r), "lo": lo, "hi": hi, "rounds": len(r)}
 
 
 def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -239,3 +265,66 @@ def run_json_subprocess(module: str, args: Sequence[str], timeout: float = 1800)
         sys.stderr.write(r.stderr[-2000:])
         return None
     return json.loads(lines[-1])
+
+
+Progress = Tuple[str, int, str, Callable[[], int]]  # (description, total, unit, units done so far)
+
+
+def run_vtk(args: Sequence[str], log: Path, progress: Optional[Progress] = None) -> float:
+    """Run ``vtk *args`` (``python -m cli.main``, this checkout first on the path) in a fresh interpreter, its
+    output appended to ``log``; its wall time in seconds.
+
+    With ``progress``, its count is polled every 2 s while the command runs and shown with an ETA on stderr
+    (:class:`engine.progress.ItemProgress`): the child's own progress goes to the log.
+
+    Raises:
+        RuntimeError: The command failed (the log's path and its last lines in the message).
+    """
+    start = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write("$ vtk " + " ".join(args) + "\n")
+        fh.flush()
+        env = subprocess_env()
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env["PYTHONPATH"]])
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env)
+        _watch(proc, progress)
+    if proc.returncode != 0:
+        tail = log.read_text().splitlines()[-5:]
+        raise RuntimeError(f"vtk {' '.join(args[:2])} exited {proc.returncode}; see {log}: " + " | ".join(tail))
+    return time.perf_counter() - start
+
+
+def _watch(proc: subprocess.Popen, progress: Optional[Progress]) -> None:
+    """Wait for ``proc``, advancing a progress bar from ``progress``'s count every 2 s."""
+    if progress is None:
+        proc.wait()
+        return
+    from engine.progress import ItemProgress
+
+    description, total, unit, count = progress
+    with ItemProgress(total, description, unit=unit) as bar:
+        finished = False
+        while not finished:
+            try:
+                proc.wait(timeout=2.0)
+                finished = True
+            except subprocess.TimeoutExpired:
+                pass
+            done = min(count(), total)
+            if done > bar.done:
+                bar.advance(done - bar.done)
+
+
+def last_step(run: Path) -> int:
+    """The highest ``step`` in ``run/metrics.jsonl`` so far: 0 before the first record; a line the run is still
+    writing is skipped."""
+    path = run / "metrics.jsonl"
+    steps = [0]
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            steps.append(int(json.loads(line).get("step", 0)))
+        except ValueError:
+            continue
+    return max(steps)

@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from benchmarks._common import last_step, run_vtk  # noqa: E402
 from engine.io import atomic_write_json, atomic_write_text  # noqa: E402
 from engine.metrics import read_metrics  # noqa: E402
-from engine.progress import ItemProgress  # noqa: E402
 
 __all__ = ["main", "colin27_train_args", "motion_train_args", "last_val", "run_proof"]
 
@@ -71,64 +68,6 @@ def motion_train_args(out: Path, data: Path, steps: int) -> List[str]:
             "--num-workers", "1", "--quiet"]
 
 
-Progress = Tuple[str, int, str, Callable[[], int]]  # (description, total, unit, units done so far)
-
-
-def _vtk(args: Sequence[str], log: Path, progress: Optional[Progress] = None) -> float:
-    """Run ``vtk *args`` in a fresh interpreter (output appended to ``log``); its wall time in seconds.
-
-    With ``progress``, its count is polled every 2 s while the command runs and shown with an ETA on stderr
-    (:class:`engine.progress.ItemProgress`): the child's own progress goes to the log.
-
-    Raises:
-        RuntimeError: The command failed (the log's path and tail in the message).
-    """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    start = time.perf_counter()
-    with open(log, "a") as fh:
-        fh.write("$ vtk " + " ".join(args) + "\n")
-        fh.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env)
-        _watch(proc, progress)
-    if proc.returncode != 0:
-        tail = log.read_text().splitlines()[-5:]
-        raise RuntimeError(f"vtk {' '.join(args[:2])} exited {proc.returncode}; see {log}: " + " | ".join(tail))
-    return time.perf_counter() - start
-
-
-def _watch(proc: subprocess.Popen, progress: Optional[Progress]) -> None:
-    """Wait for ``proc``, advancing a progress bar from ``progress``'s count every 2 s."""
-    if progress is None:
-        proc.wait()
-        return
-    description, total, unit, count = progress
-    with ItemProgress(total, description, unit=unit) as bar:
-        finished = False
-        while not finished:
-            try:
-                proc.wait(timeout=2.0)
-                finished = True
-            except subprocess.TimeoutExpired:
-                pass
-            done = min(count(), total)
-            if done > bar.done:
-                bar.advance(done - bar.done)
-
-
-def _last_step(run: Path) -> int:
-    """The highest ``step`` in ``run/metrics.jsonl`` so far: 0 before the first record; a line the run is still
-    writing is skipped."""
-    path = run / "metrics.jsonl"
-    steps = [0]
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            steps.append(int(json.loads(line).get("step", 0)))
-        except ValueError:
-            continue
-    return max(steps)
-
-
 def last_val(run: Path, key: str) -> Optional[float]:
     """The last value of ``key`` in ``run/metrics.jsonl`` (``None`` when it never was logged)."""
     values = [r[key] for r in read_metrics(run) if key in r]
@@ -144,7 +83,7 @@ def _motion_data(out: Path, given: Optional[Path], log: Path) -> Path:
     if not (data / "vtk_synth.json").is_file():
         print(f"synthesising the motion set into {data} ...", flush=True)
         videos = MOTION_CLASSES * MOTION_PER_CLASS * 5 // 4  # train + a quarter as many for validation
-        _vtk(["data", "synth", "kinetics400", "--out", str(data), "--classes", str(MOTION_CLASSES),
+        run_vtk(["data", "synth", "kinetics400", "--out", str(data), "--classes", str(MOTION_CLASSES),
               "--videos-per-class", str(MOTION_PER_CLASS), "--frames", "16", "--size", "32", "--seed", "0"], log,
              ("synth motion4", videos, "videos", lambda: sum(1 for _ in data.rglob("*.mp4"))))
     return data
@@ -174,12 +113,12 @@ def run_proof(task: str, precision: str, seed: int, out: Path, steps: Optional[i
             shutil.rmtree(run)
         print(f"{task} {precision} seed {seed}: training (log {log}) ...", flush=True)
         total = int(train[train.index("--max-steps") + 1])
-        train_s = _vtk(train, log, (f"{run.name} train", total, "steps", lambda: _last_step(run)))
+        train_s = run_vtk(train, log, (f"{run.name} train", total, "steps", lambda: last_step(run)))
         atomic_write_text(done, f"{train_s:.1f}\n")
     train_s = float(done.read_text())
     if not metrics.exists():
         print(f"{task} {precision} seed {seed}: evaluating (log {log}) ...", flush=True)
-        _vtk(evaluate, log)
+        run_vtk(evaluate, log)
     record = json.loads(metrics.read_text())
     return {"task": task, "precision": precision, "seed": seed, "val_key": val_key, "val": last_val(run, val_key),
             "eval_key": eval_key, "eval": record[eval_key], "train_s": train_s, "run": str(run)}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,11 @@ from typing import Dict, List, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a source checkout
+
+from benchmarks._common import run_vtk  # noqa: E402
+from engine.io import atomic_write_json  # noqa: E402
+
 ASSET = ROOT / "medvit" / "assets" / "mni152"
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
@@ -137,14 +141,6 @@ def build(src: Path, out: Path = ASSET, k: int = 3) -> None:
     print(f"wrote {out}: shape {img.shape}, voxels per group {dict(zip(GROUPS, counts.tolist()))}")
 
 
-def vtk(*args: str) -> str:
-    """Run ``python -m cli.main ARGS`` from the repository root; return stdout (exit on failure)."""
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"vtk {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
-
-
 def eval_variants() -> List[Dict[str, List[str]]]:
     """Without and with TTA, each without and with largest-component postprocessing (``vtk seg eval`` computes
     both postprocessing variants; its default, ``--postprocess auto``, reports the better one, recorded in each
@@ -161,17 +157,18 @@ def run(out: Path, steps: int, direction: str, model: str, seed: int, extra: Lis
     """Train on one brain, evaluate on the other; returns one row per inference variant."""
     data_dir = ASSET if direction == "colin2mni" else ASSET / "mni2colin"
     run_dir = out / f"{direction}-{model}-s{steps}-seed{seed}"
+    log = out / f"{run_dir.name}.log"
     t0 = time.time()
     if not (run_dir / "checkpoints").is_dir():
-        vtk("seg", "train", "--model", model, *TRAIN_ARGS, "--data-dir", str(data_dir), "--max-steps", str(steps),
-            "--val-every", str(steps), "--ckpt-every", str(steps), "--seed", str(seed), "--out", str(run_dir),
-            *extra)
+        run_vtk(["seg", "train", "--model", model, *TRAIN_ARGS, "--data-dir", str(data_dir), "--max-steps",
+                 str(steps), "--val-every", str(steps), "--ckpt-every", str(steps), "--seed", str(seed), "--out",
+                 str(run_dir), *extra], log)
     train_s = time.time() - t0
     rows = []
     for v in eval_variants():
         t1 = time.time()
         ev = run_dir / ("eval-" + "-".join(a.strip("-") for a in v["args"]))
-        vtk("seg", "eval", "--checkpoint", str(run_dir), "--device", "cpu", "--out", str(ev), *v["args"])
+        run_vtk(["seg", "eval", "--checkpoint", str(run_dir), "--device", "cpu", "--out", str(ev), *v["args"]], log)
         summary = json.loads((ev / "metrics.json").read_text())
         summary = summary.get("summary", summary)
         picks = summary.get("postprocessing", {}).get("better")
@@ -219,11 +216,13 @@ def main(argv=None) -> None:
         build(args.src, args.out)
         return
     directions = ("colin2mni", "mni2colin") if args.direction == "both" else (args.direction,)
-    rows = [row for d in directions for row in run(args.out, args.steps, d, args.model, args.seed, args.extra)]
+    try:
+        rows = [row for d in directions for row in run(args.out, args.steps, d, args.model, args.seed, args.extra)]
+    except RuntimeError as e:  # a vtk command failed: its log's path and tail
+        sys.exit(str(e))
     print(table(rows))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_json(args.json, rows, indent=1)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ precision and for the defaults (vtk ``--precision auto`` against the reference's
 convolutions and attention, forward + backward, by ``torch.utils.flop_counter``); MFU = FLOP/s of the step over
 the measured matrix-multiply rate of the same dtype; peak memory of a step in a fresh subprocess (the peak of the
 bytes live in tensors: ``max_memory_allocated`` on CUDA, :class:`benchmarks._common.TensorPeak` on the CPU; the
-JSON rows also carry the CPU's RSS growth, ``rss_mib``). ``vtk/default`` runs with the engine's C heap policy
-(``retain``, :mod:`engine.heap`), every other step with glibc's.
+JSON rows also carry the CPU's RSS growth, ``rss_mib``, and every round's seconds, ``samples``, with the spread of
+the per-round ratios, ``rounds``). ``vtk/default`` runs with the engine's C heap policy (``retain``,
+:mod:`engine.heap`), every other step with glibc's.
+
+The memory probes run first: on the CPU a family whose steps would not be resident at once (:func:`check_fits`)
+is skipped with a line that says what it needs, and the exit status is 1. ``--out`` and ``--json`` are written
+again after every family, so a run that stops keeps the rows it has.
 
 Sizes: ``tiny`` (narrow models, seconds: tests and dry runs), ``small`` (the real architectures, batch 1 and
 reduced clips/volumes: minutes on a 2-core CPU), ``full`` (the papers' training inputs).
@@ -46,6 +51,7 @@ import dataclasses
 import json
 import math
 import re
+import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -57,11 +63,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from benchmarks._common import (TensorPeak, count_flops, interleaved, matrix_rate, peak_rss_mib,  # noqa: E402
-                                reset_peak_rss, rss_mib, run_json_subprocess, subprocess_env, sync)
+from benchmarks._common import (TensorPeak, count_flops, interleaved_samples, matrix_rate,  # noqa: E402
+                                peak_rss_mib, reset_peak_rss, round_ratios, rss_mib, run_json_subprocess,
+                                subprocess_env, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
-           "format_table", "plain_adamw", "engine_adamw", "default_precisions"]
+           "format_table", "plain_adamw", "engine_adamw", "default_precisions", "check_fits", "mem_available_mib"]
 
 SIZES = ("tiny", "small", "full")
 PRECISIONS = ("32", "bf16")
@@ -627,6 +634,9 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
 
     auto = resolve_precision("auto", device)
     case = build_case(family, size, batch)
+    probes = _memory_probes(family, case, precisions, auto, size, device, batch) if memory else {}
+    if device.type == "cpu" and probes:
+        check_fits(family, probes, auto, [f"{i}/{p}" for p in precisions for i in ("vtk", "ref")])
     vtk, ref = build_models(case, device)
     fns: Dict[str, Callable[[], None]] = {}
     for p in precisions:
@@ -639,13 +649,14 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
     try:
-        times = interleaved(fns, steps, warmup, device)
+        samples = interleaved_samples(fns, steps, warmup, device)
     finally:
         if child is not None:
             child.close()
+    times = {k: statistics.median(v) for k, v in samples.items()}
     row: Dict[str, Any] = dict(family=family, config=case.config, reference=case.reference or "none",
-                               size=size, tokens=case.tokens, flops=flops, times=times, mfu={}, speedup={},
-                               memory_mib={}, rss_mib={}, tokens_per_s={})
+                               size=size, tokens=case.tokens, flops=flops, times=times, samples=samples, mfu={},
+                               speedup={}, rounds={}, memory_mib={}, rss_mib={}, tokens_per_s={})
     for key, t in times.items():
         impl, p = key.split("/")
         p = auto if p == "default" else p
@@ -654,28 +665,117 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     for p in precisions:
         if f"ref/{p}" in times:
             row["speedup"][p] = times[f"ref/{p}"] / times[f"vtk/{p}"]
+            row["rounds"][p] = round_ratios(samples[f"ref/{p}"], samples[f"vtk/{p}"])
     if "ref/32" in times:
         row["speedup"]["default"] = times["ref/32"] / times["vtk/default"]
+        row["rounds"]["default"] = round_ratios(samples["ref/32"], samples["vtk/default"])
     if f"vtk/{auto}" in times:
         row["speedup"]["engine"] = times[f"vtk/{auto}"] / times["vtk/default"]  # fused optimizer + heap
     row["default_precision"] = auto
-    del vtk, ref, fns
-    if memory:
-        for p in precisions:
-            for impl in ("vtk", "ref") if case.build_ref is not None else ("vtk",):
-                probe = measure_memory(family, impl, p, size, device, batch) or {}
-                row["memory_mib"][f"{impl}/{p}"] = probe.get("growth_mib")
-                row["rss_mib"][f"{impl}/{p}"] = probe.get("rss_growth_mib")
+    for p in precisions:
+        for impl in ("vtk", "ref") if case.build_ref is not None else ("vtk",):
+            if f"{impl}/{p}" in probes:
+                row["memory_mib"][f"{impl}/{p}"] = probes[f"{impl}/{p}"].get("growth_mib")
+                row["rss_mib"][f"{impl}/{p}"] = probes[f"{impl}/{p}"].get("rss_growth_mib")
     return row
+
+
+def _memory_probes(family: str, case: Case, precisions: Sequence[str], auto: str, size: str,
+                   device: torch.device, batch: Optional[int]) -> Dict[str, Dict[str, float]]:
+    """:func:`measure_memory` of every step the family times (``vtk/P``, ``ref/P``; ``vtk/<auto>`` too: vtk's
+    default step, which the suite runs beside the others), one fresh subprocess each; a failed probe is left out."""
+    impls = ("vtk", "ref") if case.build_ref is not None else ("vtk",)
+    keys = [f"{impl}/{p}" for p in precisions for impl in impls]
+    keys += [] if f"vtk/{auto}" in keys else [f"vtk/{auto}"]
+    probes = {}
+    for key in keys:
+        impl, p = key.split("/")
+        probe = measure_memory(family, impl, p, size, device, batch)
+        if probe is not None:
+            probes[key] = probe
+    return probes
+
+
+# How much more than its probe's two steps a step keeps resident in the suite: measured on Swin-UNETR 96^3 b2
+# (AMD EPYC, 24 GiB), the suite's process peaked at 15.0 GiB against a probe of 12.4 (both models' optimizer
+# states, glibc's fragments) and the step server at 9.3 GiB against 7.2 (its retained heap after many steps).
+_RESIDENT_OVER_PROBE = 1.3
+
+
+def mem_available_mib() -> Optional[float]:
+    """``MemAvailable`` of ``/proc/meminfo`` in MiB (``None`` where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(family: str, probes: Dict[str, Dict[str, float]], auto: str, timed: Sequence[str],
+               available_mib: Optional[float] = None) -> None:
+    """Refuse a family whose steps cannot be resident at once on this CPU, before the suite builds its models.
+
+    The suite's process runs every ``vtk/P`` and ``ref/P`` step (one at a time, both models built) while vtk's
+    default step keeps its own peak in the step server (the engine's ``retain`` heap). So the need is the largest
+    of the process's steps and the default step's, each with 30% over its probe (what the suite's processes were
+    seen to keep resident beyond it), and the bases (interpreter, model, optimizer) of the server's vtk
+    and of the suite's vtk and reference, each from its probe (a step counts the larger of its tensor peak and
+    its RSS growth). Swin-UNETR 96^3 at batch 2 needs more than the 24 GiB of the development machine, where the
+    kernel's OOM killer ended the whole run without a word (twice).
+
+    Args:
+        family: Its name, for the message.
+        probes: :func:`memory_probe` results by step (``vtk/32``, ``ref/bf16``, ...); ``vtk/<auto>`` stands for
+            the default step.
+        auto: The precision ``auto`` resolves to here.
+        timed: The steps the suite's own process runs (those of them with a probe count).
+        available_mib: The memory there is (default ``MemAvailable``).
+
+    Raises:
+        MemoryError: The need exceeds ``available_mib``, with both figures and what to change.
+    """
+    available_mib = mem_available_mib() if available_mib is None else available_mib
+    default = probes.get(f"vtk/{auto}")
+    if available_mib is None or default is None:
+        return
+
+    def step(p: Dict[str, float]) -> float:
+        return max(p.get("growth_mib") or 0.0, p.get("rss_growth_mib") or 0.0)
+
+    parent = [k for k in timed if k in probes]
+    if not parent:
+        return
+    largest = max(parent, key=lambda k: step(probes[k]))
+    ref_base = max((v.get("base_mib", 0.0) for k, v in probes.items() if k.startswith("ref/")), default=0.0)
+    bases = 2 * default.get("base_mib", 0.0) + ref_base  # the server's and the suite's vtk, the suite's reference
+    need = _RESIDENT_OVER_PROBE * (step(probes[largest]) + step(default)) + bases
+    if need > available_mib:
+        raise MemoryError(
+            f"{family}: its steps need about {need / 1024:.1f} GiB at once (the largest, {largest}, "
+            f"{step(probes[largest]) / 1024:.1f} GiB, beside vtk's default step, {step(default) / 1024:.1f} GiB, "
+            f"each +{_RESIDENT_OVER_PROBE - 1:.0%}, and the models), but {available_mib / 1024:.1f} GiB is available: time fewer precisions "
+            f"(--precision) or a smaller --batch")
 
 
 def _f(v: Optional[float], fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _x(row: Dict[str, Any], key: str) -> str:
+    """A speed-up cell: the ratio of the medians, then the spread of the per-round ratios (``lo-hi``, see
+    :func:`benchmarks._common.round_ratios`) where the row has it."""
+    x, spread = row["speedup"].get(key), row.get("rounds", {}).get(key)
+    if x is None or spread is None:
+        return _f(x, "{:.2f}")
+    return f"{x:.2f} ({spread['lo']:.2f}-{spread['hi']:.2f})"
+
+
 def format_table(rows: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> str:
     """Markdown table: per precision vtk s, reference s and ``x`` (reference / vtk, both with
-    ``torch.optim.AdamW``), vtk's default step (``auto`` + the engine's optimizer), its ``x`` against the
+    ``torch.optim.AdamW``; in brackets the spread of the per-round ratios: the quartiles from 4 rounds on, the
+    extremes below), vtk's default step (``auto`` + the engine's optimizer), its ``x`` against the
     reference's fp32 step and its MFU (against the rate of the ``auto`` dtype: the MFU of the step ``vtk ...
     train`` runs), GFLOP per step (vtk / reference), MFU of vtk and the reference per precision and peak step
     memory (MiB, vtk / reference)."""
@@ -689,8 +789,8 @@ def format_table(rows: Sequence[Dict[str, Any]], precisions: Sequence[str]) -> s
         t, fl, m, mem = r["times"], r["flops"], r["mfu"], r["memory_mib"]
         cells = [r["family"], r["config"], r["reference"]]
         for p in precisions:
-            cells += [_f(t.get(f"vtk/{p}")), _f(t.get(f"ref/{p}")), _f(r["speedup"].get(p), "{:.2f}")]
-        cells += [_f(t.get("vtk/default")), _f(r["speedup"].get("default"), "{:.2f}"),
+            cells += [_f(t.get(f"vtk/{p}")), _f(t.get(f"ref/{p}")), _x(r, p)]
+        cells += [_f(t.get("vtk/default")), _x(r, "default"),
                   _f(m.get("vtk/default"), "{:.0%}")]
         cells.append(f"{fl['vtk'] / 1e9:.1f} / {_f(fl.get('ref') and fl['ref'] / 1e9, '{:.1f}')}")
         for p in precisions:
@@ -738,7 +838,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here (atomically)")
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON here (atomically)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses (and with them the "
+                   "check that a family's steps fit in this CPU's memory at once)")
     p.add_argument("--memory-probe", nargs=3, metavar=("FAMILY", "IMPL", "PRECISION"), help=argparse.SUPPRESS)
     p.add_argument("--step-server", metavar="FAMILY", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
@@ -764,27 +865,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, size {a.size}, "
           f"steps {a.steps} (+{a.warmup} warm-up); matrix rate " +
           ", ".join(f"{k}: {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
-    rows = []
-    for fam in families:
-        row = run_family(fam, a.size, precisions, a.steps, a.warmup, device, rates, memory=not a.no_memory,
-                         batch=a.batch)
-        rows.append(row)
-        print(f"{fam}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["times"].items()) +
-              "".join(f", x{k} {v:.2f}" for k, v in row["speedup"].items()), flush=True)
-    table = format_table(rows, precisions)
-    print(table)
-    from engine.io import atomic_write_text
-
     header = (f"<!-- python -m benchmarks.train_step_suite --size {a.size} --family {a.family} --precision "
               f"{a.precision} --steps {a.steps}" + (f" --batch {a.batch}" if a.batch else "") +
               f"; device {device}, matrix rate "
               + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()) + " -->\n")
+    rows: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, str]] = []
+    for fam in families:
+        try:
+            row = run_family(fam, a.size, precisions, a.steps, a.warmup, device, rates, memory=not a.no_memory,
+                             batch=a.batch)
+        except MemoryError as e:  # refused before its models were built: the other families still run
+            print(f"skipped {e}", file=sys.stderr, flush=True)
+            skipped.append(dict(family=fam, why=str(e)))
+            continue
+        rows.append(row)
+        print(f"{fam}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["times"].items()) +
+              "".join(f", x{k} {v:.2f}" for k, v in row["speedup"].items()), flush=True)
+        _write(a, header, rows, skipped, precisions, device, rates)  # a run stopped later keeps these rows
+    _write(a, header, rows, skipped, precisions, device, rates)
+    print((format_table(rows, precisions) if rows else "") + "".join(f"\nskipped {s['why']}" for s in skipped))
+    return 1 if skipped else 0
+
+
+def _write(a: argparse.Namespace, header: str, rows: List[Dict[str, Any]], skipped: List[Dict[str, str]],
+           precisions: Sequence[str], device: torch.device, rates: Dict[str, float]) -> None:
+    """Write ``--out`` (the table, then one line per skipped family) and ``--json``, atomically."""
+    from engine.io import atomic_write_text
+
     if a.out:
-        atomic_write_text(a.out, header + table)
+        atomic_write_text(a.out, header + (format_table(rows, precisions) if rows else "") +
+                          "".join(f"\nskipped {s['why']}\n" for s in skipped))
     if a.json:
-        atomic_write_text(a.json, json.dumps(dict(device=str(device), rates=rates, size=a.size, rows=rows),
-                                             indent=1))
-    return 0
+        atomic_write_text(a.json, json.dumps(dict(device=str(device), rates=rates, size=a.size, rows=rows,
+                                                  skipped=skipped), indent=1))
 
 
 if __name__ == "__main__":

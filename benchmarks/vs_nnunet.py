@@ -43,7 +43,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from benchmarks.seg_cross_subject import ASSET, TRAIN_ARGS, _f, eval_variants, vtk
+from benchmarks._common import last_step, run_vtk
+from benchmarks.seg_cross_subject import ASSET, TRAIN_ARGS, _f, eval_variants
+from engine.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 COLIN = ROOT / "medvit" / "assets" / "colin27"
@@ -91,7 +93,7 @@ def run_with_cpu_budget(cmd: List[str], budget_s: float, env: dict, log: Path,
             except (OSError, IndexError):
                 pass
             if run is not None:
-                step = _last_step(run)
+                step = last_step(run)
                 if step and (last is None or step > last[1]):
                     last = (used, step)
                     first = first or last
@@ -106,12 +108,6 @@ def run_with_cpu_budget(cmd: List[str], budget_s: float, env: dict, log: Path,
 
 
 # ------------------------------------------------------------------------------------------------ vtk
-def _last_step(run: Path) -> int:
-    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    steps = [json.loads(x).get("step", 0) for x in lines if x.strip()]
-    return max(steps, default=0)
-
-
 def vtk_row(model: str, budget_s: float, out: Path) -> List[dict]:
     """Probe the step rate, train for the steps that fit ``budget_s`` CPU seconds, evaluate on the template."""
     base = [sys.executable, "-m", "cli.main", "seg", "train", "--model", model, *TRAIN_ARGS, "--data-dir",
@@ -120,8 +116,8 @@ def vtk_row(model: str, budget_s: float, out: Path) -> List[dict]:
     shutil.rmtree(probe, ignore_errors=True)
     p = run_with_cpu_budget(base + ["--max-steps", "1000000", "--out", str(probe)], min(PROBE_S, budget_s / 2),
                             ONE_THREAD, out / f"{model}-probe.log", run=probe)
-    startup = p["cpu_s"] - _last_step(probe) / p["rate"] if p["rate"] else 0.0  # CPU s before the first step
-    rate = p["rate"] or max(_last_step(probe), 1) / max(p["cpu_s"], 1e-3)  # steps per CPU second
+    startup = p["cpu_s"] - last_step(probe) / p["rate"] if p["rate"] else 0.0  # CPU s before the first step
+    rate = p["rate"] or max(last_step(probe), 1) / max(p["cpu_s"], 1e-3)  # steps per CPU second
     steps = max(10, int(rate * max(budget_s - startup, 0.0)))
     run = out / model
     shutil.rmtree(run, ignore_errors=True)
@@ -133,11 +129,12 @@ def vtk_row(model: str, budget_s: float, out: Path) -> List[dict]:
             continue  # the comparison: plain inference and mirroring TTA (nnU-Net's rows are not postprocessed)
         ev = run / ("eval-" + "-".join(a.strip("-") for a in v["args"]))
         t1 = time.time()
-        vtk("seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--out", str(ev), *v["args"])
+        run_vtk(["seg", "eval", "--checkpoint", str(run), "--device", "cpu", "--out", str(ev), *v["args"]],
+                out / f"{model}-eval.log")
         summary = json.loads((ev / "metrics.json").read_text())
         name = "TTA (mirroring)" if "--tta-axes" in v["args"] else "default"
         rows.append(_row(f"vtk {model}", name, summary.get("summary", summary), t, time.time() - t1,
-                         steps=_last_step(run)))
+                         steps=last_step(run)))
     return rows
 
 
@@ -306,11 +303,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: List[dict] = []
     for m in args.methods.split(","):
-        rows += nnunet_row(args.nnunet_python, budget, args.out, args.config) if m == "nnunet" else \
-            vtk_row(m, budget, args.out)
+        try:
+            rows += nnunet_row(args.nnunet_python, budget, args.out, args.config) if m == "nnunet" else \
+                vtk_row(m, budget, args.out)
+        except RuntimeError as e:  # a vtk command failed: its log's path and tail
+            sys.exit(str(e))
         print(table(rows, budget), flush=True)
         if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
+            atomic_write_json(args.json, rows, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def test_default_precisions_leave_out_emulated_bf16(monkeypatch, capsys, native)
 
 def test_train_step_table_and_json(tmp_path, capsys):
     md, js = tmp_path / "t.md", tmp_path / "t.json"
-    assert main(["bench", "train-step", "--family", "vivit", "--size", "tiny", "--steps", "1", "--warmup", "0",
+    assert main(["bench", "train-step", "--family", "vivit", "--size", "tiny", "--steps", "2", "--warmup", "0",
                  "--precision", "32,bf16", "--no-memory", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 0
     res = json.loads(js.read_text())
     (row,) = res["rows"]
@@ -36,10 +36,16 @@ def test_train_step_table_and_json(tmp_path, capsys):
     assert row["mfu"]["vtk/bf16"] == pytest.approx(row["flops"]["vtk"] / t["vtk/bf16"] / res["rates"]["bf16"])
     text = md.read_text()
     assert text.startswith("<!-- python -m benchmarks.train_step_suite") and "| vivit |" in text
-    assert f"| {row['speedup']['32']:.2f} |" in text
+    # per-round ratios: the two rounds' ref/vtk side by side, their extremes in brackets after the ratio
+    ratios = sorted(a / b for a, b in zip(row["samples"]["ref/32"], row["samples"]["vtk/32"]))
+    spread = row["rounds"]["32"]
+    assert spread["rounds"] == 2 and (spread["lo"], spread["hi"]) == pytest.approx((ratios[0], ratios[-1]))
+    assert f"| {row['speedup']['32']:.2f} ({spread['lo']:.2f}-{spread['hi']:.2f}) |" in text
     rate = res["rates"][row["default_precision"]]
     assert row["mfu"]["vtk/default"] == pytest.approx(row["flops"]["vtk"] / t["vtk/default"] / rate)
-    assert f"| {row['speedup']['default']:.2f} | {row['mfu']['vtk/default']:.0%} |" in text  # default x, MFU default
+    d = row["rounds"]["default"]
+    assert (f"| {row['speedup']['default']:.2f} ({d['lo']:.2f}-{d['hi']:.2f}) | {row['mfu']['vtk/default']:.0%} |"
+            in text)  # default x, MFU default
     assert "| vivit |" in capsys.readouterr().out
 
 
@@ -160,3 +166,67 @@ def test_default_step_runs_in_its_own_process_and_the_parent_keeps_glibcs_heap(m
     assert calls == [] and row["times"]["vtk/default"] > 0
     with pytest.raises(RuntimeError, match="vtk/default step process: ValueError: family 'vitb' is not one of"):
         ChildStep("vitb", "tiny", None, 1)
+
+
+def _probe(step_mib: float, base_mib: float = 400.0) -> dict:
+    return {"growth_mib": step_mib, "rss_growth_mib": step_mib * 0.9, "base_mib": base_mib}
+
+
+def test_check_fits_counts_the_largest_step_beside_the_default_steps_server():
+    from benchmarks.train_step_suite import check_fits
+
+    probes = {"vtk/32": _probe(6000), "ref/32": _probe(15000), "vtk/bf16": _probe(9000)}
+    # 1.3 * (ref/32 15000 + the server's vtk/bf16 9000) + bases 2 * 400 + 400 = 32400 MiB
+    timed = ["vtk/32", "ref/32", "vtk/bf16", "ref/bf16"]
+    check_fits("swin_unetr", probes, "bf16", timed, available_mib=32500)
+    with pytest.raises(MemoryError, match=r"swin_unetr: its steps need about 31\.6 GiB at once \(the largest, "
+                                          r"ref/32, 14\.6 GiB, beside vtk's default step, 8\.8 GiB, each \+30%, "
+                                          r"and the models\), but 31\.2 GiB is available: time fewer precisions "
+                                          r"\(--precision\) or a smaller --batch"):
+        check_fits("swin_unetr", probes, "bf16", timed, available_mib=32000)
+    # --precision bf16: the fp32 probes are not the process's steps (1.3 * 18000 + 1200)
+    check_fits("swin_unetr", probes, "bf16", ["vtk/bf16", "ref/bf16"], available_mib=24700)
+    with pytest.raises(MemoryError, match="the largest, vtk/bf16"):
+        check_fits("swin_unetr", probes, "bf16", ["vtk/bf16", "ref/bf16"], available_mib=24500)
+    check_fits("swin_unetr", {"vtk/32": _probe(1e9)}, "bf16", timed, available_mib=1.0)  # no default probe: no check
+
+
+def test_a_family_that_does_not_fit_is_skipped_and_the_others_are_written(tmp_path, monkeypatch, capsys):
+    from benchmarks import train_step_suite as suite
+
+    monkeypatch.setattr(suite, "mem_available_mib", lambda: 8000.0)
+    probed = []
+
+    def probes(family, case, precisions, auto, size, device, batch):
+        probed.append(family)
+        big = 9000.0 if family == "vit_b" else 10.0
+        return {"vtk/32": _probe(big), "ref/32": _probe(big), f"vtk/{auto}": _probe(big)}
+
+    monkeypatch.setattr(suite, "_memory_probes", probes)
+    md, js = tmp_path / "t.md", tmp_path / "t.json"
+    assert suite.main(["--family", "vit_b,vivit", "--size", "tiny", "--steps", "1", "--warmup", "0",
+                       "--precision", "32", "--device", "cpu", "--out", str(md), "--json", str(js)]) == 1
+    res = json.loads(js.read_text())
+    assert probed == ["vit_b", "vivit"] and [r["family"] for r in res["rows"]] == ["vivit"]
+    assert [s["family"] for s in res["skipped"]] == ["vit_b"]
+    assert "skipped vit_b: its steps need about 24.0 GiB" in capsys.readouterr().err
+    text = md.read_text()
+    assert "| vivit |" in text and "| vit_b |" not in text and "skipped vit_b: its steps need" in text
+
+
+def test_out_and_json_are_written_after_every_family(tmp_path, monkeypatch):
+    from benchmarks import train_step_suite as suite
+
+    js = tmp_path / "t.json"
+    real = suite.run_family
+
+    def second_stops(family, *args, **kwargs):
+        if family == "vivit":
+            raise KeyboardInterrupt  # the run is stopped while the second family runs
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_family", second_stops)
+    with pytest.raises(KeyboardInterrupt):
+        suite.main(["--family", "vit_b,vivit", "--size", "tiny", "--steps", "1", "--warmup", "0", "--precision",
+                    "32", "--no-memory", "--device", "cpu", "--json", str(js)])
+    assert [r["family"] for r in json.loads(js.read_text())["rows"]] == ["vit_b"]

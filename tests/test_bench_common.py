@@ -1,4 +1,5 @@
-"""``benchmarks._common``: the MFU denominator stays seconds long where the CPU only emulates a dtype."""
+"""``benchmarks._common``: the MFU denominator stays seconds long where the CPU only emulates a dtype; the
+interleaved timing pairs its rounds."""
 
 import pytest
 import torch
@@ -51,3 +52,25 @@ def test_matrix_rates_say_native_or_emulated_and_what_auto_picks(monkeypatch, tm
     assert rows["16"]["support"] == "emulated (no avx512_fp16 or AMX-FP16)"
     assert all(r["gflops"] > 0 and r["n"] == 256 for r in res["rows"])
     assert rows["bf16"]["vs_fp32"] == pytest.approx(rows["bf16"]["gflops"] / rows["32"]["gflops"])
+
+
+def test_round_ratios_pair_the_rounds_and_give_quartiles_from_four_rounds():
+    from benchmarks._common import round_ratios
+
+    # ratios per round 2, 1, 0.5: the medians' ratio would be 1, the rounds say the spread
+    r = round_ratios([2.0, 1.0, 1.0], [1.0, 1.0, 2.0])
+    assert r == {"median": 1.0, "lo": 0.5, "hi": 2.0, "rounds": 3}
+    r = round_ratios([1.0, 2.0, 3.0, 4.0, 5.0], [1.0] * 5)  # inclusive quartiles of 1..5
+    assert (r["lo"], r["median"], r["hi"], r["rounds"]) == (2.0, 3.0, 4.0, 5)
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        round_ratios([1.0, 1.0], [1.0])
+
+
+def test_interleaved_flips_the_order_every_round():
+    from benchmarks._common import interleaved, interleaved_samples
+
+    order = []
+    fns = {n: (lambda n=n: order.append(n)) for n in "ab"}
+    samples = interleaved_samples(fns, steps=3, warmup=1, device=torch.device("cpu"))
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"] and [len(v) for v in samples.values()] == [3, 3]
+    assert set(interleaved(fns, 1, 0, torch.device("cpu"))) == {"a", "b"}

@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 from benchmarks import precision_proof
+from benchmarks._common import last_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,8 @@ def test_short_proof_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys)
     assert 0.0 <= rows[0]["eval"] <= 1.0 and rows[0]["val"] is not None
     # a second call reuses the finished run: no training subprocess
     calls = []
-    real = precision_proof._vtk
-    monkeypatch.setattr(precision_proof, "_vtk",
+    real = precision_proof.run_vtk
+    monkeypatch.setattr(precision_proof, "run_vtk",
                         lambda args, log, progress=None: calls.append(args[:2]) or real(args, log, progress))
     assert precision_proof.main(["--task", "colin27", "--precision", "32", "--steps", "2", "--out", str(out)]) == 0
     assert calls == []
@@ -64,15 +65,15 @@ def test_short_proof_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys)
 
 
 def test_last_step_skips_the_line_a_run_is_still_writing(tmp_path):
-    assert precision_proof._last_step(tmp_path) == 0  # no metrics.jsonl yet
+    assert last_step(tmp_path) == 0  # no metrics.jsonl yet
     (tmp_path / "metrics.jsonl").write_text('{"step": 10, "train/loss": 1.4}\n{"step": 20, "val/top1": 0.3}\n'
                                             '{"step": 30, "trai')
-    assert precision_proof._last_step(tmp_path) == 20
+    assert last_step(tmp_path) == 20
 
 
 def test_motion_set_is_synthesised_again_unless_its_marker_is_there(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(precision_proof, "_vtk", lambda args, log, progress=None: calls.append((args, progress)))
+    monkeypatch.setattr(precision_proof, "run_vtk", lambda args, log, progress=None: calls.append((args, progress)))
     data = tmp_path / "motion4"
     (data / "annotations").mkdir(parents=True)  # a synthesis that stopped after its training split
     assert precision_proof._motion_data(tmp_path, None, tmp_path / "log") == data
