@@ -25,7 +25,8 @@ Families and references:
 Reported per family: median seconds per step; ``x`` = reference time / vtk time (> 1: vtk faster) at equal
 precision and for the defaults (vtk ``--precision auto`` against the reference's fp32); GFLOP per step (matmuls,
 convolutions and attention, forward + backward, by ``torch.utils.flop_counter``); MFU = FLOP/s of the step over
-the measured matrix-multiply rate of the same dtype; peak memory of a step in a fresh subprocess (the peak of the
+the matrix-multiply rate of the same dtype, measured in the same rounds (one 2048^3 product a round, beside the
+steps: ``rates`` in the JSON rows; the rate the header shows is the start's); peak memory of a step in a fresh subprocess (the peak of the
 bytes live in tensors: ``max_memory_allocated`` on CUDA, :class:`benchmarks._common.TensorPeak` on the CPU; the
 JSON rows also carry the CPU's RSS growth, ``rss_mib``, and every round's seconds, ``samples``, with the spread of
 the per-round ratios, ``rounds``). ``vtk/default`` runs with the engine's C heap policy (``retain``,
@@ -64,7 +65,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from benchmarks._common import (TensorPeak, count_flops, interleaved_samples, matrix_rate,  # noqa: E402
-                                peak_rss_mib, reset_peak_rss, round_ratios, rss_mib, run_json_subprocess,
+                                matrix_size, peak_rss_mib, reset_peak_rss, round_ratios, rss_mib, run_json_subprocess,
                                 subprocess_env, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
@@ -645,6 +646,8 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
             fns[f"ref/{p}"] = make_step(ref, case, p, device, case.ref_fwd)
     child = ChildStep(family, size, batch, torch.get_num_threads()) if device.type == "cpu" else None
     fns["vtk/default"] = child or make_step(vtk, case, auto, device, optimizer="engine")
+    products = {p: _matrix_product(p, device) for p in rates}
+    fns.update({f"mm/{p}": fn for p, (fn, _) in products.items()})  # MFU's denominator, timed in the same rounds
     flops = {"vtk": count_flops(make_step(vtk, case, "32", device))}
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
@@ -653,14 +656,16 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     finally:
         if child is not None:
             child.close()
-    times = {k: statistics.median(v) for k, v in samples.items()}
+    times = {k: statistics.median(v) for k, v in samples.items() if not k.startswith("mm/")}
+    row_rates = {p: n_flop / statistics.median(samples[f"mm/{p}"]) for p, (_, n_flop) in products.items()}
     row: Dict[str, Any] = dict(family=family, config=case.config, reference=case.reference or "none",
-                               size=size, tokens=case.tokens, flops=flops, times=times, samples=samples, mfu={},
-                               speedup={}, rounds={}, memory_mib={}, rss_mib={}, tokens_per_s={})
+                               size=size, tokens=case.tokens, flops=flops, times=times, samples=samples,
+                               rates=row_rates, mfu={}, speedup={}, rounds={}, memory_mib={}, rss_mib={},
+                               tokens_per_s={})
     for key, t in times.items():
         impl, p = key.split("/")
         p = auto if p == "default" else p
-        row["mfu"][key] = flops[impl] / t / rates[p] if p in rates else None
+        row["mfu"][key] = flops[impl] / t / row_rates[p] if p in row_rates else None
         row["tokens_per_s"][key] = case.tokens / t
     for p in precisions:
         if f"ref/{p}" in times:
@@ -678,6 +683,17 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
                 row["memory_mib"][f"{impl}/{p}"] = probes[f"{impl}/{p}"].get("growth_mib")
                 row["rss_mib"][f"{impl}/{p}"] = probes[f"{impl}/{p}"].get("rss_growth_mib")
     return row
+
+
+def _matrix_product(precision: str, device: torch.device) -> Tuple[Callable[[], None], float]:
+    """One square matrix product in ``precision``'s dtype, of :func:`benchmarks._common.matrix_rate`'s size, and
+    its FLOPs: timed once a round beside the steps, its median is the MFU denominator of the family's row (a
+    matrix rate measured once at the start of a run moved by up to 30% over the run on the development VM: 615-893
+    GFLOP/s in bf16)."""
+    dtype = torch.float32 if precision == "32" else torch.bfloat16
+    n = matrix_size(dtype, device, 2048, 0.5)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    return (lambda: a @ b), 2.0 * n ** 3
 
 
 def _memory_probes(family: str, case: Case, precisions: Sequence[str], auto: str, size: str,
