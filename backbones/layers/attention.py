@@ -168,7 +168,8 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     probabilities: saving the mask instead would hold a tensor of the same size. There q is scaled before the
     product, as timm's and MONAI's Swin write it, so that neither direction makes an extra pass over the
     ``(B, H, N, M)`` scores (Swin-UNETR 64^3 b1 train step, 2-core EPYC: bf16 1.96 s scaling the scores -> 1.86
-    s; fp32 4.52 s on SDPA's math fallback -> 4.45 s; Swin-T level in bf16, 2% faster in fp32). Otherwise :class:`_RecomputedAttention` saves nothing but its inputs.
+    s; fp32 4.52 s on SDPA's math fallback -> 4.45 s; Swin-T level in bf16, 2% faster in fp32). Otherwise
+    :class:`_RecomputedAttention` saves nothing but its inputs.
     """
     with torch.autocast(q.device.type, enabled=False):
         if attn_mask is not None and attn_mask.requires_grad:
