@@ -1,4 +1,5 @@
-"""Shared helpers of the train-step, seg-predict and GPU suites: timing, FLOP counting, matrix rate, peak memory.
+"""Shared helpers of the benchmarks: timing (interleaved rounds and their ratios), FLOP counting, matrix rate, peak
+memory, and vtk commands run in a fresh interpreter.
 
 Peak memory of a train step is not something ``tracemalloc`` sees (torch allocates outside Python's allocator).
 On CUDA ``torch.cuda.max_memory_allocated`` gives it: the peak of the bytes live in tensors. On the CPU
