@@ -660,8 +660,8 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     row_rates = {p: n_flop / statistics.median(samples[f"mm/{p}"]) for p, (_, n_flop) in products.items()}
     row: Dict[str, Any] = dict(family=family, config=case.config, reference=case.reference or "none",
                                size=size, tokens=case.tokens, flops=flops, times=times, samples=samples,
-                               rates=row_rates, mfu={}, speedup={}, rounds={}, memory_mib={}, rss_mib={},
-                               tokens_per_s={})
+                               rates=row_rates, matrix_flop={p: f for p, (_, f) in products.items()}, mfu={},
+                               speedup={}, rounds={}, memory_mib={}, rss_mib={}, tokens_per_s={})
     for key, t in times.items():
         impl, p = key.split("/")
         p = auto if p == "default" else p

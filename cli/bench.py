@@ -105,12 +105,16 @@ def bench_train_step(family: str = typer.Option("all", "--family", help="Comma-s
                      device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
                                                           "available)."),
                      memory: bool = typer.Option(True, "--memory/--no-memory", help="Peak memory of each step (a "
-                                                 "subprocess per model and precision)."),
-                     out: Optional[Path] = typer.Option(None, "--out", help="Write the markdown table here."),
-                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON here.")
+                                                 "subprocess per model and precision, run first: on a CPU a family "
+                                                 "whose steps would not fit in memory at once is skipped, exit 1)."),
+                     out: Optional[Path] = typer.Option(None, "--out", help="Write the markdown table here (after "
+                                                        "every family)."),
+                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON here "
+                                                             "(after every family).")
                      ) -> None:
     """Train step of every family vs its reference (timm, MONAI, HF, pytorchvideo, official re-typings) in fp32 and
-    bf16: time ratios, vtk's default vs the reference's default, MFU and peak memory, as a markdown table.
+    bf16: time ratios (with the spread of the per-round ratios), vtk's default vs the reference's default, MFU
+    (against the matrix rate timed in the same rounds) and peak memory, as a markdown table.
 
     Example: nice vtk bench train-step --family vit_b,timesformer --size small --out train_step.md
     """
