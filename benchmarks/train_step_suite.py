@@ -26,11 +26,11 @@ Reported per family: median seconds per step; ``x`` = reference time / vtk time 
 precision and for the defaults (vtk ``--precision auto`` against the reference's fp32); GFLOP per step (matmuls,
 convolutions and attention, forward + backward, by ``torch.utils.flop_counter``); MFU = FLOP/s of the step over
 the matrix-multiply rate of the same dtype, measured in the same rounds (one 2048^3 product a round, beside the
-steps: ``rates`` in the JSON rows; the rate the header shows is the start's); peak memory of a step in a fresh subprocess (the peak of the
-bytes live in tensors: ``max_memory_allocated`` on CUDA, :class:`benchmarks._common.TensorPeak` on the CPU; the
-JSON rows also carry the CPU's RSS growth, ``rss_mib``, and every round's seconds, ``samples``, with the spread of
-the per-round ratios, ``rounds``). ``vtk/default`` runs with the engine's C heap policy (``retain``,
-:mod:`engine.heap`), every other step with glibc's.
+steps: ``rates`` in the JSON rows; the rate the header shows is the start's); peak memory of a step in a fresh
+subprocess (the peak of the bytes live in tensors: ``max_memory_allocated`` on CUDA,
+:class:`benchmarks._common.TensorPeak` on the CPU; the JSON rows also carry the CPU's RSS growth, ``rss_mib``, and
+every round's seconds, ``samples``, with the spread of the per-round ratios, ``rounds``). ``vtk/default`` runs
+with the engine's C heap policy (``retain``, :mod:`engine.heap`), every other step with glibc's.
 
 The memory probes run first: on the CPU a family whose steps would not be resident at once (:func:`check_fits`)
 is skipped with a line that says what it needs, and the exit status is 1. ``--out`` and ``--json`` are written
@@ -771,8 +771,8 @@ def check_fits(family: str, probes: Dict[str, Dict[str, float]], auto: str, time
         raise MemoryError(
             f"{family}: its steps need about {need / 1024:.1f} GiB at once (the largest, {largest}, "
             f"{step(probes[largest]) / 1024:.1f} GiB, beside vtk's default step, {step(default) / 1024:.1f} GiB, "
-            f"each +{_RESIDENT_OVER_PROBE - 1:.0%}, and the models), but {available_mib / 1024:.1f} GiB is available: time fewer precisions "
-            f"(--precision) or a smaller --batch")
+            f"each +{_RESIDENT_OVER_PROBE - 1:.0%}, and the models), but {available_mib / 1024:.1f} GiB is "
+            f"available: time fewer precisions (--precision) or a smaller --batch")
 
 
 def _f(v: Optional[float], fmt: str = "{:.3f}") -> str:
