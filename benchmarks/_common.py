@@ -29,7 +29,8 @@ from torch.utils._pytree import tree_flatten
 ROOT = Path(__file__).resolve().parents[1]  # the checkout whose cli.main run_vtk runs
 
 __all__ = ["sync", "timed", "interleaved", "interleaved_samples", "round_ratios", "count_flops", "matrix_rate",
-           "rss_mib", "peak_rss_mib", "reset_peak_rss", "run_json_subprocess", "run_vtk", "last_step", "TensorPeak"]
+           "matrix_product", "rss_mib", "peak_rss_mib", "reset_peak_rss", "run_json_subprocess", "run_vtk",
+           "last_step", "TensorPeak"]
 
 
 def sync(device: torch.device) -> None:
@@ -138,13 +139,21 @@ def matrix_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: i
     On a CPU, where a 256^3 product says one ``n``-product would take over ``budget_s`` (a dtype the CPU only
     emulates, such as bf16 on AVX2: about 1 GFLOP/s, so 17 s per 2048^3 product), ``n`` halves until it fits: such a
     rate is far from any peak anyway, and the measurement stays seconds long."""
+    product, flop = matrix_product(dtype, device, n, budget_s)
+    for _ in range(2):
+        product()
+    t = statistics.median(timed(product, device) for _ in range(reps))
+    return flop / t
+
+
+def matrix_product(dtype: torch.dtype, device: torch.device, n: int = 2048,
+                   budget_s: float = 0.5) -> Tuple[Callable[[], object], float]:
+    """The product :func:`matrix_rate` times (``n x n`` by ``n x n``, ``n`` from :func:`matrix_size`) as a
+    function, with its FLOPs."""
     n = matrix_size(dtype, device, n, budget_s)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    t = statistics.median(timed(lambda: a @ b, device) for _ in range(reps))
-    return 2.0 * n ** 3 / t
+    return (lambda: a @ b), 2.0 * n ** 3
 
 
 def matrix_size(dtype: torch.dtype, device: torch.device, n: int, budget_s: float, probe: int = 256) -> int:

@@ -64,8 +64,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from benchmarks._common import (TensorPeak, count_flops, interleaved_samples, matrix_rate,  # noqa: E402
-                                matrix_size, peak_rss_mib, reset_peak_rss, round_ratios, rss_mib, run_json_subprocess,
+from benchmarks._common import (TensorPeak, count_flops, interleaved_samples, matrix_product,  # noqa: E402
+                                matrix_rate, peak_rss_mib, reset_peak_rss, round_ratios, rss_mib, run_json_subprocess,
                                 subprocess_env, sync)
 
 __all__ = ["main", "FAMILIES", "SIZES", "OPTIMIZERS", "Case", "build_case", "make_step", "run_family",
@@ -646,8 +646,9 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
             fns[f"ref/{p}"] = make_step(ref, case, p, device, case.ref_fwd)
     child = ChildStep(family, size, batch, torch.get_num_threads()) if device.type == "cpu" else None
     fns["vtk/default"] = child or make_step(vtk, case, auto, device, optimizer="engine")
-    products = {p: _matrix_product(p, device) for p in rates}
-    fns.update({f"mm/{p}": fn for p, (fn, _) in products.items()})  # MFU's denominator, timed in the same rounds
+    # MFU's denominator, timed in the same rounds: a start-of-run rate moved 615-893 GFLOP/s (bf16) over one session
+    products = {p: matrix_product(torch.float32 if p == "32" else torch.bfloat16, device) for p in rates}
+    fns.update({f"mm/{p}": fn for p, (fn, _) in products.items()})
     flops = {"vtk": count_flops(make_step(vtk, case, "32", device))}
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
@@ -677,23 +678,13 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     if f"vtk/{auto}" in times:
         row["speedup"]["engine"] = times[f"vtk/{auto}"] / times["vtk/default"]  # fused optimizer + heap
     row["default_precision"] = auto
-    for p in precisions:
-        for impl in ("vtk", "ref") if case.build_ref is not None else ("vtk",):
-            if f"{impl}/{p}" in probes:
-                row["memory_mib"][f"{impl}/{p}"] = probes[f"{impl}/{p}"].get("growth_mib")
-                row["rss_mib"][f"{impl}/{p}"] = probes[f"{impl}/{p}"].get("rss_growth_mib")
+    if memory:
+        for p in precisions:
+            for impl in ("vtk", "ref") if case.build_ref is not None else ("vtk",):
+                probe = probes.get(f"{impl}/{p}", {})  # a failed probe: None, as before the probes ran first
+                row["memory_mib"][f"{impl}/{p}"] = probe.get("growth_mib")
+                row["rss_mib"][f"{impl}/{p}"] = probe.get("rss_growth_mib")
     return row
-
-
-def _matrix_product(precision: str, device: torch.device) -> Tuple[Callable[[], None], float]:
-    """One square matrix product in ``precision``'s dtype, of :func:`benchmarks._common.matrix_rate`'s size, and
-    its FLOPs: timed once a round beside the steps, its median is the MFU denominator of the family's row (a
-    matrix rate measured once at the start of a run moved by up to 30% over the run on the development VM: 615-893
-    GFLOP/s in bf16)."""
-    dtype = torch.float32 if precision == "32" else torch.bfloat16
-    n = matrix_size(dtype, device, 2048, 0.5)
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    return (lambda: a @ b), 2.0 * n ** 3
 
 
 def _memory_probes(family: str, case: Case, precisions: Sequence[str], auto: str, size: str,
