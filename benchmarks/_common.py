@@ -58,12 +58,13 @@ def interleaved(fns: Dict[str, Callable[[], object]], steps: int, warmup: int,
 
 
 def interleaved_samples(fns: Dict[str, Callable[[], object]], steps: int, warmup: int, device: torch.device,
-                        setup: Optional[Dict[str, Callable[[], object]]] = None) -> Dict[str, List[float]]:
+                        setup: Optional[Dict[str, Callable[[], object]]] = None,
+                        on_round: Optional[Callable[[], object]] = None) -> Dict[str, List[float]]:
     """Seconds of each of ``steps`` calls of each of ``fns``, run in turn (ABBA: the order flips every round)
     after ``warmup`` untimed calls each, so load changes on a shared machine hit every function alike; the
     ``i``-th entries of two functions come from the same round (see :func:`round_ratios`). ``setup[name]``, where
     given, runs untimed before each call of ``fns[name]`` (a process-wide setting such as the C heap policy,
-    switched per function)."""
+    switched per function); ``on_round``, after each of the ``warmup + steps`` rounds (a progress bar)."""
     names = list(fns)
     setup = setup or {}
 
@@ -75,13 +76,16 @@ def interleaved_samples(fns: Dict[str, Callable[[], object]], steps: int, warmup
         fns[n]()
         return None
 
+    tick = on_round or (lambda: None)
     for _ in range(warmup):
         for n in names:
             call(n, False)
+        tick()
     times: Dict[str, List[float]] = {n: [] for n in names}
     for i in range(steps):
         for n in (names if i % 2 == 0 else names[::-1]):
             times[n].append(call(n, True))
+        tick()
     return times
 
 

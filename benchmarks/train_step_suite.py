@@ -64,6 +64,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
+from engine.progress import ItemProgress  # noqa: E402
+
 from benchmarks._common import (TensorPeak, count_flops, interleaved_samples, matrix_product,  # noqa: E402
                                 matrix_rate, peak_rss_mib, reset_peak_rss, round_ratios, rss_mib, run_json_subprocess,
                                 subprocess_env, sync)
@@ -621,8 +623,10 @@ def measure_memory(family: str, impl: str, precision: str, size: str, device: to
 
 # --------------------------------------------------------------------------------------------------------- suite
 def run_family(family: str, size: str, precisions: Sequence[str], steps: int, warmup: int, device: torch.device,
-               rates: Dict[str, float], memory: bool = True, batch: Optional[int] = None) -> Dict[str, Any]:
+               rates: Dict[str, float], memory: bool = True, batch: Optional[int] = None,
+               on_round: Optional[Callable[[], object]] = None) -> Dict[str, Any]:
     """Time, count and (optionally) measure the memory of one family; returns its row (see :func:`format_table`).
+    ``on_round`` is called after each of its ``warmup + steps`` rounds.
 
     Steps timed: ``vtk/P`` and ``ref/P`` per precision ``P``, both with ``torch.optim.AdamW`` (the models alone,
     same optimizer and glibc's heap), and ``vtk/default``: vtk as ``vtk ... train`` runs by default
@@ -653,7 +657,7 @@ def run_family(family: str, size: str, precisions: Sequence[str], steps: int, wa
     if ref is not None:
         flops["ref"] = count_flops(make_step(ref, case, "32", device, case.ref_fwd))
     try:
-        samples = interleaved_samples(fns, steps, warmup, device)
+        samples = interleaved_samples(fns, steps, warmup, device, on_round=on_round)
     finally:
         if child is not None:
             child.close()
@@ -878,18 +882,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()) + " -->\n")
     rows: List[Dict[str, Any]] = []
     skipped: List[Dict[str, str]] = []
-    for fam in families:
-        try:
-            row = run_family(fam, a.size, precisions, a.steps, a.warmup, device, rates, memory=not a.no_memory,
-                             batch=a.batch)
-        except MemoryError as e:  # refused before its models were built: the other families still run
-            print(f"skipped {e}", file=sys.stderr, flush=True)
-            skipped.append(dict(family=fam, why=str(e)))
-            continue
-        rows.append(row)
-        print(f"{fam}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["times"].items()) +
-              "".join(f", x{k} {v:.2f}" for k, v in row["speedup"].items()), flush=True)
-        _write(a, header, rows, skipped, precisions, device, rates)  # a run stopped later keeps these rows
+    per_family = a.warmup + a.steps
+    with ItemProgress(len(families) * per_family, "train-step", unit="rounds") as bar:
+        for i, fam in enumerate(families):
+            try:
+                row = run_family(fam, a.size, precisions, a.steps, a.warmup, device, rates,
+                                 memory=not a.no_memory, batch=a.batch, on_round=lambda: bar.advance(1))
+            except MemoryError as e:  # refused before its models were built: the other families still run
+                print(f"skipped {e}", file=sys.stderr, flush=True)
+                skipped.append(dict(family=fam, why=str(e)))
+                bar.advance((i + 1) * per_family - bar.done)
+                continue
+            rows.append(row)
+            print(f"{fam}: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["times"].items()) +
+                  "".join(f", x{k} {v:.2f}" for k, v in row["speedup"].items()), flush=True)
+            _write(a, header, rows, skipped, precisions, device, rates)  # a run stopped later keeps these rows
     _write(a, header, rows, skipped, precisions, device, rates)
     print((format_table(rows, precisions) if rows else "") + "".join(f"\nskipped {s['why']}" for s in skipped))
     return 1 if skipped else 0

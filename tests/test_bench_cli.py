@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 import pytest
@@ -52,7 +53,11 @@ def test_train_step_table_and_json(tmp_path, capsys):
     d = row["rounds"]["default"]
     assert (f"| {row['speedup']['default']:.2f} ({d['lo']:.2f}-{d['hi']:.2f}) | {row['mfu']['vtk/default']:.0%} |"
             in text)  # default x, MFU default
-    assert "| vivit |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| vivit |" in captured.out
+    # progress over the rounds, with an ETA from the first one
+    assert re.search(r"train-step: 1/2 rounds [\d.]+ rounds/s eta ", captured.err), captured.err
+    assert re.search(r"train-step: 2/2 rounds [\d.]+ rounds/s eta ", captured.err), captured.err
 
 
 def test_batch_replaces_the_sizes_batch(tmp_path):
@@ -215,7 +220,9 @@ def test_a_family_that_does_not_fit_is_skipped_and_the_others_are_written(tmp_pa
     res = json.loads(js.read_text())
     assert probed == ["vit_b", "vivit"] and [r["family"] for r in res["rows"]] == ["vivit"]
     assert [s["family"] for s in res["skipped"]] == ["vit_b"]
-    assert "skipped vit_b: its steps need about 24.0 GiB" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped vit_b: its steps need about 24.0 GiB" in err
+    assert "train-step: 1/2 rounds" in err and "train-step: 2/2 rounds" in err  # the skipped family's round counts
     text = md.read_text()
     assert "| vivit |" in text and "| vit_b |" not in text and "skipped vit_b: its steps need" in text
 

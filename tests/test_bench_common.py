@@ -71,6 +71,8 @@ def test_interleaved_flips_the_order_every_round():
 
     order = []
     fns = {n: (lambda n=n: order.append(n)) for n in "ab"}
-    samples = interleaved_samples(fns, steps=3, warmup=1, device=torch.device("cpu"))
-    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"] and [len(v) for v in samples.values()] == [3, 3]
+    samples = interleaved_samples(fns, steps=3, warmup=1, device=torch.device("cpu"),
+                                  on_round=lambda: order.append("|"))
+    assert order == ["a", "b", "|", "a", "b", "|", "b", "a", "|", "a", "b", "|"]
+    assert [len(v) for v in samples.values()] == [3, 3]
     assert set(interleaved(fns, 1, 0, torch.device("cpu"))) == {"a", "b"}
